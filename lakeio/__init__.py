@@ -1,0 +1,31 @@
+"""lakeio: a Dask-powered data lake for image training data (Zarr v3 storage, PyTorch streaming)."""
+
+from lakeio.dataset import Dataset, open_dataset
+from lakeio.errors import (
+    CodecError,
+    CorruptChunkError,
+    FormatError,
+    IngestError,
+    LakeError,
+    LakeNotFoundError,
+    SourceError,
+)
+from lakeio.ingest import IngestOptions, IngestSummary, ingest
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CodecError",
+    "CorruptChunkError",
+    "Dataset",
+    "FormatError",
+    "IngestError",
+    "IngestOptions",
+    "IngestSummary",
+    "LakeError",
+    "LakeNotFoundError",
+    "SourceError",
+    "__version__",
+    "ingest",
+    "open_dataset",
+]

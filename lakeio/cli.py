@@ -1,0 +1,226 @@
+"""The `lakeio` command line: ingest, info, verify, codecs.
+
+Errors lakeio raises on purpose print as one line (``lakeio: error: …``) with exit code 2 for
+bad usage and 1 for failed work; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from lakeio.errors import LakeError
+
+EPILOG = "Docs: docs/cli.md. Every command takes --help."
+
+
+def _storage_options(pairs: Sequence[str]) -> dict:
+    """``KEY=VALUE`` pairs → a dict; dotted keys nest, values parse as JSON where they can."""
+    options: dict = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise LakeError(f"--storage-option {pair!r}: expected KEY=VALUE")
+        try:
+            parsed = json.loads(value)
+        except ValueError:
+            parsed = value
+        target = options
+        *parents, leaf = key.split(".")
+        for part in parents:
+            target = target.setdefault(part, {})
+        target[leaf] = parsed
+    return options
+
+
+def _add_ingest(sub) -> None:
+    p = sub.add_parser(
+        "ingest",
+        help="turn an image folder (or .npy/.npz) into a lake, on a Dask cluster",
+        description=(
+            "Ingest SRC (an ImageFolder tree SRC/<class>/<image>, or a .npy/.npz file) into the "
+            "lake at DEST. Local paths and fsspec URLs (s3://, memory://, ...) both work. Nothing "
+            "is visible until the final commit; rerunning an interrupted command resumes it."
+        ),
+        epilog="Example: lakeio ingest ./pets s3://bucket/pets.lake --size 224x224 --codec zstd:3",
+    )
+    p.add_argument("src", help="source folder, .npy or .npz (path or URL)")
+    p.add_argument("dest", help="lake location (path or URL)")
+    p.add_argument(
+        "--size", help="resize every image to HxW (e.g. 224x224); default: the images' shared size"
+    )
+    p.add_argument("--resize", choices=("center-crop", "pad", "stretch"), default="center-crop",
+                   help="how --size fits images of another aspect ratio (default: center-crop)")  # fmt: skip
+    p.add_argument("--channels", type=int, choices=(1, 3),
+                   help="1 (grayscale) or 3 (RGB); default: 1 only if every image is grayscale")  # fmt: skip
+    p.add_argument(
+        "--codec",
+        help="codec spec (see `lakeio codecs`); default lz4, or the lake's when appending",
+    )
+    p.add_argument(
+        "--chunk-samples", type=int, help="samples per chunk (default: about 4 MiB per chunk)"
+    )
+    p.add_argument(
+        "--workers", type=int, help="workers of the local Dask cluster (default: one per core)"
+    )
+    p.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
+    p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
+                   help="skip bad images into the report (default) or stop at the first")  # fmt: skip
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--append", action="store_true", help="add to the lake at DEST")
+    mode.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the lake at DEST (old versions stay as snapshots)",
+    )
+    p.add_argument("--labels", help="labels .npy for a .npy SRC of images")
+    p.add_argument("--report", help="also write the JSON-lines reject report here")
+    p.add_argument("--max-pixels", type=int, default=64_000_000,
+                   help="refuse images with more pixels (decompression bombs; default 64M)")  # fmt: skip
+    p.add_argument("--max-aspect", type=float, default=20.0,
+                   help="refuse images more elongated than this (default 20)")  # fmt: skip
+    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="fsspec option for SRC and DEST, repeatable (e.g. endpoint_url=http://...)")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_ingest)
+
+
+def _run_ingest(args) -> int:
+    from lakeio.ingest import ingest
+    from lakeio.ingest.options import parse_size
+
+    try:
+        size = parse_size(args.size) if args.size else None
+    except ValueError as exc:
+        raise LakeError(f"--size: {exc}") from None
+    options = _storage_options(args.storage_option)
+    summary = ingest(
+        args.src,
+        args.dest,
+        labels=args.labels,
+        mode="append" if args.append else "overwrite" if args.overwrite else "create",
+        cluster=args.scheduler,
+        workers=args.workers,
+        storage_options=options,
+        source_options=options,
+        report=args.report,
+        progress=not args.quiet,
+        size=size,
+        resize=args.resize,
+        channels=args.channels,
+        codec=args.codec,
+        chunk_samples=args.chunk_samples,
+        on_error=args.on_error,
+        max_pixels=args.max_pixels,
+        max_aspect=args.max_aspect,
+    )
+    print("\n".join(summary.lines()))
+    return 0
+
+
+def _add_info(sub) -> None:
+    p = sub.add_parser("info", help="fields, shapes, codec, classes and sizes of a lake",
+                       description="Describe the lake at DEST from its manifest.")  # fmt: skip
+    p.add_argument("dest", help="lake location (path or URL)")
+    p.add_argument("--version", type=int, help="a snapshot version (default: latest)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(run=_run_info)
+
+
+def _run_info(args) -> int:
+    from lakeio.dataset import open_dataset
+    from lakeio.info import format_info, lake_info
+
+    ds = open_dataset(
+        args.dest, storage_options=_storage_options(args.storage_option), version=args.version
+    )
+    info = lake_info(ds)
+    print(json.dumps(info, indent=1, ensure_ascii=False) if args.json else format_info(info))
+    return 0
+
+
+def _add_verify(sub) -> None:
+    p = sub.add_parser("verify", help="read every chunk and check checksums and alignment",
+                       description="Read every chunk of the lake at DEST; report each bad chunk "
+                       "by key. Exit status 1 if any is bad.")  # fmt: skip
+    p.add_argument("dest", help="lake location (path or URL)")
+    p.add_argument("--version", type=int, help="a snapshot version (default: latest)")
+    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_verify)
+
+
+def _run_verify(args) -> int:
+    from tqdm.auto import tqdm
+
+    from lakeio.dataset import open_dataset
+    from lakeio.verify import count_chunks, verify_lake
+
+    ds = open_dataset(
+        args.dest, storage_options=_storage_options(args.storage_option), version=args.version
+    )
+    with tqdm(
+        total=count_chunks(ds), unit="chunk", desc="lakeio verify", disable=args.quiet
+    ) as bar:
+        report = verify_lake(ds, progress=bar.update)
+    for key, reason in report.problems:
+        print(f"BAD {key}: {reason}")
+    verdict = "OK" if report.ok else f"{len(report.problems)} problems"
+    print(
+        f"{ds.loc.describe()} v{ds.version}: {report.chunks_checked} chunks, {report.samples} samples checked: {verdict}"
+    )
+    return 0 if report.ok else 1
+
+
+def _add_codecs(sub) -> None:
+    p = sub.add_parser("codecs", help="list the codec specs --codec accepts",
+                       description="List codec specs. All are zarr-python's own codecs, readable "
+                       "by zarr, tensorstore, xarray and dask without lakeio.")  # fmt: skip
+    p.set_defaults(run=_run_codecs)
+
+
+def _run_codecs(args) -> int:
+    from lakeio.format.codecs import CODECS, DEFAULT_CODEC
+
+    for info in CODECS.values():
+        mark = " (default)" if info.name == DEFAULT_CODEC else ""
+        print(f"{info.syntax:<30} {info.summary}{mark}")
+    print(
+        "Every chunk also carries a crc32c checksum. Readable by: zarr-python, tensorstore, xarray, dask."
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lakeio",
+        description="lakeio: a Dask-powered data lake for image training data.",
+        epilog=EPILOG,
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    for add in (_add_ingest, _add_info, _add_verify, _add_codecs):
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (LakeError, ValueError, FileNotFoundError) as exc:
+        if args.debug:
+            raise
+        print(f"lakeio: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("lakeio: interrupted; nothing was committed by the interrupted step", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""lakeio's errors: one root, each also the builtin a caller would naturally catch."""
+
+from __future__ import annotations
+
+
+class LakeError(Exception):
+    """Root of every error lakeio raises on purpose; the CLI prints these as one line."""
+
+
+class CodecError(LakeError, ValueError):
+    """A codec spec string that does not name a known codec, or has bad parameters."""
+
+
+class FormatError(LakeError, ValueError):
+    """A lake whose metadata is missing, malformed, or from an unsupported format version."""
+
+
+class LakeNotFoundError(FormatError, FileNotFoundError):
+    """No lake (no committed manifest) at the given location."""
+
+
+class CorruptChunkError(LakeError, OSError):
+    """A stored chunk that is missing, fails its checksum, or does not decode to its shape."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"corrupt chunk {key}: {reason}")
+        self.key = key
+        self.reason = reason
+
+    def __reduce__(self):  # keep (key, reason) across process boundaries (Dask workers)
+        return (type(self), (self.key, self.reason))
+
+
+class IngestError(LakeError, RuntimeError):
+    """An ingest that cannot start or must stop; the message names the file and the cause."""
+
+
+class SourceError(IngestError):
+    """One source image that cannot be ingested (a reject when --on-error skip)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+    def __reduce__(self):  # keep (path, reason) across process boundaries (Dask workers)
+        return (type(self), (self.path, self.reason))
+
+
+class CommitConflictError(LakeError, RuntimeError):
+    """Another writer committed a manifest version first; re-read and retry."""

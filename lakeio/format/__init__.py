@@ -1,0 +1,1 @@
+"""The lake format: codecs, segments, the manifest, and where a lake lives."""

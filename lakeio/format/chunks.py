@@ -1,0 +1,66 @@
+"""Decoding one stored chunk: checksum, decompress, reshape — the unit every read is made of.
+
+lakeio decodes chunk bytes itself (rather than through zarr's array indexing) so that the cache
+tiers can hold raw bytes, a failed checksum names its chunk key, and one decode serves many
+samples. The codecs are exactly those `lakeio.format.codecs` writes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from lakeio.errors import CorruptChunkError
+from lakeio.format.codecs import CodecSpec
+
+
+def _crc32c(data: bytes) -> int:
+    import google_crc32c
+
+    return google_crc32c.value(data)
+
+
+def verify_checksum(raw: bytes, key: str) -> bytes:
+    """The payload of a crc32c-suffixed chunk; `CorruptChunkError` naming ``key`` on mismatch."""
+    if len(raw) < 4:
+        raise CorruptChunkError(key, f"only {len(raw)} bytes, shorter than its checksum")
+    payload, stored = raw[:-4], int.from_bytes(raw[-4:], "little")
+    computed = _crc32c(bytes(payload))
+    if computed != stored:
+        raise CorruptChunkError(
+            key, f"checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+        )
+    return payload
+
+
+def decompress(payload: bytes, codec: CodecSpec, key: str) -> bytes:
+    """Undo the compressor of ``codec`` (the checksum already removed)."""
+    try:
+        if codec.name == "none":
+            return payload
+        if codec.name == "lz4" or codec.name.startswith("blosc-"):
+            from numcodecs import blosc
+
+            return blosc.decompress(payload)
+        if codec.name == "zstd":
+            from numcodecs import Zstd
+
+            return Zstd().decode(payload)
+        if codec.name == "gzip":
+            from numcodecs import GZip
+
+            return GZip().decode(payload)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise CorruptChunkError(key, f"{codec} does not decode: {exc}") from None
+    raise CorruptChunkError(key, f"unknown codec {codec}")
+
+
+def decode_chunk(
+    raw: bytes, codec: CodecSpec, chunk_shape: tuple[int, ...], dtype: np.dtype | str, key: str
+) -> np.ndarray:
+    """A stored numeric chunk as an ndarray of ``chunk_shape`` (read-only view of fresh bytes)."""
+    data = decompress(verify_checksum(raw, key), codec, key)
+    dtype = np.dtype(dtype).newbyteorder("<")
+    expected = int(np.prod(chunk_shape)) * dtype.itemsize
+    if len(data) != expected:
+        raise CorruptChunkError(key, f"decodes to {len(data)} bytes, expected {expected}")
+    return np.frombuffer(data, dtype=dtype).reshape(chunk_shape)

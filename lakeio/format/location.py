@@ -1,0 +1,151 @@
+"""Where a lake lives: an fsspec URL plus options, with the few atomic operations lakeio needs.
+
+A `Location` is picklable (it carries the URL and storage options, never an open filesystem),
+so the same object travels to Dask workers.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+
+@dataclass(frozen=True)
+class Location:
+    """A lake's root: ``url`` (local path or fsspec URL) and the ``storage_options`` to reach it."""
+
+    url: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, url: str | os.PathLike, storage_options: dict | None = None) -> Location:
+        text = os.fspath(url)
+        if "://" not in text:
+            text = os.path.abspath(text)
+        return cls(text.rstrip("/") or "/", dict(storage_options or {}))
+
+    def __reduce__(self):  # drop cached filesystem objects when pickling
+        return (Location, (self.url, self.storage_options))
+
+    @cached_property
+    def _fs_and_root(self) -> tuple[fsspec.AbstractFileSystem, str]:
+        fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        return fs, root.rstrip("/")
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        return self._fs_and_root[0]
+
+    @property
+    def root(self) -> str:
+        return self._fs_and_root[1]
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.fs, LocalFileSystem)
+
+    @property
+    def protocol(self) -> str:
+        proto = self.fs.protocol
+        return proto[0] if isinstance(proto, (tuple, list)) else proto
+
+    def path(self, key: str = "") -> str:
+        """The filesystem path of ``key`` (a '/'-separated name relative to the root)."""
+        return posixpath.join(self.root, key) if key else self.root
+
+    def describe(self, key: str = "") -> str:
+        """A human-readable name for ``key``, for error messages."""
+        return posixpath.join(self.url, key) if key else self.url
+
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self.path(key))
+
+    def read_bytes(self, key: str) -> bytes:
+        """Read a whole object in one request (``start=0`` avoids a separate size lookup)."""
+        return self.fs.cat_file(self.path(key), start=0)
+
+    def list(self, key: str) -> list[str]:
+        """Names (not paths) directly under ``key``; empty when it does not exist."""
+        try:
+            entries = self.fs.ls(self.path(key), detail=False)
+        except FileNotFoundError:
+            return []
+        return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
+
+    def remove(self, key: str) -> None:
+        if self.exists(key):
+            self.fs.rm(self.path(key), recursive=True)
+
+    def size_under(self, key: str) -> int:
+        """Total stored bytes under ``key`` (what the lake costs on this store)."""
+        try:
+            return int(self.fs.du(self.path(key), total=True))
+        except FileNotFoundError:
+            return 0
+
+    def write_atomic(self, key: str, data: bytes) -> None:
+        """Replace ``key`` with ``data`` so readers see the old or the new object, never a mix."""
+        if self.is_local:
+            _local_write(self.path(key), data, exclusive=False)
+        else:  # an object PUT is atomic on object stores
+            self.fs.pipe_file(self.path(key), data)
+
+    def create_exclusive(self, key: str, data: bytes) -> None:
+        """Create ``key`` only if absent (durably); raise `FileExistsError` if another writer won."""
+        if self.is_local:
+            _local_write(self.path(key), data, exclusive=True)
+            return
+        path = self.path(key)
+        try:  # conditional PUT (If-None-Match) where the filesystem supports it, e.g. s3fs
+            self.fs.pipe_file(path, data, mode="create")
+            return
+        except TypeError:
+            pass
+        except FileExistsError:
+            raise
+        except OSError as exc:  # some stores report a failed precondition as a generic error
+            if "PreconditionFailed" in str(exc) or "412" in str(exc):
+                raise FileExistsError(path) from exc
+            raise
+        if self.fs.exists(path):  # best effort on stores without conditional writes
+            raise FileExistsError(path)
+        self.fs.pipe_file(path, data)
+
+    def zarr_store(self, key: str = ""):
+        """A zarr store rooted at ``key``: `LocalStore` on disk, `FsspecStore` elsewhere."""
+        import zarr.storage
+
+        if self.is_local:
+            return zarr.storage.LocalStore(self.path(key))
+        url = posixpath.join(self.url, key) if key else self.url
+        return zarr.storage.FsspecStore.from_url(url, storage_options=self.storage_options or None)
+
+
+def _local_write(path: str, data: bytes, *, exclusive: bool) -> None:
+    directory = os.path.dirname(path)
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex}.partial"
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        if exclusive:
+            os.link(tmp, path)  # fails with FileExistsError if another writer got there first
+        else:
+            os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)  # make the rename itself durable
+    finally:
+        os.close(fd)

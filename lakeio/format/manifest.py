@@ -1,0 +1,226 @@
+"""The manifest: the small JSON document that says which segments make up a lake.
+
+Each commit writes the next numbered manifest (``_lakeio/manifests/v00000007.json``) with an
+exclusive create, so a write becomes visible all at once, two writers cannot both win the same
+version, and every earlier version stays readable as a snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any
+
+from lakeio.errors import CommitConflictError, FormatError, LakeNotFoundError
+from lakeio.format.location import Location
+
+FORMAT_NAME = "lakeio"
+FORMAT_VERSION = 1
+META_DIR = "_lakeio"
+MANIFEST_DIR = f"{META_DIR}/manifests"
+SEGMENT_DIR = "segments"
+_MANIFEST_NAME = re.compile(r"^v(\d{8})\.json$")
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """One aligned field: per-sample shape, dtype and the codec its chunks use."""
+
+    dtype: str
+    shape: tuple[int, ...]
+    codec: str
+
+    @property
+    def sample_bytes(self) -> int:
+        import numpy as np
+
+        itemsize = np.dtype(self.dtype).itemsize if self.dtype != "str" else 0
+        n = itemsize
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass(frozen=True)
+class SegmentEntry:
+    """A committed segment: its id (folder name), sample count and byte/class figures."""
+
+    id: str
+    samples: int
+    class_counts: tuple[int, ...] = ()
+    source_bytes: int = 0
+    decoded_bytes: int = 0
+    stored_bytes: int = 0
+
+    @property
+    def key(self) -> str:
+        return f"{SEGMENT_DIR}/{self.id}"
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A snapshot of the lake: fields, classes, chunking and the ordered list of segments."""
+
+    fields: dict[str, FieldInfo]
+    classes: tuple[str, ...]
+    chunk_samples: int
+    segments: tuple[SegmentEntry, ...] = ()
+    version: int = 0
+    created: str = ""
+    history: tuple[dict[str, Any], ...] = ()
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def samples(self) -> int:
+        return sum(s.samples for s in self.segments)
+
+    def with_segments(self, segments, event: dict[str, Any]) -> Manifest:
+        """The next snapshot: these segments, with ``event`` appended to the history."""
+        return replace(
+            self,
+            segments=tuple(segments),
+            history=(*self.history, event),
+        )
+
+    def to_json(self) -> bytes:
+        doc = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "version": self.version,
+            "created": self.created,
+            "samples": self.samples,
+            "chunk_samples": self.chunk_samples,
+            "classes": list(self.classes),
+            "fields": {k: {**asdict(v), "shape": list(v.shape)} for k, v in self.fields.items()},
+            "segments": [
+                {**asdict(s), "class_counts": list(s.class_counts)} for s in self.segments
+            ],
+            "history": list(self.history),
+            "stats": self.stats,
+        }
+        return json.dumps(doc, indent=1, ensure_ascii=False).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, source: str) -> Manifest:
+        try:
+            doc = json.loads(data)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise FormatError(f"{source}: manifest is not valid JSON ({exc})") from None
+        try:
+            return _manifest_from_doc(doc, source)
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, FormatError):
+                raise
+            raise FormatError(f"{source}: malformed manifest ({exc!r})") from None
+
+
+def _manifest_from_doc(doc: dict, source: str) -> Manifest:
+    if doc.get("format") != FORMAT_NAME:
+        raise FormatError(f"{source}: not a lakeio manifest (format={doc.get('format')!r})")
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise FormatError(
+            f"{source}: format_version {doc.get('format_version')!r} is not supported "
+            f"(this lakeio reads {FORMAT_VERSION}); upgrade lakeio"
+        )
+    fields = {
+        name: FieldInfo(
+            dtype=str(f["dtype"]), shape=tuple(int(d) for d in f["shape"]), codec=f["codec"]
+        )
+        for name, f in doc["fields"].items()
+    }
+    segments = tuple(
+        SegmentEntry(
+            id=str(s["id"]),
+            samples=_non_negative(s["samples"], source, "segments[].samples"),
+            class_counts=tuple(int(c) for c in s.get("class_counts", ())),
+            source_bytes=int(s.get("source_bytes", 0)),
+            decoded_bytes=int(s.get("decoded_bytes", 0)),
+            stored_bytes=int(s.get("stored_bytes", 0)),
+        )
+        for s in doc["segments"]
+    )
+    chunk_samples = int(doc["chunk_samples"])
+    if chunk_samples < 1:
+        raise FormatError(f"{source}: chunk_samples must be >= 1, found {chunk_samples}")
+    return Manifest(
+        fields=fields,
+        classes=tuple(str(c) for c in doc["classes"]),
+        chunk_samples=chunk_samples,
+        segments=segments,
+        version=int(doc["version"]),
+        created=str(doc.get("created", "")),
+        history=tuple(doc.get("history", ())),
+        stats=dict(doc.get("stats", {})),
+    )
+
+
+def _non_negative(value: Any, source: str, name: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise FormatError(f"{source}: {name} must be >= 0, found {number}")
+    return number
+
+
+def manifest_key(version: int) -> str:
+    return f"{MANIFEST_DIR}/v{version:08d}.json"
+
+
+def manifest_versions(loc: Location) -> list[int]:
+    """Committed manifest versions at ``loc``, oldest first."""
+    versions = []
+    for name in loc.list(MANIFEST_DIR):
+        match = _MANIFEST_NAME.match(name)
+        if match:
+            versions.append(int(match.group(1)))
+    return sorted(versions)
+
+
+def read_manifest(loc: Location, version: int | None = None) -> Manifest:
+    """The manifest at ``version`` (default: the latest); `LakeNotFoundError` if there is none."""
+    if version is None:
+        versions = manifest_versions(loc)
+        if not versions:
+            raise LakeNotFoundError(
+                f"{loc.describe()}: no lake here (no {MANIFEST_DIR}/v*.json); "
+                "create one with `lakeio ingest SRC DEST`"
+            )
+        version = versions[-1]
+    key = manifest_key(version)
+    try:
+        data = loc.read_bytes(key)
+    except FileNotFoundError:
+        raise LakeNotFoundError(
+            f"{loc.describe(key)}: manifest version {version} not found"
+        ) from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise FormatError(f"{loc.describe(key)}: manifest is {len(data)} bytes, over the limit")
+    manifest = Manifest.from_json(data, loc.describe(key))
+    if manifest.version != version:
+        raise FormatError(
+            f"{loc.describe(key)}: file says version {manifest.version}, name says {version}"
+        )
+    return manifest
+
+
+def commit_manifest(loc: Location, manifest: Manifest) -> Manifest:
+    """Publish ``manifest`` as the next version; `CommitConflictError` if another writer won it."""
+    versions = manifest_versions(loc)
+    version = (versions[-1] + 1) if versions else 1
+    expected_parent = manifest.version
+    if versions and versions[-1] != expected_parent:
+        raise CommitConflictError(
+            f"{loc.describe()}: lake moved from version {expected_parent} to {versions[-1]} "
+            "while this write ran"
+        )
+    created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    final = replace(manifest, version=version, created=created)
+    try:
+        loc.create_exclusive(manifest_key(version), final.to_json())
+    except FileExistsError:
+        raise CommitConflictError(
+            f"{loc.describe()}: another writer committed version {version} first"
+        ) from None
+    return final

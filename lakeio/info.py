@@ -1,0 +1,65 @@
+"""`lakeio info`: what a lake holds, from its manifest alone (no chunk is read)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from lakeio.dataset import Dataset
+from lakeio.ingest.report import human_bytes
+
+
+def lake_info(ds: Dataset) -> dict[str, Any]:
+    """A JSON-ready description: fields, chunking, codec, classes with counts, sizes, ratio."""
+    m = ds.manifest
+    counts = np.zeros(len(m.classes), dtype=np.int64)
+    for seg in m.segments:
+        counts[: len(seg.class_counts)] += np.asarray(seg.class_counts, dtype=np.int64)
+    decoded = sum(s.decoded_bytes for s in m.segments)
+    stored = sum(s.stored_bytes for s in m.segments)
+    return {
+        "url": ds.loc.describe(),
+        "version": m.version,
+        "created": m.created,
+        "samples": m.samples,
+        "segments": len(m.segments),
+        "chunk_samples": m.chunk_samples,
+        "fields": {
+            name: {
+                "dtype": f.dtype,
+                "shape": [m.samples, *f.shape],
+                "chunks": [m.chunk_samples, *f.shape],
+                "codec": f.codec,
+            }
+            for name, f in m.fields.items()
+        },
+        "classes": dict(zip(m.classes, counts.tolist(), strict=True)),
+        "decoded_bytes": decoded,
+        "stored_bytes": stored,
+        "ratio": round(decoded / stored, 4) if stored else None,
+        "history": [{k: e.get(k) for k in ("op", "mode", "source", "time")} for e in m.history],
+    }
+
+
+def format_info(info: dict[str, Any]) -> str:
+    lines = [
+        f"lake      {info['url']}  (version {info['version']}, {info['created']})",
+        f"samples   {info['samples']} in {info['segments']} segments, "
+        f"{info['chunk_samples']} samples per chunk",
+        "fields",
+    ]
+    for name, f in info["fields"].items():
+        lines.append(
+            f"  {name:<8} {f['dtype']:<6} shape {tuple(f['shape'])}  chunks {tuple(f['chunks'])}  "
+            f"codec {f['codec']}"
+        )
+    lines.append(f"classes   {len(info['classes'])}")
+    for name, count in info["classes"].items():
+        lines.append(f"  {name:<20} {count}")
+    ratio = f"{info['ratio']:.2f}x" if info["ratio"] else "n/a"
+    lines.append(
+        f"bytes     {human_bytes(info['stored_bytes'])} stored, "
+        f"{human_bytes(info['decoded_bytes'])} uncompressed (images); ratio {ratio}"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,105 @@
+"""The ingest summary users read at the end, and the JSON-lines report of what was left out."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from lakeio.format.location import Location
+from lakeio.format.manifest import META_DIR
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    """The figures that matter after an ingest."""
+
+    dest: str
+    version: int
+    written: int
+    rejected: int
+    ignored: int
+    segments: int
+    reused_segments: int
+    source_bytes: int
+    decoded_bytes: int
+    stored_bytes: int
+    seconds: float
+    lake_samples: int
+    report: str | None
+    up_to_date: bool = False
+
+    @property
+    def ratio(self) -> float:
+        """Compression ratio: uncompressed (decoded) bytes / stored bytes."""
+        return self.decoded_bytes / self.stored_bytes if self.stored_bytes else 0.0
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.written + self.rejected) / self.seconds if self.seconds > 0 else 0.0
+
+    def lines(self) -> list[str]:
+        if self.up_to_date:
+            return [
+                f"{self.dest}: already up to date (version {self.version}, "
+                f"{self.lake_samples} samples); nothing was changed."
+            ]
+        resumed = (
+            f" ({self.reused_segments} of {self.segments} segments resumed from an earlier run)"
+            if self.reused_segments
+            else ""
+        )
+        return [
+            f"committed {self.dest} version {self.version}: {self.lake_samples} samples in the lake",
+            f"  images written   {self.written}{resumed}",
+            f"  images rejected  {self.rejected}"
+            + (f"  (report: {self.report})" if self.report else ""),
+            f"  files ignored    {self.ignored}",
+            f"  bytes in         {human_bytes(self.source_bytes)}",
+            f"  bytes decoded    {human_bytes(self.decoded_bytes)}",
+            f"  bytes stored     {human_bytes(self.stored_bytes)}",
+            f"  compression      {self.ratio:.2f}x (decoded / stored)",
+            f"  throughput       {self.images_per_second:,.0f} images/s in {self.seconds:.1f} s",
+        ]
+
+
+def report_lines(rejects: list[dict], ignored, empty_classes) -> list[str]:
+    rows = [json.dumps({"kind": "rejected", **r}, ensure_ascii=False) for r in rejects]
+    rows += [
+        json.dumps({"kind": "ignored", "path": p, "reason": why}, ensure_ascii=False)
+        for p, why in ignored
+    ]
+    rows += [
+        json.dumps({"kind": "empty-class", "path": c, "reason": "class folder has no images"})
+        for c in empty_classes
+    ]
+    return rows
+
+
+def write_report(
+    dest: Location, version: int, rows: list[str], extra_path: str | None
+) -> str | None:
+    """Store the report next to the manifest (and at ``extra_path`` if given); returns where."""
+    if not rows:
+        return None
+    data = ("\n".join(rows) + "\n").encode()
+    key = f"{META_DIR}/reports/ingest-v{version:08d}.jsonl"
+    dest.write_atomic(key, data)
+    if extra_path:
+        _write_local(extra_path, data)
+        return extra_path
+    return dest.describe(key)
+
+
+def _write_local(path: str, data: bytes) -> None:
+    import fsspec
+
+    with fsspec.open(path, "wb") as fh:
+        fh.write(data)

@@ -1,0 +1,293 @@
+"""`lakeio.ingest`: plan segments on the client, write them as Dask tasks, commit one manifest.
+
+The client only lists, plans and commits; decoding and writing happen on the workers. Nothing
+becomes visible until the manifest commit, so a run killed at any point leaves the previous
+lake as it was, and rerunning the same command reuses every segment already written.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any
+
+import numpy as np
+from distributed import Client, as_completed
+from tqdm.auto import tqdm
+
+from lakeio.cluster.connect import dask_client
+from lakeio.errors import CommitConflictError, IngestError, LakeNotFoundError, SourceError
+from lakeio.format.location import Location
+from lakeio.format.manifest import Manifest, SegmentEntry, commit_manifest, read_manifest
+from lakeio.format.root import ensure_root_group, publish_root_summary
+from lakeio.ingest import plan
+from lakeio.ingest.layout import Layout, decide_layout
+from lakeio.ingest.options import MODES, IngestOptions
+from lakeio.ingest.report import IngestSummary, report_lines, write_report
+from lakeio.ingest.sources import (
+    ArraySource,
+    FolderScan,
+    array_source,
+    is_array_file,
+    iterable_source,
+    load_array_file,
+    scan_image_folder,
+)
+from lakeio.ingest.tasks import SegmentTask, run_segment_task
+
+COMMIT_RETRIES = 5
+
+
+def ingest(
+    source: Any,
+    dest: str | os.PathLike,
+    *,
+    labels: Any = None,
+    classes: Any = None,
+    mode: str = "create",
+    cluster: Client | str | None = None,
+    workers: int | None = None,
+    storage_options: dict | None = None,
+    source_options: dict | None = None,
+    report: str | None = None,
+    progress: bool = True,
+    echo=print,
+    **options: Any,
+) -> IngestSummary:
+    """Turn ``source`` into (or onto) the lake at ``dest`` on a Dask cluster; returns the summary.
+
+    ``source`` is an ImageFolder path/URL, a ``.npy``/``.npz`` file, an (N, H, W[, C]) uint8
+    array (with ``labels=``), or an iterable of ``(image, label)``. ``mode`` is ``create``
+    (refuses a lake holding other data), ``append`` or ``overwrite``. ``options`` are the fields
+    of `IngestOptions` (``size=(H, W)``, ``codec="zstd:3"``, ``on_error="fail"``, …).
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
+    opts = IngestOptions(**options)
+    started = time.perf_counter()
+    dest_loc = Location.of(dest, storage_options)
+    base = _latest_or_none(dest_loc)
+    src_loc, resolved = _resolve_source(source, labels, classes, base, source_options)
+    local_memory = "memory" in (dest_loc.protocol, src_loc.protocol if src_loc else "")
+    with dask_client(cluster, workers=workers, processes=not local_memory, echo=echo) as client:
+        layout = decide_layout(client, resolved, src_loc, opts, base)
+        tasks = _plan_tasks(resolved, src_loc, dest_loc, layout, opts)
+        planned = [t.segment_id for t in tasks]
+        if _already_committed(base, planned, mode):
+            return _up_to_date_summary(dest_loc, base, started)
+        _check_mode(dest_loc, base, mode)
+        ensure_root_group(dest_loc)
+        results = _run_tasks(client, tasks, opts, progress)
+    manifest = _commit(dest_loc, base, layout, tasks, results, mode, _event(source, opts, mode))
+    publish_root_summary(dest_loc, manifest)
+    return _summarize(dest_loc, manifest, resolved, results, report, started)
+
+
+def _latest_or_none(loc: Location) -> Manifest | None:
+    try:
+        return read_manifest(loc)
+    except LakeNotFoundError:
+        return None
+
+
+def _resolve_source(source, labels, classes, base, source_options):
+    """A `FolderScan` (with its Location) or an `ArraySource`, with classes merged for appends."""
+    if isinstance(source, (str, os.PathLike)):
+        src_loc = Location.of(source, source_options)
+        if is_array_file(src_loc.url):
+            return None, _with_lake_classes(load_array_file(src_loc, labels), base)
+        return src_loc, scan_image_folder(src_loc, base.classes if base else ())
+    if isinstance(source, np.ndarray) or labels is not None:
+        return None, _with_lake_classes(array_source(source, labels, classes), base)
+    return None, _with_lake_classes(iterable_source(source, classes), base)
+
+
+def _with_lake_classes(source: ArraySource, base: Manifest | None) -> ArraySource:
+    if base is None or not base.classes:
+        return source
+    lake, given = base.classes, source.classes
+    if given[: len(lake)] == lake:
+        return source
+    if len(given) <= len(lake) and lake[: len(given)] == given:
+        return ArraySource(source.images, source.labels, lake, source.name)
+    raise IngestError(
+        f"{source.name}: classes {list(given)} do not extend the lake's classes {list(lake)}"
+    )
+
+
+def _plan_tasks(
+    resolved, src_loc, dest_loc, layout: Layout, opts: IngestOptions
+) -> list[SegmentTask]:
+    total = len(resolved.files) if isinstance(resolved, FolderScan) else len(resolved)
+    digest = plan.fingerprint(
+        {
+            "fields": repr(layout.fields),
+            "decode": repr(layout.decode),
+            "chunks": layout.chunk_samples,
+        }
+    )
+    common = {
+        "dest": dest_loc,
+        "fields": layout.fields,
+        "chunk_samples": layout.chunk_samples,
+        "decode": layout.decode,
+        "skip_errors": opts.on_error == "skip",
+        "num_classes": len(layout.classes),
+    }
+    tasks = []
+    ranges = plan.segment_ranges(total, plan.segment_samples(total, layout.chunk_samples))
+    for index, rows in enumerate(ranges):
+        if isinstance(resolved, FolderScan):
+            files = resolved.files[rows.start : rows.stop]
+            content = (f"{f.path}\0{f.label}\0{f.size}\n".encode() for f in files)
+            sid = plan.segment_id(digest, index, content)
+            tasks.append(SegmentTask(sid, src=src_loc, files=files, **common))
+        else:
+            images = resolved.images[rows.start : rows.stop]
+            labels = resolved.labels[rows.start : rows.stop]
+            content = [np.ascontiguousarray(im).tobytes() for im in images] + [labels.tobytes()]
+            sid = plan.segment_id(digest, index, content)
+            names = tuple(f"{resolved.name}[{i}]" for i in rows)
+            tasks.append(SegmentTask(sid, images=images, labels=labels, names=names, **common))
+    return tasks
+
+
+def _already_committed(base: Manifest | None, planned: list[str], mode: str) -> bool:
+    if base is None or not planned:
+        return False
+    committed = [s.id for s in base.segments]
+    if mode == "overwrite":
+        return committed == planned
+    return set(planned) <= set(committed)
+
+
+def _check_mode(dest: Location, base: Manifest | None, mode: str) -> None:
+    if base is not None and base.samples > 0 and mode == "create":
+        raise IngestError(
+            f"{dest.describe()} already holds a lake of {base.samples} samples (version "
+            f"{base.version}) from other data; pass --append to add to it or --overwrite to replace it"
+        )
+
+
+def _submit(client: Client, task: SegmentTask):
+    key = f"lakeio-ingest-{task.segment_id}"
+    if task.src is not None:
+        return client.submit(run_segment_task, task, key=key, retries=2)
+    # arrays travel as scattered data, not inside the task graph
+    data = client.scatter((task.images, task.labels), hash=False)
+    lean = replace(task, images=None, labels=None)
+    return client.submit(_run_array_task, lean, data, key=key, retries=2)
+
+
+def _run_array_task(task: SegmentTask, data) -> dict:
+    images, labels = data
+    return run_segment_task(replace(task, images=images, labels=labels))
+
+
+def _run_tasks(
+    client: Client, tasks: list[SegmentTask], opts: IngestOptions, progress: bool
+) -> list:
+    """Run the segment tasks with a progress bar; in ``fail`` mode stop at the first bad file."""
+    futures = {_submit(client, task): i for i, task in enumerate(tasks)}
+    results: list[dict | None] = [None] * len(tasks)
+    total = sum(len(t) for t in tasks)
+    with tqdm(total=total, unit="img", desc="lakeio ingest", disable=not progress) as bar:
+        for future in as_completed(list(futures)):
+            i = futures[future]
+            try:
+                results[i] = future.result()
+            except SourceError as exc:
+                client.cancel(list(futures))
+                raise IngestError(
+                    f"{exc.path}: {exc.reason} (--on-error fail: nothing was committed, "
+                    "the lake is unchanged)"
+                ) from None
+            bar.update(len(tasks[i]))
+    return results
+
+
+def _commit(dest, base, layout, tasks, results, mode, event) -> Manifest:
+    """Publish the new segments (after the lake's, when appending); retry appends on conflict."""
+    new = tuple(
+        SegmentEntry(
+            id=r["segment_id"],
+            samples=int(r["samples"]),
+            class_counts=tuple(r["class_counts"]),
+            source_bytes=int(r["source_bytes"]),
+            decoded_bytes=int(r["decoded_bytes"]),
+            stored_bytes=int(r["stored_bytes"]),
+        )
+        for r in results
+    )
+    event = {**event, "segments": [t.segment_id for t in tasks]}
+    for _ in range(COMMIT_RETRIES):
+        keep = base.segments if (base is not None and mode == "append") else ()
+        keep = tuple(_pad_counts(s, len(layout.classes)) for s in keep)
+        candidate = Manifest(
+            fields=layout.fields,
+            classes=layout.classes,
+            chunk_samples=layout.chunk_samples,
+            segments=(*keep, *new),
+            version=base.version if base is not None else 0,
+            history=(*(base.history if base is not None else ()), event),
+            stats=base.stats if base is not None and mode == "append" else {},
+        )
+        try:
+            return commit_manifest(dest, candidate)
+        except CommitConflictError:
+            if mode != "append":
+                raise
+            base = read_manifest(dest)
+            if base.classes != layout.classes[: len(base.classes)]:
+                raise
+    raise IngestError(f"{dest.describe()}: gave up committing after {COMMIT_RETRIES} conflicts")
+
+
+def _pad_counts(entry: SegmentEntry, width: int) -> SegmentEntry:
+    counts = tuple(entry.class_counts) + (0,) * (width - len(entry.class_counts))
+    return replace(entry, class_counts=counts)
+
+
+def _event(source, opts: IngestOptions, mode: str) -> dict:
+    where = os.fspath(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
+    return {
+        "op": "ingest",
+        "mode": mode,
+        "source": where,
+        "options": opts.as_dict(),
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _up_to_date_summary(dest: Location, base: Manifest, started: float) -> IngestSummary:
+    return IngestSummary(
+        dest=dest.describe(), version=base.version, written=0, rejected=0, ignored=0,
+        segments=0, reused_segments=0, source_bytes=0, decoded_bytes=0, stored_bytes=0,
+        seconds=time.perf_counter() - started, lake_samples=base.samples, report=None,
+        up_to_date=True,
+    )  # fmt: skip
+
+
+def _summarize(dest, manifest, resolved, results, report_path, started) -> IngestSummary:
+    rejects = [{"path": p, "reason": why} for r in results for p, why in r["rejects"]]
+    scan = resolved if isinstance(resolved, FolderScan) else None
+    ignored = scan.ignored if scan else ()
+    rows = report_lines(rejects, ignored, scan.empty_classes if scan else ())
+    where = write_report(dest, manifest.version, rows, report_path)
+    return IngestSummary(
+        dest=dest.describe(),
+        version=manifest.version,
+        written=sum(int(r["samples"]) for r in results),
+        rejected=len(rejects),
+        ignored=len(ignored),
+        segments=len(results),
+        reused_segments=sum(1 for r in results if r.get("reused")),
+        source_bytes=sum(int(r["source_bytes"]) for r in results),
+        decoded_bytes=sum(int(r["decoded_bytes"]) for r in results),
+        stored_bytes=sum(int(r["stored_bytes"]) for r in results),
+        seconds=time.perf_counter() - started,
+        lake_samples=manifest.samples,
+        report=where,
+    )

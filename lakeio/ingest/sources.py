@@ -1,0 +1,176 @@
+"""What an ingest reads: an ImageFolder tree, a .npy/.npz file, in-memory arrays, or (image, label) pairs.
+
+Listing is deterministic (sorted) so two ingests of the same folder give the same lake. Files
+that are not candidates (hidden files, non-image extensions, files outside class folders) are
+ignored and counted, not decoded.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+from dataclasses import dataclass
+
+import numpy as np
+
+from lakeio.errors import IngestError
+from lakeio.format.location import Location
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+ARRAY_EXTENSIONS = (".npy", ".npz")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One candidate image: path relative to the source root, its label and its size in bytes."""
+
+    path: str
+    label: int
+    size: int
+
+
+@dataclass(frozen=True)
+class FolderScan:
+    """The result of listing an ImageFolder tree (``SRC/<class>/<...>/<image>``)."""
+
+    classes: tuple[str, ...]
+    files: tuple[SourceFile, ...]
+    ignored: tuple[tuple[str, str], ...]
+    empty_classes: tuple[str, ...]
+
+
+def _is_hidden(relative: str) -> bool:
+    return any(part.startswith(".") for part in relative.split("/"))
+
+
+def scan_image_folder(src: Location, extra_classes: tuple[str, ...] = ()) -> FolderScan:
+    """List ``src`` as an ImageFolder; ``extra_classes`` are kept first (classes of a lake appended to)."""
+    try:
+        entries = src.fs.find(src.root, withdirs=True, detail=True)
+    except FileNotFoundError:
+        raise IngestError(f"{src.describe()}: source folder not found") from None
+    if not src.fs.isdir(src.root):
+        raise IngestError(f"{src.describe()}: not a folder, .npy or .npz file")
+    prefix = src.root.rstrip("/") + "/"
+    class_dirs, candidates, ignored = set(), [], []
+    for full, info in entries.items():
+        relative = full[len(prefix) :] if full.startswith(prefix) else full
+        if not relative:
+            continue
+        parts = relative.split("/")
+        if _is_hidden(relative):
+            if info.get("type") != "directory":
+                ignored.append((relative, "hidden file"))
+            continue
+        if info.get("type") == "directory":
+            if len(parts) == 1:
+                class_dirs.add(parts[0])
+            continue
+        if len(parts) == 1:
+            ignored.append((relative, "file outside any class folder"))
+        elif not relative.lower().endswith(IMAGE_EXTENSIONS):
+            ignored.append((relative, "not an image extension"))
+        else:
+            candidates.append((parts[0], relative, int(info.get("size") or 0)))
+    if not class_dirs:
+        raise IngestError(
+            f"{src.describe()}: no class folders found; expected the ImageFolder layout "
+            "SRC/<class>/<image> (e.g. SRC/cat/001.jpg)"
+        )
+    new_classes = sorted(class_dirs - set(extra_classes))
+    classes = (*extra_classes, *new_classes)
+    index = {name: i for i, name in enumerate(classes)}
+    files = tuple(
+        SourceFile(path, index[cls], size)
+        for cls, path, size in sorted(candidates, key=lambda c: (index[c[0]], c[1]))
+    )
+    used = {f.label for f in files}
+    empty = tuple(c for c in sorted(class_dirs) if index[c] not in used)
+    return FolderScan(classes, files, tuple(sorted(ignored)), empty)
+
+
+@dataclass(frozen=True)
+class ArraySource:
+    """Images and labels held in memory (from arrays, a .npy/.npz file, or an iterable)."""
+
+    images: np.ndarray | list
+    labels: np.ndarray
+    classes: tuple[str, ...]
+    name: str
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def array_source(images, labels=None, classes=None, name: str = "array") -> ArraySource:
+    """Validate in-memory images (N, H, W[, C]) and labels (N,) as an ingest source."""
+    if labels is None:
+        raise IngestError(f"{name}: labels are required with array images (pass labels=...)")
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise IngestError(
+            f"{name}: labels must be a 1-D integer array, found shape {labels.shape} dtype {labels.dtype}"
+        )
+    if len(images) != len(labels):
+        raise IngestError(f"{name}: {len(images)} images but {len(labels)} labels")
+    if len(labels) and labels.min() < 0:
+        raise IngestError(f"{name}: labels must be >= 0, found {labels.min()}")
+    top = int(labels.max()) + 1 if len(labels) else 0
+    if classes is None:
+        classes = tuple(str(i) for i in range(top))
+    classes = tuple(str(c) for c in classes)
+    if top > len(classes):
+        raise IngestError(
+            f"{name}: label {top - 1} has no class name ({len(classes)} classes given)"
+        )
+    return ArraySource(images, labels.astype(np.int64), classes, name)
+
+
+def iterable_source(pairs, classes=None, name: str = "iterable") -> ArraySource:
+    """Collect an iterable of (image, label) pairs; images may differ in size if --size is given."""
+    images, labels = [], []
+    for i, item in enumerate(pairs):
+        try:
+            image, label = item
+        except (TypeError, ValueError):
+            raise IngestError(
+                f"{name}[{i}]: expected an (image, label) pair, got {type(item).__name__}"
+            ) from None
+        images.append(np.asarray(image))
+        labels.append(int(label))
+    return array_source(images, np.asarray(labels, dtype=np.int64), classes, name)
+
+
+def load_array_file(src: Location, labels_url: str | None = None) -> ArraySource:
+    """Read a .npz (keys images+labels, or x+y) or a .npy of images plus a labels .npy."""
+    name = src.describe()
+    try:
+        data = src.fs.cat_file(src.root)
+    except FileNotFoundError:
+        raise IngestError(f"{name}: file not found") from None
+    try:
+        loaded = np.load(io.BytesIO(data), allow_pickle=False)
+    except ValueError as exc:
+        raise IngestError(f"{name}: not a readable .npy/.npz without pickle ({exc})") from None
+    if isinstance(loaded, np.ndarray):
+        if labels_url is None:
+            raise IngestError(
+                f"{name}: a .npy holds images only; give labels with --labels FILE.npy"
+            )
+        lab_loc = Location.of(labels_url, src.storage_options)
+        labels = np.load(io.BytesIO(lab_loc.fs.cat_file(lab_loc.root)), allow_pickle=False)
+        return array_source(loaded, labels, None, name)
+    with loaded:
+        keys = set(loaded.files)
+        image_key = next((k for k in ("images", "x", "X") if k in keys), None)
+        label_key = next((k for k in ("labels", "y", "Y") if k in keys), None)
+        if image_key is None or label_key is None:
+            raise IngestError(
+                f"{name}: expected arrays 'images' and 'labels' (or 'x' and 'y'), found {sorted(keys)}"
+            )
+        classes = tuple(str(c) for c in loaded["classes"]) if "classes" in keys else None
+        return array_source(loaded[image_key], loaded[label_key], classes, name)
+
+
+def is_array_file(url: str) -> bool:
+    return posixpath.basename(url.rstrip("/")).lower().endswith(ARRAY_EXTENSIONS)

@@ -1,0 +1,103 @@
+"""The work of one ingest task, run on a Dask worker: decode a segment's sources and write it.
+
+A task is idempotent: if its segment is already complete in the destination (an interrupted
+run got that far), it returns the stored summary instead of decoding again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lakeio.errors import SourceError
+from lakeio.format.location import Location
+from lakeio.format.manifest import FieldInfo
+from lakeio.format.segment import read_segment_summary, write_segment
+from lakeio.ingest.decode import DecodeOptions, conform_array, decode_image
+from lakeio.ingest.sources import SourceFile
+
+
+@dataclass(frozen=True)
+class SegmentTask:
+    """Everything a worker needs to produce one segment (picklable, no open handles)."""
+
+    segment_id: str
+    dest: Location
+    fields: dict[str, FieldInfo]
+    chunk_samples: int
+    decode: DecodeOptions
+    skip_errors: bool
+    num_classes: int
+    src: Location | None = None
+    files: tuple[SourceFile, ...] = ()
+    images: Any = None
+    labels: np.ndarray | None = None
+    names: tuple[str, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.files) if self.src is not None else len(self.names)
+
+
+def _read_source(task: SegmentTask, i: int) -> tuple[np.ndarray, int, str, int]:
+    """Decode sample ``i`` of the task: (image, label, provenance path, source bytes)."""
+    if task.src is not None:
+        item = task.files[i]
+        try:
+            data = task.src.read_bytes(item.path)
+        except OSError as exc:
+            raise SourceError(item.path, f"cannot read file ({exc.strerror or exc})") from None
+        return decode_image(data, item.path, task.decode), item.label, item.path, len(data)
+    name = task.names[i]
+    image = conform_array(task.images[i], name, task.decode)
+    return image, int(task.labels[i]), name, image.nbytes
+
+
+def run_segment_task(task: SegmentTask) -> dict[str, Any]:
+    """Decode, validate and write one segment; returns its summary (with ``reused`` if it existed)."""
+    existing = read_segment_summary(task.dest, task.segment_id)
+    if existing is not None:
+        return {**existing, "segment_id": task.segment_id, "reused": True}
+    started = time.perf_counter()
+    shape = task.fields["images"].shape
+    images = np.empty((len(task), *shape), dtype=np.uint8)
+    labels, paths, rejects, source_bytes = [], [], [], 0
+    for i in range(len(task)):
+        try:
+            image, label, path, nbytes = _read_source(task, i)
+            if image.shape != shape:
+                raise SourceError(
+                    path,
+                    f"size {image.shape[1]}x{image.shape[0]}x{image.shape[2]} (WxHxC) differs "
+                    f"from the lake's {shape[1]}x{shape[0]}x{shape[2]}; pass --size HxW to resize",
+                )
+        except SourceError as exc:
+            if not task.skip_errors:
+                raise
+            rejects.append([exc.path, exc.reason])
+            continue
+        images[len(labels)] = image
+        labels.append(label)
+        paths.append(path)
+        source_bytes += nbytes
+    kept = len(labels)
+    columns = {
+        "images": images[:kept],
+        "labels": np.asarray(labels, dtype=np.int64),
+        "paths": np.asarray(paths, dtype=object) if paths else np.asarray([], dtype=str),
+    }
+    counts = np.bincount(columns["labels"], minlength=task.num_classes).tolist()
+    summary = {
+        "segment_id": task.segment_id,
+        "rejects": rejects,
+        "class_counts": counts,
+        "source_bytes": source_bytes,
+        "decoded_bytes": int(columns["images"].nbytes),
+        "seconds": round(time.perf_counter() - started, 4),
+    }
+    stored = write_segment(
+        task.dest, task.segment_id, columns, task.fields, task.chunk_samples, summary
+    )
+    return {**summary, "samples": kept, "stored_bytes": stored, "reused": False}

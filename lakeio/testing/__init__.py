@@ -1,0 +1,1 @@
+"""Helpers shared by lakeio's tests, benchmarks and demo: real image folders and real clusters."""

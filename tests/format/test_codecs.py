@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from lakeio.errors import CodecError, CorruptChunkError
+from lakeio.format.chunks import decode_chunk
+from lakeio.format.codecs import CODECS, parse_codec
+
+SPECS = [
+    "none",
+    "lz4",
+    "lz4:9",
+    "zstd",
+    "zstd:19",
+    "gzip:1",
+    "blosc-lz4",
+    "blosc-lz4:5:shuffle",
+    "blosc-lz4:9:bitshuffle",
+    "blosc-zstd",
+    "blosc-zstd:1:noshuffle",
+    "blosc-zstd:5:bitshuffle",
+]
+
+
+def _write(tmp_path, spec, data, chunk):
+    array = zarr.create_array(
+        zarr.storage.LocalStore(tmp_path),
+        name="a",
+        shape=data.shape,
+        chunks=(chunk, *data.shape[1:]),
+        dtype=data.dtype,
+        compressors=parse_codec(spec).compressors(),
+        config={"write_empty_chunks": True},
+    )
+    array[...] = data
+    return array
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_every_codec_round_trips_bit_exactly_through_zarr_and_lakeio(tmp_path, spec):
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 256, size=(10, 8, 8, 3), dtype=np.uint8)
+    data[3:6] = 0  # an all-zero stretch must still be stored, not left to the fill value
+    _write(tmp_path, spec, data, chunk=4)
+    reopened = zarr.open_array(zarr.storage.LocalStore(tmp_path), path="a", mode="r")
+    np.testing.assert_array_equal(reopened[...], data)
+    raw = (tmp_path / "a" / "c" / "1" / "0" / "0" / "0").read_bytes()
+    chunk = decode_chunk(raw, parse_codec(spec), (4, 8, 8, 3), "uint8", "a/c/1/0/0/0")
+    np.testing.assert_array_equal(chunk, data[4:8])
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    spec=st.sampled_from(SPECS),
+    data=arrays(np.int64, st.integers(1, 40), elements=st.integers(-(2**40), 2**40)),
+)
+def test_codecs_round_trip_arbitrary_integer_columns(tmp_path_factory, spec, data):
+    path = tmp_path_factory.mktemp("codec")
+    _write(path, spec, data, chunk=64)
+    raw = (path / "a" / "c" / "0").read_bytes()
+    np.testing.assert_array_equal(
+        decode_chunk(raw, parse_codec(spec), (64,), "int64", "k")[: len(data)], data
+    )
+
+
+def test_flipped_byte_is_reported_with_the_chunk_key(tmp_path):
+    data = np.arange(64, dtype=np.uint8).reshape(4, 4, 4)
+    _write(tmp_path, "zstd", data, chunk=4)
+    raw = bytearray((tmp_path / "a" / "c" / "0" / "0" / "0").read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    with pytest.raises(CorruptChunkError, match=r"segments/x/images/c/0/0/0: checksum mismatch"):
+        decode_chunk(
+            bytes(raw), parse_codec("zstd"), (4, 4, 4), "uint8", "segments/x/images/c/0/0/0"
+        )
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("snappy", "unknown codec 'snappy'; valid: none, lz4"),
+        ("zstd:99", "level 99 is outside 1..22"),
+        ("zstd:fast", "level 'fast' is not an integer"),
+        ("blosc-lz4:5:bytes", "shuffle 'bytes' is not one of noshuffle, shuffle, bitshuffle"),
+        ("lz4:1:shuffle", "too many ':' parts; expected lz4[:LEVEL]"),
+        ("none:3", "too many ':' parts"),
+        ("", "non-empty"),
+    ],
+)
+def test_bad_spec_is_a_clear_error_listing_valid_forms(spec, message):
+    with pytest.raises(CodecError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        parse_codec(spec)
+
+
+@given(st.sampled_from(SPECS))
+def test_canonical_form_parses_back_to_the_same_spec(spec):
+    parsed = parse_codec(spec)
+    assert parse_codec(str(parsed)) == parsed
+    assert parsed.name in CODECS

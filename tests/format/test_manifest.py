@@ -1,0 +1,90 @@
+import json
+
+import pytest
+
+from lakeio.errors import CommitConflictError, FormatError, LakeNotFoundError
+from lakeio.format.location import Location
+from lakeio.format.manifest import (
+    FieldInfo,
+    Manifest,
+    SegmentEntry,
+    commit_manifest,
+    manifest_key,
+    manifest_versions,
+    read_manifest,
+)
+
+FIELDS = {
+    "images": FieldInfo("uint8", (4, 4, 3), "lz4:5"),
+    "labels": FieldInfo("int64", (), "lz4:5"),
+}
+
+
+def _manifest(*segments):
+    return Manifest(FIELDS, ("a", "b"), 8, tuple(SegmentEntry(s, 3, (1, 2)) for s in segments))
+
+
+def test_commits_number_versions_and_keep_snapshots(tmp_path):
+    loc = Location.of(tmp_path)
+    first = commit_manifest(loc, _manifest("s1"))
+    second = commit_manifest(
+        loc, first.with_segments([*first.segments, SegmentEntry("s2", 5)], {"op": "t"})
+    )
+    assert (first.version, second.version) == (1, 2)
+    assert manifest_versions(loc) == [1, 2]
+    assert read_manifest(loc).samples == 8
+    assert [s.id for s in read_manifest(loc, 1).segments] == ["s1"]
+
+
+def test_second_writer_from_the_same_parent_loses_instead_of_overwriting(tmp_path):
+    loc = Location.of(tmp_path)
+    base = commit_manifest(loc, _manifest("s1"))
+    commit_manifest(loc, base.with_segments([SegmentEntry("mine", 1)], {}))
+    with pytest.raises(CommitConflictError, match="moved from version 1 to 2"):
+        commit_manifest(loc, base.with_segments([SegmentEntry("theirs", 1)], {}))
+    assert [s.id for s in read_manifest(loc).segments] == ["mine"]
+
+
+def test_exclusive_create_refuses_an_existing_version(tmp_path):
+    loc = Location.of(tmp_path)
+    loc.create_exclusive("x.json", b"1")
+    with pytest.raises(FileExistsError):
+        loc.create_exclusive("x.json", b"2")
+    assert (tmp_path / "x.json").read_bytes() == b"1"
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_missing_lake_says_how_to_make_one(tmp_path):
+    with pytest.raises(LakeNotFoundError, match="lakeio ingest SRC DEST"):
+        read_manifest(Location.of(tmp_path))
+
+
+def test_future_format_version_is_refused_by_name(tmp_path):
+    loc = Location.of(tmp_path)
+    doc = json.loads(_manifest("s1").to_json())
+    doc["format_version"] = 99
+    doc["version"] = 1
+    path = tmp_path / manifest_key(1)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(FormatError, match=r"v00000001\.json: format_version 99 is not supported"):
+        read_manifest(loc)
+
+
+def test_garbage_manifest_names_the_file(tmp_path):
+    path = tmp_path / manifest_key(1)
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"{not json")
+    with pytest.raises(FormatError, match=r"v00000001\.json: manifest is not valid JSON"):
+        read_manifest(Location.of(tmp_path))
+
+
+def test_negative_sample_count_is_rejected_before_use(tmp_path):
+    doc = json.loads(_manifest("s1").to_json())
+    doc["version"] = 1
+    doc["segments"][0]["samples"] = -5
+    path = tmp_path / manifest_key(1)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(FormatError, match=r"segments\[\]\.samples must be >= 0"):
+        read_manifest(Location.of(tmp_path))
