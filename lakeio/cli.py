@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from lakeio.errors import LakeError
 
+SO_HELP = "fsspec storage option, repeatable; dotted keys nest (client_kwargs.region_name=...)"
 EPILOG = "Docs: docs/cli.md. Every command takes --help."
 
 
@@ -126,7 +127,9 @@ def _add_info(sub) -> None:
     p.add_argument("dest", help="lake location (path or URL)")
     p.add_argument("--version", type=int, help="a snapshot version (default: latest)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--storage-option", action="append", default=[], metavar="KEY=VALUE", help=SO_HELP
+    )
     p.set_defaults(run=_run_info)
 
 
@@ -148,7 +151,9 @@ def _add_verify(sub) -> None:
                        "by key. Exit status 1 if any is bad.")  # fmt: skip
     p.add_argument("dest", help="lake location (path or URL)")
     p.add_argument("--version", type=int, help="a snapshot version (default: latest)")
-    p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument(
+        "--storage-option", action="append", default=[], metavar="KEY=VALUE", help=SO_HELP
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_verify)
 

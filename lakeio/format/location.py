@@ -73,6 +73,7 @@ class Location:
 
     def list(self, key: str) -> list[str]:
         """Names (not paths) directly under ``key``; empty when it does not exist."""
+        self.fs.invalidate_cache(self.path(key))  # listings decide versions: never from a cache
         try:
             entries = self.fs.ls(self.path(key), detail=False)
         except FileNotFoundError:

@@ -1,0 +1,130 @@
+"""The `lakeio` command as users run it: real processes, real local clusters."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lakeio.cli import build_parser
+from lakeio.testing.images import write_image_folder
+
+LAKEIO = [str(Path(sys.executable).with_name("lakeio"))]
+
+
+def _cli(*args):
+    return subprocess.run([*LAKEIO, *map(str, args)], capture_output=True, text=True, timeout=180)
+
+
+@pytest.fixture(scope="module")
+def cli_lake(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    write_image_folder(
+        root / "src", 60, size=(40, 48), fmt="jpg", seed=4, photos=("coffee", "rocket", "chelsea")
+    )
+    (root / "src" / "rocket" / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    run = _cli(
+        "ingest",
+        root / "src",
+        root / "lake",
+        "--workers",
+        "2",
+        "--size",
+        "32x32",
+        "--codec",
+        "blosc-zstd:5:bitshuffle",
+        "--chunk-samples",
+        "16",
+    )
+    return root, run
+
+
+def test_ingest_prints_dashboard_progress_and_summary(cli_lake):
+    _, run = cli_lake
+    assert run.returncode == 0, run.stderr
+    assert "Dask dashboard: http://" in run.stdout
+    assert "lakeio ingest" in run.stderr and "img" in run.stderr  # the progress bar
+    for figure in (
+        "images written   60",
+        "images rejected  1",
+        "bytes in",
+        "bytes stored",
+        "compression",
+        "images/s",
+    ):
+        assert figure in run.stdout
+
+
+def test_info_lists_fields_codec_classes_and_ratio(cli_lake):
+    root, _ = cli_lake
+    info = json.loads(_cli("info", root / "lake", "--json").stdout)
+    assert info["samples"] == 60
+    assert info["fields"]["images"] == {
+        "dtype": "uint8",
+        "shape": [60, 32, 32, 3],
+        "chunks": [16, 32, 32, 3],
+        "codec": "blosc-zstd:5:bitshuffle",
+    }
+    assert info["classes"] == {"chelsea": 20, "coffee": 20, "rocket": 20}
+    assert info["ratio"] > 1.0
+    text = _cli("info", root / "lake").stdout
+    assert "images   uint8" in text and "rocket" in text and "ratio" in text
+
+
+def test_verify_passes_then_names_the_corrupted_chunk(cli_lake, tmp_path):
+    root, _ = cli_lake
+    ok = _cli("verify", root / "lake", "--quiet")
+    assert ok.returncode == 0 and "OK" in ok.stdout
+    import shutil
+
+    lake = tmp_path / "lake"
+    shutil.copytree(root / "lake", lake)
+    segment = sorted((lake / "segments").iterdir())[0]
+    chunk = segment / "images" / "c" / "0" / "0" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[20] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    (segment / "labels" / "c" / "0").unlink()
+    bad = _cli("verify", lake, "--quiet")
+    assert bad.returncode == 1
+    assert f"BAD segments/{segment.name}/images/c/0/0/0/0: checksum mismatch" in bad.stdout
+    assert f"BAD segments/{segment.name}/labels/c/0: missing from the store" in bad.stdout
+    assert "2 problems" in bad.stdout
+
+
+def test_bad_codec_is_one_clear_line_listing_valid_codecs(tmp_path):
+    run = _cli("ingest", tmp_path, tmp_path / "lake", "--codec", "brotli")
+    assert run.returncode == 1
+    assert run.stderr.strip().startswith("lakeio: error: unknown codec 'brotli'; valid: none, lz4")
+    assert "Traceback" not in run.stderr
+
+
+def test_codecs_command_lists_every_spec():
+    out = _cli("codecs").stdout
+    for syntax in (
+        "none",
+        "lz4[:LEVEL]",
+        "zstd[:LEVEL]",
+        "blosc-lz4[:LEVEL[:SHUFFLE]]",
+        "blosc-zstd[:LEVEL[:SHUFFLE]]",
+    ):
+        assert syntax in out
+
+
+def test_missing_lake_is_a_clear_error(tmp_path):
+    run = _cli("info", tmp_path / "nothing")
+    assert run.returncode == 1 and "no lake here" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_every_option_has_help_text():
+    parser = build_parser()
+    subparsers = next(
+        a
+        for a in parser._actions
+        if a.dest == "==SUPPRESS==" or a.__class__.__name__ == "_SubParsersAction"
+    )
+    for name, sub in subparsers.choices.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"lakeio {name} {action.option_strings[0]} has no help"
