@@ -81,15 +81,15 @@ def test_verify_passes_then_names_the_corrupted_chunk(cli_lake, tmp_path):
     lake = tmp_path / "lake"
     shutil.copytree(root / "lake", lake)
     segment = sorted((lake / "segments").iterdir())[0]
-    chunk = segment / "images" / "c" / "0" / "0" / "0" / "0"
+    chunk = segment / "images" / "c.0.0.0.0"
     data = bytearray(chunk.read_bytes())
     data[20] ^= 0xFF
     chunk.write_bytes(bytes(data))
-    (segment / "labels" / "c" / "0").unlink()
+    (segment / "labels" / "c.0").unlink()
     bad = _cli("verify", lake, "--quiet")
     assert bad.returncode == 1
-    assert f"BAD segments/{segment.name}/images/c/0/0/0/0: checksum mismatch" in bad.stdout
-    assert f"BAD segments/{segment.name}/labels/c/0: missing from the store" in bad.stdout
+    assert f"BAD segments/{segment.name}/images/c.0.0.0.0: checksum mismatch" in bad.stdout
+    assert f"BAD segments/{segment.name}/labels/c.0: missing from the store" in bad.stdout
     assert "2 problems" in bad.stdout
 
 

@@ -64,3 +64,51 @@ def decode_chunk(
     if len(data) != expected:
         raise CorruptChunkError(key, f"decodes to {len(data)} bytes, expected {expected}")
     return np.frombuffer(data, dtype=dtype).reshape(chunk_shape)
+
+
+def compress(data: np.ndarray, codec: CodecSpec) -> bytes:
+    """Apply the compressor of ``codec`` to a C-contiguous little-endian array's bytes."""
+    if codec.name == "none":
+        return data.tobytes()
+    if codec.name == "lz4" or codec.name.startswith("blosc-"):
+        from numcodecs import Blosc
+
+        cname = "lz4" if codec.name == "lz4" else codec.name.split("-", 1)[1]
+        shuffle = {
+            "noshuffle": Blosc.NOSHUFFLE,
+            "shuffle": Blosc.SHUFFLE,
+            "bitshuffle": Blosc.BITSHUFFLE,
+        }
+        return bytes(
+            Blosc(cname=cname, clevel=codec.level, shuffle=shuffle[codec.shuffle]).encode(data)
+        )
+    if codec.name == "zstd":
+        from numcodecs import Zstd
+
+        return bytes(Zstd(level=codec.level).encode(data))
+    if codec.name == "gzip":
+        from numcodecs import GZip
+
+        return bytes(GZip(level=codec.level).encode(data))
+    raise ValueError(f"unknown codec {codec}")
+
+
+def encode_chunk(rows: np.ndarray, chunk_samples: int, codec: CodecSpec) -> bytes:
+    """One stored chunk exactly as zarr writes it: rows zero-padded to the chunk, compressed, crc32c."""
+    if len(rows) < chunk_samples:
+        padded = np.zeros((chunk_samples, *rows.shape[1:]), dtype=rows.dtype)
+        padded[: len(rows)] = rows
+        rows = padded
+    data = np.ascontiguousarray(rows, dtype=rows.dtype.newbyteorder("<"))
+    payload = compress(data, codec)
+    return payload + _crc32c(payload).to_bytes(4, "little")
+
+
+def encode_text_chunk(rows: np.ndarray, chunk_samples: int, codec: CodecSpec) -> bytes:
+    """A chunk of strings as zarr's ``vlen-utf8`` codec stores it, padded with empty strings."""
+    from numcodecs import VLenUTF8
+
+    values = np.full(chunk_samples, "", dtype=object)
+    values[: len(rows)] = [str(v) for v in rows]
+    payload = compress(np.frombuffer(VLenUTF8().encode(values), dtype=np.uint8), codec)
+    return payload + _crc32c(payload).to_bytes(4, "little")

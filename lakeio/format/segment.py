@@ -7,11 +7,14 @@ a segment without it is debris from a crashed run and is rewritten, never read.
 
 from __future__ import annotations
 
+import json
 import math
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
 
+from lakeio.format.chunks import encode_chunk, encode_text_chunk
 from lakeio.format.codecs import parse_codec
 from lakeio.format.location import Location
 from lakeio.format.manifest import SEGMENT_DIR, FieldInfo
@@ -34,10 +37,14 @@ def chunk_count(samples: int, chunk_samples: int) -> int:
 
 
 def chunk_key(segment_id: str, field: str, chunk_index: int, ndim: int) -> str:
-    """The store key of one chunk (Zarr v3 default encoding; only the sample axis is chunked)."""
-    rest = "/".join(["0"] * (ndim - 1))
-    suffix = f"{chunk_index}/{rest}" if rest else f"{chunk_index}"
-    return f"{segment_key(segment_id)}/{field}/c/{suffix}"
+    """The store key of one chunk: Zarr v3 default encoding with "." separators (``c.7.0.0.0``).
+
+    Only the sample axis is chunked, so the trailing indices are always 0; "." keeps a field's
+    chunks in one folder instead of a chain of nested single-entry ones.
+    """
+    return f"{segment_key(segment_id)}/{field}/c." + ".".join(
+        [str(chunk_index)] + ["0"] * (ndim - 1)
+    )
 
 
 def _dimension_names(name: str, ndim: int) -> list[str]:
@@ -54,40 +61,65 @@ def write_segment(
     chunk_samples: int,
     summary: dict[str, Any],
 ) -> int:
-    """Write aligned ``columns`` as segment ``segment_id``, then mark it complete; returns bytes stored."""
-    import zarr
+    """Write aligned ``columns`` as segment ``segment_id``, then mark it complete; returns bytes stored.
 
+    Chunks and array metadata are written directly (the metadata from a template zarr itself
+    made, the chunks byte for byte as zarr encodes them): per-segment zarr calls cost more than
+    the pixels for small segments. The group's ``zarr.json``, written last, marks completion.
+    """
     key = segment_key(segment_id)
     loc.remove(key)  # debris from an interrupted attempt is never reused
-    store = loc.zarr_store()
     samples = len(next(iter(columns.values())))
-    group = zarr.open_group(store, path=key, mode="w", zarr_format=3)
     for name, data in columns.items():
         info = fields[name]
         if len(data) != samples:
             raise ValueError(f"field {name!r} has {len(data)} samples, expected {samples}")
-        is_text = info.dtype == "str"
-        array = group.create_array(
-            name=name,
-            shape=(samples, *info.shape),
-            chunks=(chunk_samples, *info.shape),
-            dtype=str if is_text else info.dtype,
-            compressors=parse_codec(info.codec).compressors(),
-            fill_value="" if is_text else 0,
-            dimension_names=_dimension_names(name, 1 + len(info.shape)),
-            config={"write_empty_chunks": True},
-        )
-        if samples:
-            array[...] = data
+        codec = parse_codec(info.codec)
+        for index, start in enumerate(range(0, samples, chunk_samples)):
+            rows = data[start : start + chunk_samples]
+            chunk = (
+                encode_text_chunk(rows, chunk_samples, codec)
+                if info.dtype == "str"
+                else encode_chunk(rows, chunk_samples, codec)
+            )
+            loc.write(chunk_key(segment_id, name, index, 1 + len(info.shape)), chunk)
+        metadata = dict(array_metadata(name, info, chunk_samples), shape=[samples, *info.shape])
+        loc.write(f"{key}/{name}/zarr.json", json.dumps(metadata, indent=2).encode())
     stored = loc.size_under(key)
-    group.attrs.update({SUMMARY_ATTR: {**summary, "samples": samples, "stored_bytes": stored}})
+    attributes = {SUMMARY_ATTR: {**summary, "samples": samples, "stored_bytes": stored}}
+    group = {"zarr_format": 3, "node_type": "group", "attributes": attributes}
+    loc.write_atomic(f"{key}/zarr.json", json.dumps(group, indent=2, ensure_ascii=False).encode())
     return stored
+
+
+@lru_cache(maxsize=64)
+def _metadata_template(name: str, info: FieldInfo, chunk_samples: int) -> str:
+    import zarr
+
+    is_text = info.dtype == "str"
+    backing: dict = {}
+    zarr.create_array(
+        zarr.storage.MemoryStore(backing),
+        name=name,
+        shape=(0, *info.shape),
+        chunks=(chunk_samples, *info.shape),
+        dtype=str if is_text else info.dtype,
+        compressors=parse_codec(info.codec).compressors(),
+        fill_value="" if is_text else 0,
+        dimension_names=_dimension_names(name, 1 + len(info.shape)),
+        config={"write_empty_chunks": True},
+        chunk_key_encoding={"name": "default", "separator": "."},
+    )
+    return backing[f"{name}/zarr.json"].to_bytes().decode()
+
+
+def array_metadata(name: str, info: FieldInfo, chunk_samples: int) -> dict:
+    """The zarr.json document zarr writes for this field (with a zero-length sample axis)."""
+    return json.loads(_metadata_template(name, info, chunk_samples))
 
 
 def read_segment_summary(loc: Location, segment_id: str) -> dict[str, Any] | None:
     """The completion summary of a segment, or None if it is absent or incomplete."""
-    import json
-
     try:
         raw = loc.read_bytes(f"{segment_key(segment_id)}/zarr.json")
     except FileNotFoundError:

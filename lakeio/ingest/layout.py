@@ -7,6 +7,7 @@ cluster) and stops the run before a single chunk is written if they do not.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import Counter
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from lakeio.ingest.options import IngestOptions
 from lakeio.ingest.sources import ArraySource, FolderScan
 
 PROBE_BATCH = 512
+HEADER_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -39,14 +41,27 @@ class Layout:
         return self.fields["images"].shape  # type: ignore[return-value]
 
 
-def _probe_batch(src: Location, paths: list[str], opts: DecodeOptions) -> list:
-    out = []
-    for path in paths:
+def _probe_one(src: Location, path: str, opts: DecodeOptions) -> tuple[int, int, bool] | None:
+    """(height, width, grayscale) from the file's first bytes (all of it only if Pillow needs more)."""
+    try:
+        head = probe_header(src.read_prefix(path, HEADER_BYTES), path, opts)
+    except SourceError:
         try:
             head = probe_header(src.read_bytes(path), path, opts)
-            out.append((head.height, head.width, head.grayscale))
         except (SourceError, OSError):
-            out.append(None)  # the decode pass rejects it again, with its reason
+            return None  # the decode pass rejects it again, with its reason
+    except OSError:
+        return None
+    return head.height, head.width, head.grayscale
+
+
+def _probe_batch(src: Location, paths: list[str], opts: DecodeOptions) -> np.ndarray:
+    """(height, width, grayscale) rows, -1 where unreadable: one array ships far faster than tuples."""
+    out = np.full((len(paths), 3), -1, dtype=np.int64)
+    for i, path in enumerate(paths):
+        fact = _probe_one(src, path, opts)
+        if fact is not None:
+            out[i] = fact
     return out
 
 
@@ -54,13 +69,16 @@ def probe_folder(client: Client, src: Location, scan: FolderScan, opts: DecodeOp
     """Header facts for every file, probed in parallel on the cluster (None where unreadable)."""
     paths = [f.path for f in scan.files]
     tag = hashlib.blake2b("\n".join(paths).encode(), digest_size=6).hexdigest()
+    workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
+    batch = max(PROBE_BATCH, math.ceil(len(paths) / (2 * workers)))  # ~10 µs a file: few tasks
     futures = [
         client.submit(
-            _probe_batch, src, paths[i : i + PROBE_BATCH], opts, key=f"lakeio-probe-{tag}-{i}"
+            _probe_batch, src, paths[i : i + batch], opts, key=f"lakeio-ingest-probe-{tag}-{i}"
         )
-        for i in range(0, len(paths), PROBE_BATCH)
+        for i in range(0, len(paths), batch)
     ]
-    return [fact for batch in client.gather(futures) for fact in batch]
+    facts = np.concatenate(client.gather(futures)) if futures else np.empty((0, 3), np.int64)
+    return [None if h < 0 else (int(h), int(w), bool(g)) for h, w, g in facts.tolist()]
 
 
 def _shared_size(sizes: Counter, where: str) -> tuple[int, int]:

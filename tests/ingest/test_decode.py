@@ -135,3 +135,26 @@ def test_array_images_are_conformed_or_refused():
     assert out.shape == (4, 4, 3) and (out[..., 0] == gray).all()
     with pytest.raises(SourceError, match="dtype float32 is not uint8"):
         conform_array(gray.astype(np.float32), "a[1]", DecodeOptions())
+
+
+def test_plain_jpeg_fast_path_matches_pillow_exactly():
+    pixels = _gradient(48, 64)
+    data = _encode(Image.fromarray(pixels), "JPEG", quality=90)
+    reference = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    np.testing.assert_array_equal(decode_image(data, "x.jpg", DecodeOptions()), reference)
+    gray = _encode(Image.fromarray(pixels[..., 0]), "JPEG", quality=90)
+    as_rgb = decode_image(gray, "g.jpg", DecodeOptions(channels=3))
+    assert as_rgb.shape == (48, 64, 3) and (as_rgb[..., 0] == as_rgb[..., 2]).all()
+    as_gray = decode_image(gray, "g.jpg", DecodeOptions(channels=1))
+    np.testing.assert_array_equal(as_gray[..., 0], np.asarray(Image.open(io.BytesIO(gray))))
+
+
+def test_jpeg_with_exif_orientation_takes_the_rotating_path():
+    pixels = _gradient(40, 60)
+    exif = Image.Exif()
+    exif[0x0112] = 8  # display = rotate 90° counter-clockwise
+    data = _encode(Image.fromarray(pixels), "JPEG", quality=95, exif=exif)
+    out = decode_image(data, "x.jpg", DecodeOptions())
+    assert out.shape == (60, 40, 3)
+    reference = np.rot90(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), k=1)
+    np.testing.assert_array_equal(out, reference)
