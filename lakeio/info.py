@@ -60,6 +60,6 @@ def format_info(info: dict[str, Any]) -> str:
     ratio = f"{info['ratio']:.2f}x" if info["ratio"] else "n/a"
     lines.append(
         f"bytes     {human_bytes(info['stored_bytes'])} stored, "
-        f"{human_bytes(info['decoded_bytes'])} uncompressed (images); ratio {ratio}"
+        f"{human_bytes(info['decoded_bytes'])} uncompressed; ratio {ratio}"
     )
     return "\n".join(lines)

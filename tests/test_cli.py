@@ -128,3 +128,16 @@ def test_every_option_has_help_text():
         for action in sub._actions:
             if action.option_strings and action.dest != "help":
                 assert action.help, f"lakeio {name} {action.option_strings[0]} has no help"
+
+
+def test_ingest_on_an_existing_cluster_with_scheduler(cluster_address, tmp_path):
+    write_image_folder(
+        tmp_path / "src", 30, size=(16, 16), fmt="png", seed=8, photos=("coffee", "rocket")
+    )
+    run = _cli(
+        "ingest", tmp_path / "src", tmp_path / "lake", "--scheduler", cluster_address, "--quiet"
+    )
+    assert run.returncode == 0, run.stderr
+    assert "(2 workers)" in run.stdout and "images written   30" in run.stdout
+    info = json.loads(_cli("info", tmp_path / "lake", "--json").stdout)
+    assert info["classes"] == {"coffee": 15, "rocket": 15}

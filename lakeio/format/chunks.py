@@ -13,10 +13,10 @@ from lakeio.errors import CorruptChunkError
 from lakeio.format.codecs import CodecSpec
 
 
-def _crc32c(data: bytes) -> int:
+def _crc32c(data) -> int:
     import google_crc32c
 
-    return google_crc32c.value(data)
+    return google_crc32c.value(data if isinstance(data, bytes) else bytes(data))
 
 
 def verify_checksum(raw: bytes, key: str) -> bytes:
@@ -66,10 +66,10 @@ def decode_chunk(
     return np.frombuffer(data, dtype=dtype).reshape(chunk_shape)
 
 
-def compress(data: np.ndarray, codec: CodecSpec) -> bytes:
+def compress(data: np.ndarray, codec: CodecSpec) -> bytes | memoryview:
     """Apply the compressor of ``codec`` to a C-contiguous little-endian array's bytes."""
     if codec.name == "none":
-        return data.tobytes()
+        return memoryview(data).cast("B")  # the array's own bytes: no copy
     if codec.name == "lz4" or codec.name.startswith("blosc-"):
         from numcodecs import Blosc
 
@@ -85,15 +85,15 @@ def compress(data: np.ndarray, codec: CodecSpec) -> bytes:
     if codec.name == "zstd":
         from numcodecs import Zstd
 
-        return bytes(Zstd(level=codec.level).encode(data))
+        return Zstd(level=codec.level).encode(data)
     if codec.name == "gzip":
         from numcodecs import GZip
 
-        return bytes(GZip(level=codec.level).encode(data))
+        return GZip(level=codec.level).encode(data)
     raise ValueError(f"unknown codec {codec}")
 
 
-def encode_chunk(rows: np.ndarray, chunk_samples: int, codec: CodecSpec) -> bytes:
+def encode_chunk(rows: np.ndarray, chunk_samples: int, codec: CodecSpec) -> list[bytes]:
     """One stored chunk exactly as zarr writes it: rows zero-padded to the chunk, compressed, crc32c."""
     if len(rows) < chunk_samples:
         padded = np.zeros((chunk_samples, *rows.shape[1:]), dtype=rows.dtype)
@@ -101,14 +101,14 @@ def encode_chunk(rows: np.ndarray, chunk_samples: int, codec: CodecSpec) -> byte
         rows = padded
     data = np.ascontiguousarray(rows, dtype=rows.dtype.newbyteorder("<"))
     payload = compress(data, codec)
-    return payload + _crc32c(payload).to_bytes(4, "little")
+    return [payload, _crc32c(payload).to_bytes(4, "little")]  # parts: no 4 MB concatenation
 
 
-def encode_text_chunk(rows: np.ndarray, chunk_samples: int, codec: CodecSpec) -> bytes:
+def encode_text_chunk(rows: np.ndarray, chunk_samples: int, codec: CodecSpec) -> list[bytes]:
     """A chunk of strings as zarr's ``vlen-utf8`` codec stores it, padded with empty strings."""
     from numcodecs import VLenUTF8
 
     values = np.full(chunk_samples, "", dtype=object)
     values[: len(rows)] = [str(v) for v in rows]
     payload = compress(np.frombuffer(VLenUTF8().encode(values), dtype=np.uint8), codec)
-    return payload + _crc32c(payload).to_bytes(4, "little")
+    return [payload, _crc32c(payload).to_bytes(4, "little")]

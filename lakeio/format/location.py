@@ -81,8 +81,12 @@ class Location:
                 return fh.read(size)
         return self.fs.cat_file(self.path(key), start=0, end=size)
 
-    def write(self, key: str, data: bytes) -> None:
-        """Write an object that nobody reads until a later marker says so (segment chunks)."""
+    def write(self, key: str, data: bytes | list) -> None:
+        """Write an object that nobody reads until a later marker says so (segment chunks).
+
+        ``data`` may be a list of buffers, written one after the other (no concatenation).
+        """
+        parts = data if isinstance(data, list) else [data]
         if self.is_local:
             path = self.path(key)
             try:
@@ -91,9 +95,10 @@ class Location:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
                 fh = open(path, "wb")  # noqa: SIM115
             with fh:
-                fh.write(data)
+                for part in parts:
+                    fh.write(part)
         else:
-            self.fs.pipe_file(self.path(key), data)
+            self.fs.pipe_file(self.path(key), b"".join(parts))
 
     def list(self, key: str) -> list[str]:
         """Names (not paths) directly under ``key``; empty when it does not exist."""

@@ -192,7 +192,9 @@ def _resize(image: Image.Image, opts: DecodeOptions) -> Image.Image:
     return ImageOps.pad(image, (width, height), method, color=0)
 
 
-def _decode_plain_jpeg(data: bytes, path: str, opts: DecodeOptions) -> np.ndarray | None:
+def _decode_plain_jpeg(
+    data: bytes, path: str, opts: DecodeOptions, out: np.ndarray | None
+) -> np.ndarray | None:
     """libjpeg-turbo straight into numpy (simplejpeg) for JPEGs without EXIF; None → use Pillow.
 
     Pillow spends more time parsing a small JPEG's header in Python than decoding it; this path
@@ -226,10 +228,15 @@ def _decode_plain_jpeg(data: bytes, path: str, opts: DecodeOptions) -> np.ndarra
     return pixels[..., None] if pixels.ndim == 2 else pixels
 
 
-def decode_image(data: bytes, path: str, opts: DecodeOptions) -> np.ndarray:
-    """Decode one encoded image into an (H, W, C) uint8 array; `SourceError` if it cannot be."""
+def decode_image(
+    data: bytes, path: str, opts: DecodeOptions, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Decode one encoded image into an (H, W, C) uint8 array; `SourceError` if it cannot be.
+
+    ``out``, if given, is a buffer the result may (not must) be decoded into.
+    """
     if data[:3] == b"\xff\xd8\xff":
-        pixels = _decode_plain_jpeg(data, path, opts)
+        pixels = _decode_plain_jpeg(data, path, opts, out)
         if pixels is not None:
             return pixels
     image = _open(data, path)

@@ -66,12 +66,12 @@ def ingest(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     opts = IngestOptions(**options)
-    started = time.perf_counter()
     dest_loc = Location.of(dest, storage_options)
     base = _latest_or_none(dest_loc)
     src_loc, resolved = _resolve_source(source, labels, classes, base, source_options)
     local_memory = "memory" in (dest_loc.protocol, src_loc.protocol if src_loc else "")
     with dask_client(cluster, workers=workers, processes=not local_memory, echo=echo) as client:
+        started = time.perf_counter()  # the work, not the cluster's start-up
         layout = decide_layout(client, resolved, src_loc, opts, base)
         tasks = _plan_tasks(resolved, src_loc, dest_loc, layout, opts)
         planned = [t.segment_id for t in tasks]

@@ -36,7 +36,11 @@ def test_folder_round_trips_pixels_labels_and_paths(png_folder, tmp_path, client
         assert ds.classes[label] == rel.split("/")[0]
         assert ds.sample(i, ("paths",))["paths"] == rel
     assert ds.classes == tuple(sorted(ds.classes))
-    assert summary.stored_bytes > 0 and summary.decoded_bytes == 120 * 32 * 32 * 3
+    path_bytes = sum(len(rel.encode()) for rel, _, _ in written)
+    assert (
+        summary.decoded_bytes == 120 * 32 * 32 * 3 + 120 * 8 + path_bytes
+    )  # images, labels, paths
+    assert summary.stored_bytes > 0
 
 
 def test_lake_opens_with_plain_zarr_and_dask(png_folder, tmp_path, client):
@@ -200,3 +204,14 @@ def test_arrays_iterables_and_npz_ingest(tmp_path, client):
     npz = lakeio.open_dataset(tmp_path / "npz")
     assert npz.manifest.fields["images"].shape == (8, 8, 1)
     np.testing.assert_array_equal(npz.to_dask()["images"].compute()[..., 0], images[:, :, :, 0])
+
+
+def test_memory_url_ingest_runs_on_an_in_process_cluster(png_folder):
+    root, written = png_folder
+    summary = lakeio.ingest(
+        root, "memory://lakeio-tests/lake", workers=1, chunk_samples=50, progress=False, echo=None
+    )
+    ds = lakeio.open_dataset("memory://lakeio-tests/lake")
+    assert summary.written == len(ds) == 120
+    pixels = {rel: px for rel, px, _ in written}
+    np.testing.assert_array_equal(ds[7][0], pixels[ds.sample(7)["paths"]])
