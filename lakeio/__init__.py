@@ -1,5 +1,6 @@
 """lakeio: a Dask-powered data lake for image training data (Zarr v3 storage, PyTorch streaming)."""
 
+from lakeio.cache.config import Cache
 from lakeio.dataset import Dataset, open_dataset
 from lakeio.errors import (
     CodecError,
@@ -15,6 +16,7 @@ from lakeio.ingest import IngestOptions, IngestSummary, ingest
 __version__ = "0.1.0"
 
 __all__ = [
+    "Cache",
     "CodecError",
     "CorruptChunkError",
     "Dataset",

@@ -1,85 +1,36 @@
 """`open_dataset`: a committed lake snapshot as a sequence of samples and as dask arrays.
 
-Reads go chunk by chunk through `ChunkReader` (raw bytes → checksum → decode), the seam where
-the cache tiers and the streaming loader plug in.
+Reads go chunk by chunk through a `ChunkSource` (memory tier → disk tier → origin, checksum,
+decode), which the streaming loader shares.
 """
 
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
-from lakeio.errors import CorruptChunkError
-from lakeio.format.chunks import decode_chunk
-from lakeio.format.codecs import parse_codec
+from lakeio.cache.config import Cache
+from lakeio.cache.source import ChunkSource
 from lakeio.format.index import SampleIndex
 from lakeio.format.location import Location
 from lakeio.format.manifest import Manifest, read_manifest
-from lakeio.format.segment import chunk_key, segment_key
-
-
-class ChunkReader:
-    """Reads and decodes whole chunks of a lake's fields, keeping the last few decoded."""
-
-    def __init__(self, loc: Location, manifest: Manifest, keep: int = 4) -> None:
-        self.loc = loc
-        self.manifest = manifest
-        self._decoded: OrderedDict[tuple, np.ndarray] = OrderedDict()
-        self._keep = keep
-
-    def key(self, segment: int, field: str, chunk: int) -> str:
-        info = self.manifest.fields[field]
-        return chunk_key(self.manifest.segments[segment].id, field, chunk, 1 + len(info.shape))
-
-    def read(self, segment: int, field: str, chunk: int) -> np.ndarray:
-        """The decoded chunk (full chunk shape; rows past the segment's end are padding)."""
-        slot = (segment, field, chunk)
-        if slot in self._decoded:
-            self._decoded.move_to_end(slot)
-            return self._decoded[slot]
-        array = self.fetch(segment, field, chunk)
-        self._decoded[slot] = array
-        while len(self._decoded) > self._keep:
-            self._decoded.popitem(last=False)
-        return array
-
-    def fetch(self, segment: int, field: str, chunk: int) -> np.ndarray:
-        info = self.manifest.fields[field]
-        key = self.key(segment, field, chunk)
-        if info.dtype == "str":
-            return self._read_text(segment, field, chunk, key)
-        try:
-            raw = self.loc.read_bytes(key)
-        except FileNotFoundError:
-            raise CorruptChunkError(key, "missing from the store") from None
-        shape = (self.manifest.chunk_samples, *info.shape)
-        return decode_chunk(raw, parse_codec(info.codec), shape, info.dtype, key)
-
-    def _read_text(self, segment: int, field: str, chunk: int, key: str) -> np.ndarray:
-        import zarr
-
-        if not self.loc.exists(key):
-            raise CorruptChunkError(key, "missing from the store")
-        seg = self.manifest.segments[segment]
-        array = zarr.open_array(self.loc.zarr_store(), path=f"{seg.key}/{field}", mode="r")
-        start = chunk * self.manifest.chunk_samples
-        try:
-            return np.asarray(array[start : min(start + self.manifest.chunk_samples, seg.samples)])
-        except ValueError as exc:  # zarr's checksum failure names no chunk
-            raise CorruptChunkError(key, str(exc)) from None
+from lakeio.format.segment import segment_key
 
 
 class Dataset:
     """A read-only snapshot of a lake: ``len(ds)``, ``ds[i]`` → (image, label), ``ds.to_dask()``."""
 
-    def __init__(self, loc: Location, manifest: Manifest) -> None:
+    def __init__(self, loc: Location, manifest: Manifest, cache: Cache | None = None) -> None:
         self.loc = loc
         self.manifest = manifest
         self.index = SampleIndex([s.samples for s in manifest.segments], manifest.chunk_samples)
-        self.reader = ChunkReader(loc, manifest)
+        self.source = ChunkSource(loc, manifest, cache)
+
+    def stats(self) -> dict[str, Any]:
+        """What the cache tiers served: requests, hits and misses per tier, origin bytes, decode time."""
+        return self.source.stats()
 
     def __repr__(self) -> str:
         shape = self.manifest.fields["images"].shape if "images" in self.fields else ()
@@ -115,7 +66,7 @@ class Dataset:
         segment, chunk, row = self.index.locate(self._position(i))
         out = {}
         for field in fields or self.fields:
-            value = self.reader.read(segment, field, chunk)[row]
+            value = self.source.get(segment, field, chunk)[row]
             out[field] = value.copy() if isinstance(value, np.ndarray) else _scalar(value)
         return out
 
@@ -149,11 +100,18 @@ class Dataset:
 
 
 def open_dataset(
-    url: str | os.PathLike, *, storage_options: dict | None = None, version: int | None = None
+    url: str | os.PathLike,
+    *,
+    cache: Cache | None = None,
+    storage_options: dict | None = None,
+    version: int | None = None,
 ) -> Dataset:
-    """Open the lake at ``url`` (local path or fsspec URL) at its latest (or a given) version."""
+    """Open the lake at ``url`` (local path or fsspec URL) at its latest (or a given) version.
+
+    ``cache`` sets the memory and disk tiers (default `lakeio.Cache()`: memory only).
+    """
     loc = Location.of(url, storage_options)
-    return Dataset(loc, read_manifest(loc, version))
+    return Dataset(loc, read_manifest(loc, version), cache)
 
 
 def _scalar(value: Any) -> Any:

@@ -37,10 +37,10 @@ def verify_lake(ds: Dataset, progress: Callable[[int], None] | None = None) -> V
         _check_segment_summary(ds, s, report)
         for name in m.fields:
             for c in range(chunk_count(seg.samples, m.chunk_samples)):
-                key = ds.reader.key(s, name, c)
                 try:
-                    chunk = ds.reader.fetch(s, name, c)
+                    chunk = ds.source.read_origin(s, name, c)
                     if name == "labels":
+                        key = ds.source.key(s, name, c)
                         _check_labels(chunk, seg.samples - c * m.chunk_samples, len(m.classes), key)
                 except CorruptChunkError as exc:
                     report.problems.append((exc.key, exc.reason))

@@ -28,3 +28,28 @@ def png_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("png-folder")
     written = write_image_folder(root, 120, size=(32, 32), fmt="png", seed=1)
     return root, written
+
+
+@pytest.fixture(scope="session")
+def small_lake(tmp_path_factory, client):
+    """A 203-sample lake of 32x32 photo crops in 16-sample chunks: (path, images, labels)."""
+    import numpy as np
+
+    import lakeio
+    from lakeio.testing.images import photo_crops
+
+    pairs = list(photo_crops(203, (32, 32), seed=11))
+    images = np.stack([p for p, _ in pairs])
+    labels = np.array([label for _, label in pairs])
+    path = tmp_path_factory.mktemp("small-lake") / "lake"
+    lakeio.ingest(
+        images,
+        path,
+        labels=labels,
+        cluster=client,
+        chunk_samples=16,
+        codec="zstd:1",
+        progress=False,
+        echo=None,
+    )
+    return path, images, labels

@@ -112,3 +112,17 @@ def encode_text_chunk(rows: np.ndarray, chunk_samples: int, codec: CodecSpec) ->
     values[: len(rows)] = [str(v) for v in rows]
     payload = compress(np.frombuffer(VLenUTF8().encode(values), dtype=np.uint8), codec)
     return [payload, _crc32c(payload).to_bytes(4, "little")]
+
+
+def decode_text_chunk(raw: bytes, codec: CodecSpec, chunk_samples: int, key: str) -> np.ndarray:
+    """A stored vlen-utf8 chunk as an object array of ``chunk_samples`` strings."""
+    from numcodecs import VLenUTF8
+
+    data = decompress(verify_checksum(raw, key), codec, key)
+    try:
+        values = VLenUTF8().decode(data)
+    except (ValueError, RuntimeError, UnicodeDecodeError) as exc:
+        raise CorruptChunkError(key, f"strings do not decode: {exc}") from None
+    if len(values) != chunk_samples:
+        raise CorruptChunkError(key, f"holds {len(values)} strings, expected {chunk_samples}")
+    return values

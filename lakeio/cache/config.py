@@ -1,0 +1,44 @@
+"""`lakeio.Cache`: how much to cache where, with defaults from dask.config (``lakeio.cache.*``).
+
+Defaults: a memory tier of 2 GiB per process; a disk tier only when a folder is given, either
+here or by ``lakeio.cache.disk`` in dask's config (e.g. the environment variable
+``DASK_LAKEIO__CACHE__DISK=/nvme/lakeio``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dask.config
+
+from lakeio.sizes import parse_size
+
+dask.config.update_defaults(
+    {"lakeio": {"cache": {"memory": "2GiB", "disk": None, "disk-size": "50GiB"}}}
+)
+
+
+@dataclass(frozen=True)
+class Cache:
+    """Cache budgets: ``memory`` for decoded chunks (per process), ``disk`` folder and ``disk_size``.
+
+    Memory trades RAM for decode work (a second epoch that fits is served with no reads at all);
+    the disk tier trades local disk for origin reads (worth it for object stores and slow mounts,
+    not for a lake already on local NVMe). Sizes take "8GB", "512MiB" or plain bytes.
+    """
+
+    memory: int | str | None = None
+    disk: str | None = None
+    disk_size: int | str | None = None
+
+    def __post_init__(self) -> None:
+        memory = self.memory if self.memory is not None else dask.config.get("lakeio.cache.memory")
+        disk = self.disk if self.disk is not None else dask.config.get("lakeio.cache.disk")
+        disk_size = (
+            self.disk_size
+            if self.disk_size is not None
+            else dask.config.get("lakeio.cache.disk-size")
+        )
+        object.__setattr__(self, "memory", parse_size(memory, "Cache(memory=...)"))
+        object.__setattr__(self, "disk", disk or None)
+        object.__setattr__(self, "disk_size", parse_size(disk_size, "Cache(disk_size=...)"))

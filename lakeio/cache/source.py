@@ -1,0 +1,138 @@
+"""The tiered read path for one lake: memory tier → disk tier → origin, then checksum and decode.
+
+Every chunk read in lakeio (``ds[i]``, the loader, verify) goes through a `ChunkSource`, which
+counts what each tier served so users can see where time and bytes go.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from lakeio.cache.config import Cache
+from lakeio.cache.disk import DiskTier
+from lakeio.cache.memory import MemoryTier
+from lakeio.errors import CorruptChunkError
+from lakeio.format.chunks import decode_chunk, decode_text_chunk
+from lakeio.format.codecs import parse_codec
+from lakeio.format.location import Location
+from lakeio.format.manifest import Manifest
+from lakeio.format.segment import chunk_key
+
+
+class ChunkSource:
+    """Decoded chunks of a lake's fields, served from the cheapest tier that has them."""
+
+    def __init__(self, loc: Location, manifest: Manifest, cache: Cache | None = None) -> None:
+        self.loc = loc
+        self.manifest = manifest
+        self.cache = cache or Cache()
+        self.memory = MemoryTier(self.cache.memory) if self.cache.memory else None
+        self.disk = DiskTier(self.cache.disk, self.cache.disk_size) if self.cache.disk else None
+        self._codecs = {name: parse_codec(f.codec) for name, f in manifest.fields.items()}
+        self._lock = threading.Lock()
+        self._counts = {
+            "requests": 0,
+            "origin_reads": 0,
+            "origin_bytes": 0,
+            "decode_seconds": 0.0,
+            "corrupt_refetched": 0,
+            "hit_seconds": 0.0,
+            "miss_seconds": 0.0,
+        }
+
+    def __getstate__(self) -> dict:  # tiers are rebuilt (empty memory, same disk) where unpickled
+        return {"loc": self.loc, "manifest": self.manifest, "cache": self.cache}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["loc"], state["manifest"], state["cache"])
+
+    def key(self, segment: int, field: str, chunk: int) -> str:
+        info = self.manifest.fields[field]
+        return chunk_key(self.manifest.segments[segment].id, field, chunk, 1 + len(info.shape))
+
+    def get(self, segment: int, field: str, chunk: int) -> np.ndarray:
+        """The decoded chunk (full chunk length; rows past the segment's end are padding)."""
+        started = time.perf_counter()
+        key = self.key(segment, field, chunk)
+        cache_key = self.loc.describe(key)
+        value = self.memory.get(cache_key) if self.memory is not None else None
+        hit = value is not None
+        if not hit:
+            value = self._load(field, key, cache_key)
+            if self.memory is not None:
+                self.memory.put(cache_key, value)
+        self._add("hit_seconds" if hit else "miss_seconds", time.perf_counter() - started)
+        self._add("requests", 1)
+        return value
+
+    def read_origin(self, segment: int, field: str, chunk: int) -> np.ndarray:
+        """The chunk decoded straight from the origin, bypassing every tier (for verification)."""
+        key = self.key(segment, field, chunk)
+        return self._decode(field, self._origin(key), key)
+
+    def _load(self, field: str, key: str, cache_key: str) -> np.ndarray:
+        if self.disk is None:
+            return self._decode(field, self._origin(key), key)
+        raw, _ = self.disk.get_or_fetch(cache_key, lambda: self._origin(key))
+        try:
+            return self._decode(field, raw, key)
+        except CorruptChunkError:  # a damaged copy: drop it, fetch the original, count it
+            self.disk.evict(cache_key)
+            self._add("corrupt_refetched", 1)
+            raw = self._origin(key)
+            value = self._decode(field, raw, key)  # the origin itself being bad is an error
+            self.disk.put(cache_key, raw)
+            return value
+
+    def _origin(self, key: str) -> bytes:
+        try:
+            raw = self.loc.read_bytes(key)
+        except FileNotFoundError:
+            raise CorruptChunkError(key, "missing from the store") from None
+        self._add("origin_reads", 1)
+        self._add("origin_bytes", len(raw))
+        return raw
+
+    def _decode(self, field: str, raw: bytes, key: str) -> np.ndarray:
+        started = time.perf_counter()
+        info = self.manifest.fields[field]
+        n = self.manifest.chunk_samples
+        if info.dtype == "str":
+            value = decode_text_chunk(raw, self._codecs[field], n, key)
+        else:
+            value = decode_chunk(raw, self._codecs[field], (n, *info.shape), info.dtype, key)
+        self._add("decode_seconds", time.perf_counter() - started)
+        return value
+
+    def _add(self, name: str, amount: float) -> None:
+        with self._lock:
+            self._counts[name] += amount
+
+    def stats(self) -> dict[str, Any]:
+        """Requests and hits per tier, origin reads and bytes, decode time, average access time."""
+        with self._lock:
+            c = dict(self._counts)
+        requests = c["requests"]
+        memory = self.memory.stats() if self.memory is not None else None
+        out: dict[str, Any] = {
+            "requests": requests,
+            "origin_reads": c["origin_reads"],
+            "origin_bytes": c["origin_bytes"],
+            "decode_seconds": round(c["decode_seconds"], 6),
+            "corrupt_refetched": c["corrupt_refetched"],
+            "memory": memory.as_dict() if memory else None,
+            "disk": self.disk.stats().as_dict() if self.disk is not None else None,
+        }
+        hits = memory.hits if memory else 0
+        misses = requests - hits
+        hit_time = c["hit_seconds"] / hits if hits else 0.0
+        miss_penalty = c["miss_seconds"] / misses if misses else 0.0
+        miss_rate = misses / requests if requests else 0.0
+        out["hit_time_s"] = hit_time
+        out["miss_penalty_s"] = miss_penalty
+        out["average_access_time_s"] = hit_time + miss_rate * miss_penalty
+        return out

@@ -1,0 +1,56 @@
+"""The contract every cache tier keeps: get / put / evict / stats, thread-safe, bounded in bytes.
+
+A tier only ever holds copies; evicting never loses data (the origin keeps it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass
+class TierStats:
+    """Counters of one tier. Hit rate h = hits / requests; miss rate = 1 - h."""
+
+    requests: int = 0
+    hits: int = 0
+    evictions: int = 0
+    bytes_held: int = 0
+    items: int = 0
+
+    @property
+    def misses(self) -> int:
+        return self.requests - self.hits
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.requests if self.requests else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "hits": self.hits,
+            "misses": self.misses,
+            "hit_rate": round(self.hit_rate, 4),
+            "miss_rate": round(1 - self.hit_rate, 4) if self.requests else 0.0,
+            "evictions": self.evictions,
+            "bytes_held": self.bytes_held,
+            "items": self.items,
+        }
+
+
+class Tier(Protocol):
+    """A bounded store of chunk copies keyed by chunk key."""
+
+    capacity: int
+
+    def get(self, key: str) -> Any | None: ...
+
+    def put(self, key: str, value: Any) -> bool: ...
+
+    def evict(self, key: str) -> None: ...
+
+    def stats(self) -> TierStats: ...
+
+    def clear(self) -> None: ...

@@ -1,0 +1,81 @@
+"""The epoch plan: which samples each rank reads, in which order — pure functions of integers.
+
+Shuffling is two-level so reads stay whole-chunk: the chunk order is permuted per (seed, epoch),
+consecutive chunks are grouped into windows of ``window`` chunks, and samples are shuffled
+within each window. A larger window mixes better and holds more decoded chunks in memory.
+
+DDP: every rank computes the same global order and takes a contiguous, equal share of it
+(contiguous, so each rank touches ~1/world of the chunks). With ``drop_last`` the order is cut
+to a multiple of ``world * batch_size``; without it, it is padded (by repeating its start) to a
+multiple of ``world`` and the last batch of every rank is equally short. Either way every rank
+yields the same number of batches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class PlanSpec:
+    """Everything the order depends on, besides the lake's chunk layout."""
+
+    batch_size: int
+    shuffle: bool = True
+    seed: int = 0
+    window: int = 8
+    drop_last: bool = False
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, not {self.batch_size}")
+        if self.window < 1:
+            raise ValueError(f"shuffle_window must be >= 1 chunk, not {self.window}")
+        if self.world_size < 1 or not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is not in 0..{self.world_size - 1}")
+
+
+def global_order(chunks: list[np.ndarray], spec: PlanSpec, epoch: int) -> np.ndarray:
+    """All ranks' samples in epoch order: chunks permuted, samples shuffled within windows."""
+    if not chunks:
+        return np.empty(0, dtype=np.int64)
+    if not spec.shuffle:
+        return np.concatenate(chunks).astype(np.int64)
+    rng = np.random.default_rng([spec.seed, epoch])
+    chunk_order = rng.permutation(len(chunks))
+    parts = []
+    for start in range(0, len(chunk_order), spec.window):
+        window = np.concatenate([chunks[c] for c in chunk_order[start : start + spec.window]])
+        parts.append(rng.permutation(window))
+    return np.concatenate(parts).astype(np.int64)
+
+
+def samples_per_rank(total: int, spec: PlanSpec) -> int:
+    if spec.drop_last:
+        return (total // (spec.world_size * spec.batch_size)) * spec.batch_size
+    return math.ceil(total / spec.world_size)
+
+
+def rank_order(chunks: list[np.ndarray], spec: PlanSpec, epoch: int) -> np.ndarray:
+    """This rank's samples for ``epoch``, in order (global sample indices)."""
+    order = global_order(chunks, spec, epoch)
+    per_rank = samples_per_rank(len(order), spec)
+    needed = per_rank * spec.world_size
+    if needed > len(order) and len(order):  # pad by repeating the start of the order
+        order = np.concatenate([order, np.resize(order, needed - len(order))])
+    return order[spec.rank * per_rank : (spec.rank + 1) * per_rank]
+
+
+def batch_count(total: int, spec: PlanSpec) -> int:
+    """Batches each rank yields per epoch (the same on every rank)."""
+    per_rank = samples_per_rank(total, spec)
+    return per_rank // spec.batch_size if spec.drop_last else math.ceil(per_rank / spec.batch_size)
+
+
+def batch_slices(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]

@@ -1,0 +1,30 @@
+"""Human-readable byte sizes ("8GB", "512 MiB", 1_000_000) to integers. Pure."""
+
+from __future__ import annotations
+
+import re
+
+_UNITS = {
+    "": 1, "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+    "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
+}  # fmt: skip
+_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_size(value: int | float | str | None, name: str = "size") -> int | None:
+    """Bytes from ``value``: a number, or text like ``"8GB"`` (decimal) / ``"8GiB"`` (binary)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{name}: expected a size such as '8GB', got {value!r}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"{name}: size must be >= 0, got {value}")
+        return int(value)
+    match = _PATTERN.match(str(value))
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in _UNITS:
+        raise ValueError(f"{name}: {value!r} is not a size such as '512MB', '8GiB' or 1000000")
+    return int(float(match.group(1)) * _UNITS[unit])

@@ -1,0 +1,92 @@
+"""The tiered read path against a real lake and a real disk cache, across real processes."""
+
+import multiprocessing
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import lakeio
+from lakeio.cache.config import Cache
+from lakeio.cache.source import ChunkSource
+from lakeio.format.index import SampleIndex
+
+
+def _read_all(ds):
+    chunks = SampleIndex(
+        [s.samples for s in ds.manifest.segments], ds.manifest.chunk_samples
+    ).chunks()
+    return [ds.source.get(c.segment, "images", c.chunk) for c in chunks]
+
+
+def test_second_pass_with_enough_memory_reads_nothing_from_the_origin(small_lake):
+    path, images, _ = small_lake
+    ds = lakeio.open_dataset(path, cache=Cache(memory="64MB"))
+    first = _read_all(ds)
+    reads = ds.stats()["origin_reads"]
+    assert reads == len(first) == 13
+    second = _read_all(ds)
+    stats = ds.stats()
+    assert stats["origin_reads"] == reads
+    assert stats["memory"]["hits"] == 13 and stats["memory"]["hit_rate"] == 0.5
+    assert stats["average_access_time_s"] > 0
+    np.testing.assert_array_equal(np.concatenate(second)[: len(images)], images)
+
+
+def test_memory_stays_within_budget_over_many_passes(small_lake):
+    path, _, _ = small_lake
+    budget = 5 * 16 * 32 * 32 * 3  # five decoded chunks of a 13-chunk lake
+    ds = lakeio.open_dataset(path, cache=Cache(memory=budget))
+    for _ in range(4):
+        _read_all(ds)
+        held = ds.stats()["memory"]["bytes_held"]
+        assert 0 < held <= budget
+    assert ds.stats()["memory"]["items"] == 5
+
+
+def test_flipped_byte_in_the_disk_tier_is_detected_refetched_and_never_delivered(
+    small_lake, tmp_path
+):
+    path, images, _ = small_lake
+    cache = Cache(memory=0, disk=str(tmp_path / "disk"), disk_size="64MB")
+    ds = lakeio.open_dataset(path, cache=cache)
+    _read_all(ds)
+    files = sorted(Path(tmp_path / "disk").rglob("*.val"))  # diskcache keeps large values as files
+    assert files, "chunks of 48 KB should be stored as files"
+    for f in files:
+        data = bytearray(f.read_bytes())
+        data[len(data) // 2] ^= 0x10
+        f.write_bytes(bytes(data))
+    fresh = lakeio.open_dataset(path, cache=cache)
+    got = np.concatenate(_read_all(fresh))[: len(images)]
+    np.testing.assert_array_equal(got, images)
+    stats = fresh.stats()
+    assert stats["corrupt_refetched"] == len(files) and stats["origin_reads"] == len(files)
+    again = lakeio.open_dataset(path, cache=cache)
+    _read_all(again)
+    assert again.stats()["origin_reads"] == 0  # the repaired copies serve the next reader
+
+
+def _count_origin_reads(path: str, disk: str) -> int:
+    ds = lakeio.open_dataset(path, cache=Cache(memory=0, disk=disk, disk_size="64MB"))
+    _read_all(ds)
+    return ds.stats()["origin_reads"]
+
+
+@pytest.mark.timeout(120)
+def test_processes_sharing_a_disk_cache_fetch_each_chunk_from_the_origin_once(small_lake, tmp_path):
+    path, _, _ = small_lake
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        reads = pool.starmap(_count_origin_reads, [(str(path), str(tmp_path / "shared"))] * 3)
+    assert sum(reads) == 13
+
+
+def test_chunk_source_survives_pickling_with_an_empty_memory_tier(small_lake):
+    import pickle
+
+    path, images, _ = small_lake
+    ds = lakeio.open_dataset(path, cache=Cache(memory="16MB"))
+    ds.source.get(0, "images", 0)
+    clone = pickle.loads(pickle.dumps(ds.source))
+    assert isinstance(clone, ChunkSource) and clone.stats()["requests"] == 0
+    np.testing.assert_array_equal(clone.get(0, "images", 0), images[:16])

@@ -1,0 +1,47 @@
+import os
+
+import numpy as np
+import pytest
+
+from lakeio.cache.disk import DiskTier
+from lakeio.cache.memory import MemoryTier
+from lakeio.errors import LakeError
+from lakeio.testing.tiers import TierTests
+
+
+class TestMemoryTier(TierTests):
+    def make_tier(self, capacity, tmp_path):
+        return MemoryTier(capacity)
+
+    def value(self, n_bytes, seed=0):
+        return np.random.default_rng(seed).integers(0, 256, n_bytes, dtype=np.uint8)
+
+
+class TestDiskTier(TierTests):
+    unit = 64 * 1024  # its SQLite index counts against the limit too
+
+    def make_tier(self, capacity, tmp_path):
+        return DiskTier(tmp_path / "disk", capacity)
+
+    def value(self, n_bytes, seed=0):
+        return np.random.default_rng(seed).integers(0, 256, n_bytes, dtype=np.uint8).tobytes()
+
+
+def test_memory_tier_values_are_read_only_so_readers_cannot_corrupt_the_cache():
+    tier = MemoryTier(1000)
+    tier.put("a", np.zeros(10, np.uint8))
+    with pytest.raises(ValueError):
+        tier.get("a")[0] = 1
+
+
+def test_disk_tier_refuses_a_folder_others_can_write(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    with pytest.raises(LakeError, match="writable by other users"):
+        DiskTier(shared, 1 << 20)
+
+
+def test_disk_tier_stores_bytes_only(tmp_path):
+    with pytest.raises(TypeError, match="bytes only"):
+        DiskTier(tmp_path / "d", 1 << 20).put("k", {"not": "bytes"})

@@ -1,0 +1,83 @@
+import math
+from collections import Counter
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lakeio.loader.plan import PlanSpec, batch_count, batch_slices, global_order, rank_order
+
+
+def _chunks(sizes):
+    out, start = [], 0
+    for size in sizes:
+        out.append(np.arange(start, start + size))
+        start += size
+    return out
+
+
+layouts = st.lists(st.integers(1, 40), min_size=1, max_size=12)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=layouts,
+    world=st.integers(1, 5),
+    batch=st.integers(1, 17),
+    window=st.integers(1, 5),
+    seed=st.integers(0, 3),
+    epoch=st.integers(0, 3),
+    drop_last=st.booleans(),
+    shuffle=st.booleans(),
+)
+def test_every_sample_once_and_equal_batches_on_every_rank(
+    sizes, world, batch, window, seed, epoch, drop_last, shuffle
+):
+    chunks = _chunks(sizes)
+    total = sum(sizes)
+    orders, counts = [], []
+    for rank in range(world):
+        spec = PlanSpec(batch, shuffle, seed, window, drop_last, rank, world)
+        order = rank_order(chunks, spec, epoch)
+        batches = batch_slices(order, batch)
+        assert len(batches) == batch_count(total, spec)
+        if drop_last:
+            assert all(len(b) == batch for b in batches)
+        orders.append(order)
+        counts.append(len(batches))
+    assert len(set(counts)) == 1  # no rank waits for another at the end of the epoch
+    seen = Counter(np.concatenate(orders).tolist())
+    assert set(seen) <= set(range(total))
+    if drop_last:
+        assert all(n == 1 for n in seen.values())  # nothing twice
+        assert (
+            total - len(seen) < world * batch
+        )  # only a tail smaller than one global batch dropped
+    else:
+        assert set(seen) == set(range(total))  # every sample delivered
+        padding = sum(seen.values()) - total
+        assert padding < world  # padding only evens out the ranks
+        assert max(seen.values()) <= 1 + math.ceil(padding / total)
+
+
+def test_order_is_a_pure_function_of_seed_and_epoch():
+    chunks = _chunks([30] * 10)
+    spec = PlanSpec(batch_size=8, seed=5)
+    np.testing.assert_array_equal(global_order(chunks, spec, 2), global_order(chunks, spec, 2))
+    assert not np.array_equal(global_order(chunks, spec, 2), global_order(chunks, spec, 3))
+    other_seed = PlanSpec(batch_size=8, seed=6)
+    assert not np.array_equal(global_order(chunks, spec, 2), global_order(chunks, other_seed, 2))
+
+
+def test_window_bounds_the_chunks_open_at_once():
+    chunks = _chunks([25] * 40)
+    order = global_order(chunks, PlanSpec(batch_size=1, window=4), epoch=0)
+    chunk_of = order // 25
+    for start in range(0, len(order), 100):  # each window of 4 chunks = 100 samples
+        assert len(set(chunk_of[start : start + 100].tolist())) == 4
+
+
+def test_no_shuffle_keeps_lake_order():
+    chunks = _chunks([3, 4, 5])
+    spec = PlanSpec(batch_size=4, shuffle=False)
+    np.testing.assert_array_equal(rank_order(chunks, spec, 7), np.arange(12))
