@@ -22,11 +22,76 @@ from lakeio.format.segment import segment_key
 class Dataset:
     """A read-only snapshot of a lake: ``len(ds)``, ``ds[i]`` → (image, label), ``ds.to_dask()``."""
 
-    def __init__(self, loc: Location, manifest: Manifest, cache: Cache | None = None) -> None:
+    def __init__(
+        self,
+        loc: Location,
+        manifest: Manifest,
+        cache: Cache | None = None,
+        *,
+        source: ChunkSource | None = None,
+        indices: np.ndarray | None = None,
+    ) -> None:
         self.loc = loc
         self.manifest = manifest
         self.index = SampleIndex([s.samples for s in manifest.segments], manifest.chunk_samples)
-        self.source = ChunkSource(loc, manifest, cache)
+        self.source = source or ChunkSource(loc, manifest, cache)
+        self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
+        self._table = None
+
+    # -- views ---------------------------------------------------------------------------
+    def subset(self, indices) -> Dataset:
+        """A view of the samples at ``indices`` (positions in this dataset), sharing the cache."""
+        chosen = self._global(np.asarray(indices, dtype=np.int64))
+        return Dataset(self.loc, self.manifest, source=self.source, indices=chosen)
+
+    def split(self, fraction: float, seed: int = 0) -> tuple[Dataset, Dataset]:
+        """(rest, held_out): a deterministic random ``fraction`` held out, e.g. for validation."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"fraction must be within 0..1, not {fraction}")
+        order = np.random.default_rng(seed).permutation(len(self))
+        held = round(fraction * len(self))
+        return self.subset(np.sort(order[held:])), self.subset(np.sort(order[:held]))
+
+    def _global(self, positions: np.ndarray) -> np.ndarray:
+        n = len(self)
+        if positions.size and (positions.min() < -n or positions.max() >= n):
+            raise IndexError(f"indices out of range for a dataset of {n} samples")
+        positions = np.where(positions < 0, positions + n, positions)
+        return positions if self.indices is None else self.indices[positions]
+
+    # -- chunk-level access for the loader ---------------------------------------------------
+    def sample_chunks(self) -> tuple[np.ndarray, np.ndarray]:
+        """For every global sample: the id of its chunk and its row in it."""
+        if self._table is None:
+            self._table = self.index.chunk_table()
+        return self._table[1], self._table[2]
+
+    def chunk_members(self) -> list[np.ndarray]:
+        """The global sample ids of this dataset in each chunk, chunk by chunk (empty ones dropped)."""
+        chunk_of, _ = self.sample_chunks()
+        members = np.arange(len(self.index)) if self.indices is None else np.sort(self.indices)
+        if not len(members):
+            return []
+        cuts = np.flatnonzero(np.diff(chunk_of[members])) + 1
+        return np.split(members, cuts)
+
+    def load_chunk(self, chunk: int, fields) -> dict[str, np.ndarray]:
+        """The decoded chunk ``chunk`` (an id from `sample_chunks`) for each field."""
+        if self._table is None:
+            self._table = self.index.chunk_table()
+        ref = self._table[0][chunk]
+        return {f: self.source.get(ref.segment, f, ref.chunk) for f in fields}
+
+    def chunk_nbytes(self, fields) -> int:
+        """Decoded bytes of one chunk of ``fields`` (strings counted at 64 bytes a sample)."""
+        m = self.manifest
+        return sum(m.chunk_samples * (m.fields[f].sample_bytes or 64) for f in fields)
+
+    def loader(self, batch_size: int, **options):
+        """Shuffled, sharded, prefetched batches as torch tensors — see `lakeio.loader.make_loader`."""
+        from lakeio.loader import make_loader
+
+        return make_loader(self, batch_size, **options)
 
     def stats(self) -> dict[str, Any]:
         """What the cache tiers served: requests, hits and misses per tier, origin bytes, decode time."""
@@ -40,7 +105,7 @@ class Dataset:
         )
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.index) if self.indices is None else len(self.indices)
 
     @property
     def version(self) -> int:
@@ -58,8 +123,8 @@ class Dataset:
         n = len(self)
         index = int(i) + n if int(i) < 0 else int(i)
         if not 0 <= index < n:
-            raise IndexError(f"sample {i} is out of range for a lake of {n} samples")
-        return index
+            raise IndexError(f"sample {i} is out of range for a dataset of {n} samples")
+        return index if self.indices is None else int(self.indices[index])
 
     def sample(self, i: int, fields: tuple[str, ...] | None = None) -> dict[str, Any]:
         """Sample ``i`` as a dict of field → value (arrays are copies the caller owns)."""
@@ -75,7 +140,7 @@ class Dataset:
         return item["images"], int(item["labels"])
 
     def to_dask(self) -> dict[str, Any]:
-        """Every field as one dask array over the whole lake (segments concatenated, chunks kept)."""
+        """Every field as one dask array over the dataset (segments concatenated, chunks kept)."""
         import dask.array as da
 
         store = self.loc.zarr_store()
@@ -96,6 +161,8 @@ class Dataset:
             else:
                 dtype = object if info.dtype == "str" else info.dtype
                 out[name] = da.zeros((0, *info.shape), dtype=dtype)
+        if self.indices is not None:  # a view: the selected samples, in order
+            out = {name: array[self.indices] for name, array in out.items()}
         return out
 
 

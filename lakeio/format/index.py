@@ -44,3 +44,12 @@ class SampleIndex:
                     )
                 )
         return out
+
+    def chunk_table(self) -> tuple[list[ChunkRef], np.ndarray, np.ndarray]:
+        """Every chunk, and for every global sample the position of its chunk in that list and its row."""
+        refs = self.chunks()
+        rows = np.asarray([c.rows for c in refs], dtype=np.int64)
+        chunk_of = np.repeat(np.arange(len(refs), dtype=np.int64), rows)
+        starts = np.repeat(np.cumsum(rows) - rows, rows)
+        row_of = np.arange(len(self), dtype=np.int64) - starts
+        return refs, chunk_of, row_of

@@ -1,0 +1,51 @@
+"""The streaming loader: plan → prefetch → batch → device, for PyTorch training (DDP-aware)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from lakeio.loader.device import DeviceOptions
+from lakeio.loader.loader import Loader, StreamOptions, _distributed_rank_world
+from lakeio.loader.plan import PlanSpec
+
+
+def make_loader(
+    dataset,
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    seed: int = 0,
+    drop_last: bool = False,
+    shuffle_window: int = 8,
+    fields: tuple[str, ...] = ("images", "labels"),
+    layout: str = "NHWC",
+    dtype: torch.dtype = torch.uint8,
+    normalize: tuple | None = None,
+    transform: Callable | None = None,
+    device: str | torch.device | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+    output: str = "tuple",
+    prefetch_bytes: int | None = None,
+    threads: int = 4,
+) -> Loader:
+    """Batches of ``dataset`` as torch tensors.
+
+    ``shuffle_window`` chunks are shuffled together: more mixes better and holds more decoded
+    chunks in memory. ``rank``/``world_size`` default to torch.distributed's when it is
+    initialised. ``drop_last`` cuts the epoch to whole global batches; otherwise the order is
+    padded by repeating its first samples so every rank yields the same number of batches.
+    ``transform`` is called on each batch (a dict of tensors) after the device stage.
+    """
+    rank, world_size = _distributed_rank_world(rank, world_size)
+    if output not in ("tuple", "dict"):
+        raise ValueError(f"output must be 'tuple' or 'dict', not {output!r}")
+    plan = PlanSpec(batch_size, shuffle, seed, shuffle_window, drop_last, rank, world_size)
+    device_opts = DeviceOptions(device, layout, dtype, normalize)
+    stream = StreamOptions(tuple(fields), prefetch_bytes, threads, output=output)
+    return Loader(dataset, plan, device_opts, stream, transform)
+
+
+__all__ = ["DeviceOptions", "Loader", "PlanSpec", "StreamOptions", "make_loader"]

@@ -1,0 +1,229 @@
+"""`Loader`: shuffled, sharded, prefetched batches of a lake as torch tensors.
+
+A thin composer of stages — the plan (which samples, in which order), the prefetcher (which
+chunks, when), the batcher (rows into contiguous arrays) and the device stage (tensors on the
+device) — run by one producer thread a few batches ahead of the training loop.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from lakeio.loader.batch import gather
+from lakeio.loader.device import DeviceOptions, DeviceStage
+from lakeio.loader.plan import PlanSpec, batch_count, batch_slices, rank_order
+from lakeio.loader.prefetch import ChunkPrefetcher
+
+_DONE = object()
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """What to read and how far ahead: ``fields``; ``prefetch_bytes`` of decoded chunks held or in
+    flight (default: two shuffle windows); ``threads`` loading chunks; ``ahead`` batches ready."""
+
+    fields: tuple[str, ...] = ("images", "labels")
+    prefetch_bytes: int | None = None
+    threads: int = 4
+    ahead: int = 2
+    output: str = "tuple"
+
+
+def _distributed_rank_world(rank: int | None, world: int | None) -> tuple[int, int]:
+    if rank is not None and world is not None:
+        return rank, world
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return rank or 0, world or 1
+
+
+class Loader:
+    """Iterate batches of ``dataset``; see `lakeio.Dataset.loader` for the arguments."""
+
+    def __init__(
+        self,
+        dataset,
+        plan: PlanSpec,
+        device: DeviceOptions,
+        stream: StreamOptions,
+        transform: Callable | None = None,
+    ) -> None:
+        missing = [f for f in stream.fields if f not in dataset.fields]
+        if missing:
+            raise ValueError(
+                f"fields {missing} are not in the lake (it has {list(dataset.fields)})"
+            )
+        self.dataset = dataset
+        self.plan = plan
+        self.stream = stream
+        self.transform = transform
+        shape = (
+            dataset.manifest.fields["images"].shape if "images" in dataset.manifest.fields else (1,)
+        )
+        self._device = DeviceStage(device, shape[-1])
+        self._members = dataset.chunk_members()
+        self.epoch = 0
+        self._resume_at = 0
+        self._consumed = 0
+        self._stats = {"batches": 0, "samples": 0, "stall_seconds": 0.0, "seconds": 0.0}
+
+    def __len__(self) -> int:
+        return batch_count(len(self.dataset), self.plan)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch whose order the next iteration follows (call before each epoch)."""
+        if epoch != self.epoch:
+            self._resume_at = 0
+        self.epoch = int(epoch)
+
+    def batches(self) -> list[np.ndarray]:
+        """This rank's batches for the current epoch, as global sample indices."""
+        order = rank_order(self._members, self.plan, self.epoch)
+        return batch_slices(order, self.plan.batch_size)[: len(self)]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the iteration stands: resume with `load_state_dict` in a new process."""
+        return {
+            "epoch": self.epoch,
+            "batches_done": self._consumed,
+            "samples": len(self.dataset),
+            "plan": asdict(self.plan),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        plan = asdict(self.plan)
+        if state.get("plan") != plan or state.get("samples") != len(self.dataset):
+            raise ValueError(
+                f"state was saved for plan {state.get('plan')} over {state.get('samples')} samples; "
+                f"this loader has {plan} over {len(self.dataset)}"
+            )
+        self.epoch = int(state["epoch"])
+        self._resume_at = self._consumed = int(state["batches_done"])
+
+    def stats(self) -> dict[str, Any]:
+        """Batches and samples delivered, samples/s, time the consumer waited (stall), cache figures."""
+        s = dict(self._stats)
+        s["samples_per_s"] = s["samples"] / s["seconds"] if s["seconds"] else 0.0
+        s["stall_fraction"] = s["stall_seconds"] / s["seconds"] if s["seconds"] else 0.0
+        s["cache"] = self.dataset.source.stats()
+        return s
+
+    def __iter__(self) -> Iterator:
+        start, self._resume_at = self._resume_at, 0
+        self._consumed = start
+        return self.iterate(self.batches()[start:])
+
+    def as_iterable_dataset(self):
+        """This loader as a `torch.utils.data.IterableDataset` for a plain ``DataLoader(ds,
+        batch_size=None, num_workers=k)``: worker w of k yields batches w, w+k, ... so the
+        DataLoader's round-robin gives back exactly this loader's order, with no duplicates."""
+        from lakeio.loader.torch_dataset import LakeIterableDataset
+
+        return LakeIterableDataset(self)
+
+    def iterate(self, batches: list[np.ndarray]) -> Iterator:
+        """Yield the given batches (global sample indices) through prefetch, batcher and device."""
+        ready: queue.Queue = queue.Queue(maxsize=max(1, self.stream.ahead))
+        stop = threading.Event()
+        producer = threading.Thread(
+            target=self._produce, args=(batches, ready, stop), name="lakeio-batcher", daemon=True
+        )
+        producer.start()
+        began = time.perf_counter()
+        try:
+            while True:
+                waited = time.perf_counter()
+                item = ready.get()
+                self._stats["stall_seconds"] += time.perf_counter() - waited
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                batch = self._to_output(item)
+                self._consumed += 1
+                self._stats["batches"] += 1
+                self._stats["samples"] += len(next(iter(item.values())))
+                yield batch
+        finally:
+            self._stats["seconds"] += time.perf_counter() - began
+            stop.set()
+            _drain(ready)
+            producer.join(timeout=30)
+
+    def _produce(
+        self, batches: list[np.ndarray], ready: queue.Queue, stop: threading.Event
+    ) -> None:
+        ds, fields = self.dataset, self.stream.fields
+        chunk_of, row_of = ds.sample_chunks()
+        batch_chunks = [chunk_of[b] for b in batches]
+        prefetcher = ChunkPrefetcher(
+            load=lambda c: ds.load_chunk(c, fields),
+            chunk_bytes=lambda c: ds.chunk_nbytes(fields),
+            batch_chunks=batch_chunks,
+            budget=self.stream.prefetch_bytes or 2 * self.plan.window * ds.chunk_nbytes(fields),
+            threads=self.stream.threads,
+        )
+        try:
+            for i, indices in enumerate(batches):
+                if stop.is_set():
+                    return
+                chunks = prefetcher.chunks_for(i)
+                out = self._host_buffers(fields, len(indices))
+                arrays = gather(fields, batch_chunks[i], row_of[indices], chunks, out)
+                prefetcher.done_with(i)
+                _put(ready, arrays, stop)
+            _put(ready, _DONE, stop)
+        except BaseException as exc:  # surfaces in the consumer's thread
+            _put(ready, exc, stop)
+        finally:
+            prefetcher.close()
+
+    def _host_buffers(self, fields, n: int) -> dict[str, np.ndarray] | None:
+        if not self._device.pinned:
+            return None
+        m = self.dataset.manifest
+        return {
+            f: self._device.host_buffer((n, *m.fields[f].shape), np.dtype(m.fields[f].dtype))
+            for f in fields
+            if m.fields[f].dtype != "str"
+        }
+
+    def _to_output(self, arrays: dict[str, np.ndarray]):
+        out: dict[str, Any] = {}
+        for field, array in arrays.items():
+            if field == "images":
+                out[field] = self._device.images(array)
+            elif array.dtype == object:
+                out[field] = array.tolist()
+            else:
+                out[field] = self._device.tensor(array)
+        if self.transform is not None:
+            out = self.transform(out)
+        if self.stream.output == "dict":
+            return out
+        return tuple(out[f] for f in self.stream.fields)
+
+
+def _put(q: queue.Queue, item, stop: threading.Event) -> None:
+    while not stop.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _drain(q: queue.Queue) -> None:
+    while True:
+        try:
+            q.get_nowait()
+        except queue.Empty:
+            return

@@ -1,0 +1,81 @@
+"""Prefetching that follows the plan: chunks are loaded in the order the epoch will need them.
+
+The plan is known before the epoch starts, so there is no guessing: each chunk is requested
+ahead of its first use (bounded by a byte budget) and released right after its last use.
+Loads run on threads — reading and decompressing release the GIL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import numpy as np
+
+
+def first_and_last_use(batch_chunks: list[np.ndarray]) -> tuple[list[int], dict[int, int]]:
+    """Chunks in order of first use, and the batch index of each chunk's last use."""
+    order: list[int] = []
+    last: dict[int, int] = {}
+    for b, chunks in enumerate(batch_chunks):
+        for c in chunks.tolist():
+            if c not in last:
+                order.append(c)
+            last[c] = b
+    return order, last
+
+
+class ChunkPrefetcher:
+    """Loads chunk ids through ``load`` ahead of need, holding at most ``budget`` bytes (plus the
+    chunks the current batch needs), and frees each chunk after the batch that uses it last."""
+
+    def __init__(
+        self,
+        load: Callable[[int], dict[str, np.ndarray]],
+        chunk_bytes: Callable[[int], int],
+        batch_chunks: list[np.ndarray],
+        budget: int,
+        threads: int,
+    ) -> None:
+        self._load = load
+        self._chunk_bytes = chunk_bytes
+        self._batch_chunks = batch_chunks
+        self._order, self._last_use = first_and_last_use(batch_chunks)
+        self._budget = budget
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, threads), thread_name_prefix="lakeio-load"
+        )
+        self._held: dict[int, Future] = {}
+        self._held_bytes = 0
+        self._next = 0  # position in self._order of the next chunk to request
+
+    def _request_until(self, needed: set[int]) -> None:
+        while self._next < len(self._order):
+            chunk = self._order[self._next]
+            size = self._chunk_bytes(chunk)
+            must = bool(needed - self._held.keys())
+            if not must and self._held_bytes + size > self._budget:
+                return
+            self._held[chunk] = self._pool.submit(self._load, chunk)
+            self._held_bytes += size
+            self._next += 1
+
+    def chunks_for(self, batch: int) -> dict[int, dict[str, np.ndarray]]:
+        """The loaded chunks batch ``batch`` needs (blocks until they are ready)."""
+        needed = set(self._batch_chunks[batch].tolist())
+        self._request_until(needed)
+        return {c: self._held[c].result() for c in needed}
+
+    def done_with(self, batch: int) -> None:
+        """Release the chunks whose last use was ``batch``, and request more ahead."""
+        for c in self._batch_chunks[batch].tolist():
+            if self._last_use[c] == batch and c in self._held:
+                del self._held[c]
+                self._held_bytes -= self._chunk_bytes(c)
+        self._request_until(set())
+
+    def close(self) -> None:
+        for future in self._held.values():
+            future.cancel()
+        self._held.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)
