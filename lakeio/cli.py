@@ -200,6 +200,7 @@ def _run_codecs(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `lakeio` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(
         prog="lakeio",
         description="lakeio: a Dask-powered data lake for image training data.",
@@ -213,14 +214,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `lakeio` command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (LakeError, ValueError, FileNotFoundError) as exc:
+    except (LakeError, ValueError, OSError) as exc:
         if args.debug:
             raise
         print(f"lakeio: error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a library's own error: still one line, the traceback on demand
+        if args.debug:
+            raise
+        print(
+            f"lakeio: error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("lakeio: interrupted; nothing was committed by the interrupted step", file=sys.stderr)

@@ -16,7 +16,6 @@ from lakeio.cache.source import ChunkSource
 from lakeio.format.index import SampleIndex
 from lakeio.format.location import Location
 from lakeio.format.manifest import Manifest, read_manifest
-from lakeio.format.segment import segment_key
 
 
 class Dataset:
@@ -136,34 +135,51 @@ class Dataset:
         return out
 
     def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        if not isinstance(i, (int, np.integer)):
+            raise TypeError(
+                f"index a Dataset with one int, not {type(i).__name__}; use ds.subset(...) for "
+                "many samples, ds.loader(...) to stream, ds.to_dask() for arrays"
+            )
         item = self.sample(i, ("images", "labels"))
         return item["images"], int(item["labels"])
 
     def to_dask(self) -> dict[str, Any]:
-        """Every field as one dask array over the dataset (segments concatenated, chunks kept)."""
-        import dask.array as da
+        """Every field as one dask array over the dataset, one dask chunk per lake chunk.
 
-        store = self.loc.zarr_store()
-        parts: dict[str, list] = {name: [] for name in self.fields}
-        for seg in self.manifest.segments:
-            if seg.samples == 0:
-                continue
-            for name in self.fields:
-                parts[name].append(
-                    da.from_zarr(
-                        store, component=f"{segment_key(seg.id)}/{name}", inline_array=True
-                    )
-                )
+        Blocks are read through lakeio's chunk reader, so a damaged chunk fails with an error
+        naming its key (plain `dask.array.from_zarr` on a segment works too; see docs/format.md).
+        """
+        import dask.array as da
+        from dask.base import tokenize
+
+        m = self.manifest
+        blocks = [
+            (s, c, min(m.chunk_samples, seg.samples - c * m.chunk_samples))
+            for s, seg in enumerate(m.segments)
+            for c in range(-(-seg.samples // m.chunk_samples))
+        ]
+        token = tokenize(self.loc.url, m.version, m.created)
+        source_key = f"lakeio-source-{token}"
         out = {}
-        for name, info in self.manifest.fields.items():
-            if parts[name]:
-                out[name] = da.concatenate(parts[name], axis=0)
-            else:
-                dtype = object if info.dtype == "str" else info.dtype
-                out[name] = da.zeros((0, *info.shape), dtype=dtype)
+        for field, info in m.fields.items():
+            name = f"lakeio-read-{field}-{token}"
+            tail = (0,) * len(info.shape)
+            graph: dict = {source_key: self.source}
+            for i, (s, c, rows) in enumerate(blocks):
+                graph[(name, i, *tail)] = (_read_block, source_key, s, field, c, rows)
+            chunks = (tuple(rows for _, _, rows in blocks) or (0,), *((d,) for d in info.shape))
+            dtype = object if info.dtype == "str" else np.dtype(info.dtype)
+            if not blocks:
+                out[field] = da.zeros((0, *info.shape), dtype=dtype)
+                continue
+            out[field] = da.Array(graph, name, chunks, dtype=dtype)
         if self.indices is not None:  # a view: the selected samples, in order
             out = {name: array[self.indices] for name, array in out.items()}
         return out
+
+
+def _read_block(source: ChunkSource, segment: int, field: str, chunk: int, rows: int) -> np.ndarray:
+    return source.get(segment, field, chunk)[:rows]
 
 
 def open_dataset(

@@ -141,3 +141,18 @@ def test_ingest_on_an_existing_cluster_with_scheduler(cluster_address, tmp_path)
     assert "(2 workers)" in run.stdout and "images written   30" in run.stdout
     info = json.loads(_cli("info", tmp_path / "lake", "--json").stdout)
     assert info["classes"] == {"coffee": 15, "rocket": 15}
+
+
+def test_errors_from_anywhere_are_one_line(tmp_path):
+    import numpy as np
+
+    np.savez(tmp_path / "flat.npz", images=np.zeros((4, 8), np.uint8), labels=np.zeros(4, np.int64))
+    for args, text in [
+        (("info", tmp_path / "flat.npz"), "no lake here"),
+        (("ingest", tmp_path / "flat.npz", tmp_path / "lake"), "expected (N, H, W)"),
+        (("ingest", tmp_path / "x.npy", tmp_path / "lake2"), "file not found"),
+    ]:
+        run = _cli(*args)
+        assert run.returncode == 1, run.stderr
+        assert text in run.stderr and "Traceback" not in run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1, run.stderr

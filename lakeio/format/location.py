@@ -81,31 +81,46 @@ class Location:
                 return fh.read(size)
         return self.fs.cat_file(self.path(key), start=0, end=size)
 
-    def write(self, key: str, data: bytes | list) -> None:
-        """Write an object that nobody reads until a later marker says so (segment chunks).
+    def write(self, key: str, data: bytes | list) -> int:
+        """Write an object whole and durably (temp file, fsync, rename on disk; one PUT elsewhere).
 
-        ``data`` may be a list of buffers, written one after the other (no concatenation).
+        ``data`` may be a list of buffers, written one after the other (no concatenation). A
+        reader sees the old object or the new one, never a torn one. Returns the bytes written.
         """
         parts = data if isinstance(data, list) else [data]
-        if self.is_local:
-            path = self.path(key)
+        if not self.is_local:
+            payload = b"".join(bytes(p) for p in parts)
+            self.fs.pipe_file(self.path(key), payload)
+            return len(payload)
+        path = self.path(key)
+        tmp = f"{path}.{uuid.uuid4().hex}.partial"
+        try:
+            fh = open(tmp, "wb")  # noqa: SIM115
+        except FileNotFoundError:  # create parents only when missing: mkdir calls add up
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            fh = open(tmp, "wb")  # noqa: SIM115
+        with fh:
+            written = sum(fh.write(part) for part in parts)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        return written
+
+    def sync_dir(self, key: str) -> None:
+        """Make the names created under ``key`` durable (local disks; a no-op on object stores)."""
+        if self.is_local and os.path.isdir(self.path(key)):
+            fd = os.open(self.path(key), os.O_RDONLY)
             try:
-                fh = open(path, "wb")  # noqa: SIM115
-            except FileNotFoundError:  # create parents only when missing: mkdir calls add up
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                fh = open(path, "wb")  # noqa: SIM115
-            with fh:
-                for part in parts:
-                    fh.write(part)
-        else:
-            self.fs.pipe_file(self.path(key), b"".join(parts))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def list(self, key: str) -> list[str]:
         """Names (not paths) directly under ``key``; empty when it does not exist."""
         self.fs.invalidate_cache(self.path(key))  # listings decide versions: never from a cache
         try:
             entries = self.fs.ls(self.path(key), detail=False)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
 

@@ -118,6 +118,8 @@ class Manifest:
 
 
 def _manifest_from_doc(doc: dict, source: str) -> Manifest:
+    if not isinstance(doc, dict):
+        raise FormatError(f"{source}: a manifest is a JSON object, found {type(doc).__name__}")
     if doc.get("format") != FORMAT_NAME:
         raise FormatError(f"{source}: not a lakeio manifest (format={doc.get('format')!r})")
     if doc.get("format_version") != FORMAT_VERSION:
@@ -125,15 +127,15 @@ def _manifest_from_doc(doc: dict, source: str) -> Manifest:
             f"{source}: format_version {doc.get('format_version')!r} is not supported "
             f"(this lakeio reads {FORMAT_VERSION}); upgrade lakeio"
         )
-    fields = {
-        name: FieldInfo(
-            dtype=str(f["dtype"]), shape=tuple(int(d) for d in f["shape"]), codec=f["codec"]
+    fields = {name: _field(name, f, source) for name, f in doc["fields"].items()}
+    missing = {"images", "labels"} - set(fields)
+    if missing:
+        raise FormatError(
+            f"{source}: fields {sorted(missing)} are missing; a lake has images and labels"
         )
-        for name, f in doc["fields"].items()
-    }
     segments = tuple(
         SegmentEntry(
-            id=str(s["id"]),
+            id=_segment_id(s["id"], source),
             samples=_non_negative(s["samples"], source, "segments[].samples"),
             class_counts=tuple(int(c) for c in s.get("class_counts", ())),
             source_bytes=int(s.get("source_bytes", 0)),
@@ -142,12 +144,18 @@ def _manifest_from_doc(doc: dict, source: str) -> Manifest:
         )
         for s in doc["segments"]
     )
+    classes = tuple(str(c) for c in doc["classes"])
+    for seg in segments:
+        if len(seg.class_counts) > len(classes):
+            raise FormatError(
+                f"{source}: segment {seg.id} counts {len(seg.class_counts)} classes, the lake has {len(classes)}"
+            )
     chunk_samples = int(doc["chunk_samples"])
     if chunk_samples < 1:
         raise FormatError(f"{source}: chunk_samples must be >= 1, found {chunk_samples}")
     return Manifest(
         fields=fields,
-        classes=tuple(str(c) for c in doc["classes"]),
+        classes=classes,
         chunk_samples=chunk_samples,
         segments=segments,
         version=int(doc["version"]),
@@ -155,6 +163,31 @@ def _manifest_from_doc(doc: dict, source: str) -> Manifest:
         history=tuple(doc.get("history", ())),
         stats=dict(doc.get("stats", {})),
     )
+
+
+_SEGMENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_DTYPES = {"uint8", "uint16", "int16", "int32", "int64", "float32", "float64", "bool", "str"}
+
+
+def _segment_id(value: Any, source: str) -> str:
+    """Segment ids become paths: refuse anything that could leave the lake's folder."""
+    text = str(value)
+    if not _SEGMENT_ID.match(text) or ".." in text:
+        raise FormatError(f"{source}: segment id {text!r} is not a plain folder name")
+    return text
+
+
+def _field(name: str, doc: dict, source: str) -> FieldInfo:
+    dtype, shape = str(doc["dtype"]), tuple(int(d) for d in doc["shape"])
+    if dtype not in _DTYPES:
+        raise FormatError(
+            f"{source}: field {name!r} has dtype {dtype!r}; expected one of {sorted(_DTYPES)}"
+        )
+    if any(d < 1 for d in shape):
+        raise FormatError(
+            f"{source}: field {name!r} has shape {list(shape)}; dimensions must be >= 1"
+        )
+    return FieldInfo(dtype=dtype, shape=shape, codec=str(doc["codec"]))
 
 
 def _non_negative(value: Any, source: str, name: str) -> int:

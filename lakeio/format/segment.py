@@ -68,27 +68,33 @@ def write_segment(
     the pixels for small segments. The group's ``zarr.json``, written last, marks completion.
     """
     key = segment_key(segment_id)
-    loc.remove(key)  # debris from an interrupted attempt is never reused
+    # No cleanup first: a segment id fixes its bytes, so rewriting over a crashed (or a racing)
+    # attempt writes identical files, each replaced atomically; nothing committed is ever removed.
     samples = len(next(iter(columns.values())))
+    stored = 0
     for name, data in columns.items():
         info = fields[name]
         if len(data) != samples:
             raise ValueError(f"field {name!r} has {len(data)} samples, expected {samples}")
-        codec = parse_codec(info.codec)
-        for index, start in enumerate(range(0, samples, chunk_samples)):
-            rows = data[start : start + chunk_samples]
-            chunk = (
-                encode_text_chunk(rows, chunk_samples, codec)
-                if info.dtype == "str"
-                else encode_chunk(rows, chunk_samples, codec)
-            )
-            loc.write(chunk_key(segment_id, name, index, 1 + len(info.shape)), chunk)
-        metadata = dict(array_metadata(name, info, chunk_samples), shape=[samples, *info.shape])
-        loc.write(f"{key}/{name}/zarr.json", json.dumps(metadata, indent=2).encode())
-    stored = loc.size_under(key)
+        stored += _write_field(loc, segment_id, name, data, info, chunk_samples)
     attributes = {SUMMARY_ATTR: {**summary, "samples": samples, "stored_bytes": stored}}
     group = {"zarr_format": 3, "node_type": "group", "attributes": attributes}
     loc.write_atomic(f"{key}/zarr.json", json.dumps(group, indent=2, ensure_ascii=False).encode())
+    return stored
+
+
+def _write_field(loc, segment_id, name, data, info: FieldInfo, chunk_samples: int) -> int:
+    """Write one field's chunks, then its metadata; returns the bytes written."""
+    codec = parse_codec(info.codec)
+    encode = encode_text_chunk if info.dtype == "str" else encode_chunk
+    stored = 0
+    for index, start in enumerate(range(0, len(data), chunk_samples)):
+        chunk = encode(data[start : start + chunk_samples], chunk_samples, codec)
+        stored += loc.write(chunk_key(segment_id, name, index, 1 + len(info.shape)), chunk)
+    metadata = dict(array_metadata(name, info, chunk_samples), shape=[len(data), *info.shape])
+    array_key = f"{segment_key(segment_id)}/{name}"
+    stored += loc.write(f"{array_key}/zarr.json", json.dumps(metadata, indent=2).encode())
+    loc.sync_dir(array_key)  # the chunk names must be durable before the completion marker
     return stored
 
 

@@ -157,10 +157,11 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     if array.dtype.kind == "f":
         top = 1.0 if np.nanmax(array, initial=0) <= 1.0 else 255.0
         array = np.clip(np.nan_to_num(array) * (255.0 / top), 0, 255)
-    elif array.dtype.itemsize > 1:
+    elif image.mode.startswith("I;16"):
+        array = array.astype(np.uint16) >> 8  # the declared depth decides, never the content
+    elif array.dtype.itemsize > 1:  # mode "I": 32-bit container; 16-bit data is the norm
         array = array.astype(np.int64)
-        array = array >> 8 if array.max(initial=0) > 255 else array
-        array = np.clip(array, 0, 255)
+        array = np.clip(array >> (24 if array.max(initial=0) > 65535 else 8), 0, 255)
     return Image.fromarray(array.astype(np.uint8))
 
 
@@ -215,6 +216,9 @@ def _decode_plain_jpeg(
     if opts.size is not None:
         min_width, min_height = _draft_request(width, height, opts, rotated=False)
         scale = {"min_width": min_width, "min_height": min_height}
+    target = (height, width) if opts.size is None else tuple(opts.size)
+    if out is not None and (height, width) == target and out.shape == (*target, opts.channels):
+        scale["buffer"] = out  # decode straight into the caller's batch: no allocation, no copy
     try:
         pixels = simplejpeg.decode_jpeg(
             data, colorspace="GRAY" if opts.channels == 1 else "RGB", **scale

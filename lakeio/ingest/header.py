@@ -54,7 +54,20 @@ def _jpeg(data: bytes) -> tuple[int, int, bool] | None:
 def _png(data: bytes) -> tuple[int, int, bool] | None:
     if len(data) < 26 or data[12:16] != b"IHDR":
         return None
-    if b"eXIf" in data[:4096]:  # rare, but may rotate: let Pillow decide
+    if not _png_without_exif(data):  # an eXIf chunk may rotate: let Pillow decide
         return None
     width, height = struct.unpack_from(">II", data, 16)
     return (width, height, data[25] in _PNG_GRAY_TYPES) if width and height else None
+
+
+def _png_without_exif(data: bytes) -> bool:
+    """Walk the chunk headers up to the first IDAT: True only if no eXIf chunk comes before it."""
+    i = 8
+    while i + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, i)
+        if kind == b"eXIf":
+            return False
+        if kind == b"IDAT":
+            return True
+        i += 12 + length
+    return False  # image data not reached in the bytes we have: do not guess

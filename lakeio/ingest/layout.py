@@ -68,7 +68,8 @@ def _probe_batch(src: Location, paths: list[str], opts: DecodeOptions) -> np.nda
 def probe_folder(client: Client, src: Location, scan: FolderScan, opts: DecodeOptions) -> list:
     """Header facts for every file, probed in parallel on the cluster (None where unreadable)."""
     paths = [f.path for f in scan.files]
-    tag = hashlib.blake2b("\n".join(paths).encode(), digest_size=6).hexdigest()
+    listing = "\n".join(f"{f.path}\0{f.size}\0{f.stamp}" for f in scan.files)
+    tag = hashlib.blake2b(f"{src.describe()}\n{listing}".encode(), digest_size=8).hexdigest()
     workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
     batch = max(PROBE_BATCH, math.ceil(len(paths) / (2 * workers)))  # ~10 µs a file: few tasks
     futures = [
@@ -129,6 +130,11 @@ def decide_layout(
         channels = channels or (1 if gray else 3)
     codec = _decide_codec(opts, base)
     shape = (size[0], size[1], channels)
+    if base is not None and opts.chunk_samples not in (None, base.chunk_samples):
+        raise IngestError(
+            f"cannot append with --chunk-samples {opts.chunk_samples}: the lake's chunks hold "
+            f"{base.chunk_samples} samples (omit the option to use the lake's)"
+        )
     chunk_samples = opts.chunk_samples or (base.chunk_samples if base else None)
     chunk_samples = chunk_samples or default_chunk_samples(int(np.prod(shape)))
     fields = {

@@ -68,11 +68,12 @@ def ingest(
     opts = IngestOptions(**options)
     dest_loc = Location.of(dest, storage_options)
     base = _latest_or_none(dest_loc)
-    src_loc, resolved = _resolve_source(source, labels, classes, base, source_options)
+    lake = base if mode == "append" else None  # only an append inherits the lake's layout
+    src_loc, resolved = _resolve_source(source, labels, classes, lake, source_options)
     local_memory = "memory" in (dest_loc.protocol, src_loc.protocol if src_loc else "")
     with dask_client(cluster, workers=workers, processes=not local_memory, echo=echo) as client:
         started = time.perf_counter()  # the work, not the cluster's start-up
-        layout = decide_layout(client, resolved, src_loc, opts, base)
+        layout = decide_layout(client, resolved, src_loc, opts, lake)
         tasks = _plan_tasks(resolved, src_loc, dest_loc, layout, opts)
         planned = [t.segment_id for t in tasks]
         if _already_committed(base, planned, mode):
@@ -80,9 +81,20 @@ def ingest(
         _check_mode(dest_loc, base, mode)
         ensure_root_group(dest_loc)
         results = _run_tasks(client, tasks, opts, progress)
+    _refuse_empty_result(results)
     manifest = _commit(dest_loc, base, layout, tasks, results, mode, _event(source, opts, mode))
     publish_root_summary(dest_loc, manifest)
     return _summarize(dest_loc, manifest, resolved, results, report, started)
+
+
+def _refuse_empty_result(results: list[dict]) -> None:
+    """Committing a version with nothing in it would only hide that every image was bad."""
+    rejects = [r for res in results for r in res["rejects"]]
+    if rejects and not any(int(r["samples"]) for r in results):
+        shown = "; ".join(f"{p}: {why}" for p, why in rejects[:3])
+        raise IngestError(
+            f"all {len(rejects)} images were rejected, nothing was committed (first: {shown})"
+        )
 
 
 def _latest_or_none(loc: Location) -> Manifest | None:
@@ -141,7 +153,11 @@ def _plan_tasks(
     for index, rows in enumerate(ranges):
         if isinstance(resolved, FolderScan):
             files = resolved.files[rows.start : rows.stop]
-            content = (f"{f.path}\0{f.label}\0{f.size}\n".encode() for f in files)
+            head = [f"{src_loc.describe()}\n".encode()]  # where from, as well as what
+            content = [
+                *head,
+                *(f"{f.path}\0{f.label}\0{f.size}\0{f.stamp}\n".encode() for f in files),
+            ]
             sid = plan.segment_id(digest, index, content)
             tasks.append(SegmentTask(sid, src=src_loc, files=files, **common))
         else:

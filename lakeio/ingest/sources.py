@@ -22,11 +22,16 @@ ARRAY_EXTENSIONS = (".npy", ".npz")
 
 @dataclass(frozen=True)
 class SourceFile:
-    """One candidate image: path relative to the source root, its label and its size in bytes."""
+    """One candidate image: path relative to the source root, label, size, and a change stamp.
+
+    ``stamp`` (modification time, or ETag on object stores) goes into the segment id with the
+    size, so a file replaced under the same name is ingested again rather than skipped.
+    """
 
     path: str
     label: int
     size: int
+    stamp: str = ""
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,14 @@ class FolderScan:
 
 def _is_hidden(relative: str) -> bool:
     return any(part.startswith(".") for part in relative.split("/"))
+
+
+def _stamp(info: dict) -> str:
+    """What changes when a file's content does: mtime on disks, ETag / LastModified on stores."""
+    for key in ("mtime", "ETag", "etag", "LastModified", "last_modified", "updated", "md5Hash"):
+        if info.get(key) is not None:
+            return str(info[key])
+    return ""
 
 
 def scan_image_folder(src: Location, extra_classes: tuple[str, ...] = ()) -> FolderScan:
@@ -71,7 +84,7 @@ def scan_image_folder(src: Location, extra_classes: tuple[str, ...] = ()) -> Fol
         elif not relative.lower().endswith(IMAGE_EXTENSIONS):
             ignored.append((relative, "not an image extension"))
         else:
-            candidates.append((parts[0], relative, int(info.get("size") or 0)))
+            candidates.append((parts[0], relative, int(info.get("size") or 0), _stamp(info)))
     if not class_dirs:
         raise IngestError(
             f"{src.describe()}: no class folders found; expected the ImageFolder layout "
@@ -81,8 +94,8 @@ def scan_image_folder(src: Location, extra_classes: tuple[str, ...] = ()) -> Fol
     classes = (*extra_classes, *new_classes)
     index = {name: i for i, name in enumerate(classes)}
     files = tuple(
-        SourceFile(path, index[cls], size)
-        for cls, path, size in sorted(candidates, key=lambda c: (index[c[0]], c[1]))
+        SourceFile(path, index[cls], size, stamp)
+        for cls, path, size, stamp in sorted(candidates, key=lambda c: (index[c[0]], c[1]))
     )
     used = {f.label for f in files}
     empty = tuple(c for c in sorted(class_dirs) if index[c] not in used)
@@ -113,6 +126,16 @@ def array_source(images, labels=None, classes=None, name: str = "array") -> Arra
         )
     if len(images) != len(labels):
         raise IngestError(f"{name}: {len(images)} images but {len(labels)} labels")
+    if isinstance(images, np.ndarray):
+        if images.ndim not in (3, 4) or (images.ndim == 4 and images.shape[-1] not in (1, 3, 4)):
+            raise IngestError(
+                f"{name}: images have shape {images.shape}; expected (N, H, W) or (N, H, W, C) "
+                "with C in 1, 3, 4"
+            )
+        if images.dtype != np.uint8:
+            raise IngestError(
+                f"{name}: images are {images.dtype}; expected uint8 (scale to 0..255 first)"
+            )
     if len(labels) and labels.min() < 0:
         raise IngestError(f"{name}: labels must be >= 0, found {labels.min()}")
     top = int(labels.max()) + 1 if len(labels) else 0
@@ -158,8 +181,20 @@ def load_array_file(src: Location, labels_url: str | None = None) -> ArraySource
                 f"{name}: a .npy holds images only; give labels with --labels FILE.npy"
             )
         lab_loc = Location.of(labels_url, src.storage_options)
-        labels = np.load(io.BytesIO(lab_loc.fs.cat_file(lab_loc.root)), allow_pickle=False)
+        try:
+            labels = np.load(io.BytesIO(lab_loc.fs.cat_file(lab_loc.root)), allow_pickle=False)
+        except FileNotFoundError:
+            raise IngestError(f"--labels {labels_url}: file not found") from None
+        except ValueError as exc:
+            raise IngestError(f"--labels {labels_url}: not a readable .npy ({exc})") from None
         return array_source(loaded, labels, None, name)
+    try:
+        return _from_npz(loaded, name)
+    except ValueError as exc:  # object arrays (pickles) are refused, and so are bad shapes
+        raise IngestError(f"{name}: {exc}") from None
+
+
+def _from_npz(loaded, name: str) -> ArraySource:
     with loaded:
         keys = set(loaded.files)
         image_key = next((k for k in ("images", "x", "X") if k in keys), None)

@@ -92,8 +92,9 @@ def run_segment_task(task: SegmentTask) -> dict[str, Any]:
                 raise
             rejects.append([exc.path, exc.reason])
             continue
-        if image.base is not images and image is not images[len(labels)]:
-            images[len(labels)] = image
+        slot = images[len(labels)]
+        if not np.shares_memory(image, slot):  # the fast JPEG path may have decoded in place
+            slot[...] = image
         labels.append(label)
         paths.append(path)
         source_bytes += nbytes

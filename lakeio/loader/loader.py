@@ -89,17 +89,21 @@ class Loader:
         order = rank_order(self._members, self.plan, self.epoch)
         return batch_slices(order, self.plan.batch_size)[: len(self)]
 
+    def _plan_key(self) -> dict[str, Any]:
+        """The plan without the rank: every rank's state is the same, so rank 0 can save it."""
+        return {k: v for k, v in asdict(self.plan).items() if k != "rank"}
+
     def state_dict(self) -> dict[str, Any]:
         """Where the iteration stands: resume with `load_state_dict` in a new process."""
         return {
             "epoch": self.epoch,
             "batches_done": self._consumed,
             "samples": len(self.dataset),
-            "plan": asdict(self.plan),
+            "plan": self._plan_key(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        plan = asdict(self.plan)
+        plan = self._plan_key()
         if state.get("plan") != plan or state.get("samples") != len(self.dataset):
             raise ValueError(
                 f"state was saved for plan {state.get('plan')} over {state.get('samples')} samples; "

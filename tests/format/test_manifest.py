@@ -88,3 +88,34 @@ def test_negative_sample_count_is_rejected_before_use(tmp_path):
     path.write_text(json.dumps(doc))
     with pytest.raises(FormatError, match=r"segments\[\]\.samples must be >= 0"):
         read_manifest(Location.of(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d["segments"][0].update(id="../../etc"), "is not a plain folder name"),
+        (lambda d: d["fields"]["images"].update(shape=[-4, 4, 3]), "dimensions must be >= 1"),
+        (lambda d: d["fields"].pop("labels"), r"fields \['labels'\] are missing"),
+        (
+            lambda d: d["segments"][0].update(class_counts=[1, 2, 3]),
+            "counts 3 classes, the lake has 2",
+        ),
+    ],
+)
+def test_manifest_values_are_validated_before_use(tmp_path, edit, message):
+    doc = json.loads(_manifest("s1").to_json())
+    doc["version"] = 1
+    edit(doc)
+    path = tmp_path / manifest_key(1)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(FormatError, match=message):
+        read_manifest(Location.of(tmp_path))
+
+
+def test_a_manifest_that_is_not_an_object_is_a_format_error(tmp_path):
+    path = tmp_path / manifest_key(1)
+    path.parent.mkdir(parents=True)
+    path.write_text("[1, 2]")
+    with pytest.raises(FormatError, match="a manifest is a JSON object, found list"):
+        read_manifest(Location.of(tmp_path))

@@ -1,6 +1,7 @@
 """A real `lakeio ingest` process killed with SIGKILL mid-run, then rerun."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,11 +41,14 @@ def _columns(lake):
 def test_killed_ingest_leaves_old_lake_and_resumes_to_identical_lake(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     write_image_folder(first, 40, size=(32, 32), fmt="png", seed=1, photos=("coffee", "rocket"))
-    write_image_folder(second, 600, size=(32, 32), fmt="jpg", seed=2, photos=("coffee", "chelsea"))
+    write_image_folder(second, 600, size=(32, 32), fmt="jpg", seed=2, photos=("chelsea", "coffee"))
+    # A named pipe sorts last: the final segment blocks reading it, so the run is certain to be
+    # killed after the other segments are written and before any commit (no timing race).
+    blocker = second / "coffee" / "zzzz.jpg"
+    os.mkfifo(blocker)
     lake, reference = tmp_path / "lake", tmp_path / "reference"
-    common = ["--workers", "1", "--chunk-samples", "4", "--quiet"]
-    for dest in (lake, reference):
-        assert _cli("ingest", first, dest, *common).returncode == 0
+    common = ["--workers", "1", "--chunk-samples", "4", "--size", "32x32", "--quiet"]
+    assert _cli("ingest", first, lake, *common).returncode == 0
     manifest_before = (lake / "_lakeio/manifests/v00000001.json").read_bytes()
     before, _ = _columns(lake)
 
@@ -52,13 +56,18 @@ def test_killed_ingest_leaves_old_lake_and_resumes_to_identical_lake(tmp_path):
         [*LAKEIO, "ingest", str(second), str(lake), "--append", *common],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
-    deadline = time.monotonic() + 60
-    while _complete_segments(lake) < 10 + 2 and time.monotonic() < deadline:  # 10 from `first`
-        assert proc.poll() is None, "ingest finished before it could be killed"
-        time.sleep(0.02)
+    done, stable_since, deadline = 0, time.monotonic(), time.monotonic() + 90
+    while time.monotonic() < deadline:  # wait until the writers are stuck on the pipe
+        assert proc.poll() is None, proc.stderr.read().decode()
+        now = _complete_segments(lake)
+        if now != done:
+            done, stable_since = now, time.monotonic()
+        elif done >= 10 + 2 and time.monotonic() - stable_since > 1.5:
+            break
+        time.sleep(0.05)
+    assert done >= 12, f"only {done - 10} segments were written before the run stalled"
     os.killpg(proc.pid, signal.SIGKILL)  # the CLI, its cluster and its workers, all at once
     proc.wait()
-    written_before_kill = _complete_segments(lake)
 
     assert sorted(p.name for p in (lake / "_lakeio/manifests").glob("v*.json")) == [
         "v00000001.json"
@@ -68,14 +77,16 @@ def test_killed_ingest_leaves_old_lake_and_resumes_to_identical_lake(tmp_path):
     for name in before:
         np.testing.assert_array_equal(after_kill[name], before[name])
 
+    blocker.unlink()
+    shutil.copy(second / "coffee" / "000001.jpg", blocker)  # the file is there now
     resumed = _cli("ingest", second, lake, "--append", *common)
     assert resumed.returncode == 0, resumed.stderr
-    reused = written_before_kill - 10
-    assert f"({reused} of 19 segments resumed from an earlier run)" in resumed.stdout  # 600 / 32
+    assert f"({done - 10} of 19 segments resumed from an earlier run)" in resumed.stdout
+    assert _cli("ingest", first, reference, *common).returncode == 0
     assert _cli("ingest", second, reference, "--append", *common).returncode == 0
     got, got_ids = _columns(lake)
     want, want_ids = _columns(reference)
     assert got_ids == want_ids
     for name in want:
         np.testing.assert_array_equal(got[name], want[name])
-    assert len(got["labels"]) == 640
+    assert len(got["labels"]) == 641

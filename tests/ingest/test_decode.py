@@ -158,3 +158,24 @@ def test_jpeg_with_exif_orientation_takes_the_rotating_path():
     assert out.shape == (60, 40, 3)
     reference = np.rot90(np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), k=1)
     np.testing.assert_array_equal(out, reference)
+
+
+def test_dark_sixteen_bit_images_keep_their_scale():
+    dark = np.array([[0, 200, 256, 300]], dtype=np.uint16)  # all below 8 bits' worth of range
+    out = decode_image(_encode(Image.fromarray(dark), "PNG"), "dark.png", DecodeOptions(channels=1))
+    assert out[0, :, 0].tolist() == [0, 0, 1, 1]
+
+
+def test_png_exif_after_a_large_text_chunk_is_still_honoured():
+    from PIL import PngImagePlugin
+
+    pixels = _gradient(20, 40)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "x" * 8000)  # pushes the eXIf chunk beyond the first 4 KB
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _encode(Image.fromarray(pixels), "PNG", pnginfo=info, exif=exif)
+    assert data.index(b"eXIf") > 4096
+    head = probe_header(data, "x.png", DecodeOptions())
+    out = decode_image(data, "x.png", DecodeOptions())
+    assert (head.width, head.height) == (20, 40) and out.shape == (40, 20, 3)

@@ -215,3 +215,79 @@ def test_memory_url_ingest_runs_on_an_in_process_cluster(png_folder):
     assert summary.written == len(ds) == 120
     pixels = {rel: px for rel, px, _ in written}
     np.testing.assert_array_equal(ds[7][0], pixels[ds.sample(7)["paths"]])
+
+
+def test_append_keeps_the_lakes_chunking_and_refuses_another(tmp_path, client):
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (20, 8, 8, 3), dtype=np.uint8)
+    labels = rng.integers(0, 2, 20)
+    _ingest(images[:10], tmp_path / "lake", client, labels=labels[:10], chunk_samples=4)
+    with pytest.raises(IngestError, match=r"--chunk-samples 3: the lake's chunks hold 4 samples"):
+        _ingest(
+            images[10:],
+            tmp_path / "lake",
+            client,
+            labels=labels[10:],
+            chunk_samples=3,
+            mode="append",
+        )
+    _ingest(images[10:], tmp_path / "lake", client, labels=labels[10:], mode="append")
+    np.testing.assert_array_equal(
+        lakeio.open_dataset(tmp_path / "lake").to_dask()["images"].compute(), images
+    )
+
+
+def test_overwrite_takes_the_new_layout_not_the_old_lakes(tmp_path, client):
+    rng = np.random.default_rng(3)
+    big = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+    small = rng.integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    _ingest(big, tmp_path / "lake", client, labels=[0, 1, 0, 1, 0, 1], classes=["a", "b"])
+    _ingest(
+        small,
+        tmp_path / "lake",
+        client,
+        labels=[0, 0, 1, 2, 2],
+        classes=["x", "y", "z"],
+        codec="zstd:5",
+        mode="overwrite",
+    )
+    ds = lakeio.open_dataset(tmp_path / "lake")
+    assert ds.classes == ("x", "y", "z") and ds.manifest.fields["images"].codec == "zstd:5"
+    np.testing.assert_array_equal(ds.to_dask()["images"].compute(), small)
+
+
+def test_same_names_with_other_content_are_not_mistaken_for_ingested(tmp_path, client):
+    day1, day2 = tmp_path / "day1" / "cls", tmp_path / "day2" / "cls"
+    day1.mkdir(parents=True)
+    day2.mkdir(parents=True)
+    for i in range(3):  # BMP: the file size depends only on the dimensions
+        Image.fromarray(np.full((8, 8, 3), 10 + i, np.uint8)).save(day1 / f"{i}.bmp")
+        Image.fromarray(np.full((8, 8, 3), 200 + i, np.uint8)).save(day2 / f"{i}.bmp")
+    _ingest(tmp_path / "day1", tmp_path / "lake", client)
+    second = _ingest(tmp_path / "day2", tmp_path / "lake", client, mode="append")
+    assert not second.up_to_date
+    values = sorted(
+        int(ds_img.max())
+        for ds_img in lakeio.open_dataset(tmp_path / "lake").to_dask()["images"].compute()
+    )
+    assert values == [10, 11, 12, 200, 201, 202]
+
+
+def test_all_images_rejected_commits_nothing_and_says_why(tmp_path, client):
+    src = tmp_path / "src" / "cls"
+    src.mkdir(parents=True)
+    for i in range(3):
+        (src / f"{i}.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(
+        IngestError,
+        match=r"all 3 images were rejected, nothing was committed \(first: cls/0\.jpg: not a recognised image",
+    ):
+        _ingest(tmp_path / "src", tmp_path / "lake", client, size=(8, 8))
+    assert not (tmp_path / "lake" / "_lakeio" / "manifests").exists()
+
+
+def test_float_arrays_are_refused_before_any_work(tmp_path, client):
+    with pytest.raises(IngestError, match="images are float32; expected uint8"):
+        _ingest(np.zeros((4, 8, 8, 3), np.float32), tmp_path / "lake", client, labels=[0, 0, 0, 0])
+    with pytest.raises(IngestError, match=r"shape \(4, 8\); expected \(N, H, W\)"):
+        _ingest(np.zeros((4, 8), np.uint8), tmp_path / "lake", client, labels=[0, 0, 0, 0])

@@ -154,3 +154,23 @@ def test_second_epoch_is_served_from_memory_and_stats_add_up(small_lake):
     assert stats["samples"] == 2 * 203 and stats["batches"] == 2 * len(loader)
     assert stats["cache"]["origin_reads"] == 2 * 13  # images + labels chunks, first epoch only
     assert 0.0 <= stats["stall_fraction"] <= 1.0 and stats["samples_per_s"] > 0
+
+
+def test_slicing_a_dataset_says_what_to_use_instead(small_lake):
+    ds = lakeio.open_dataset(small_lake[0])
+    with pytest.raises(TypeError, match=r"use ds.subset\(...\)"):
+        ds[0:2]
+
+
+def test_to_dask_names_the_corrupt_chunk(small_lake, tmp_path):
+    import shutil
+
+    from lakeio.errors import CorruptChunkError
+
+    shutil.copytree(small_lake[0], tmp_path / "lake")
+    chunk = next((tmp_path / "lake" / "segments").iterdir()) / "images" / "c.0.0.0.0"
+    data = bytearray(chunk.read_bytes())
+    data[40] ^= 1
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(CorruptChunkError, match=r"images/c\.0\.0\.0\.0: checksum mismatch"):
+        lakeio.open_dataset(tmp_path / "lake").to_dask()["images"].sum().compute(scheduler="sync")
