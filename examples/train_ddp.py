@@ -106,6 +106,15 @@ def evaluate(model: nn.Module, held: lakeio.Dataset, device: torch.device, norm)
     return correct / max(1, total)
 
 
+def _epoch_rate(before: dict | None, after: dict | None) -> float | None:
+    """This epoch's hit rate of a tier (the loader's counters are cumulative)."""
+    if not after:
+        return None
+    requests = after["requests"] - (before or {}).get("requests", 0)
+    hits = after["hits"] - (before or {}).get("hits", 0)
+    return round(hits / requests, 4) if requests else None
+
+
 def save(path: str, model, optimizer, epoch: int, loader) -> None:
     state = {
         "model": model.state_dict(),
@@ -188,12 +197,12 @@ def main() -> None:
         stopped = bool(args.stop_after and steps >= args.stop_after)
         if rank == 0:
             accuracy = evaluate(model, held, device, norm)
-            mem = after["cache"]["memory"] or {}
-            disk = after["cache"]["disk"] or {}
+            mem = _epoch_rate(before["cache"]["memory"], after["cache"]["memory"])
+            disk = _epoch_rate(before["cache"]["disk"], after["cache"]["disk"])
             print(json.dumps({
                 "epoch": epoch, "loss": round(loss_total / max(1, n_batches), 4), "held_out_accuracy": round(accuracy, 4),
                 "images_per_s": round(images / max(1e-9, secs / world)), "stall_pct": round(100 * stall_total / max(1e-9, secs), 1),
-                "memory_hit_rate": mem.get("hit_rate"), "disk_hit_rate": disk.get("hit_rate"),
+                "memory_hit_rate": mem, "disk_hit_rate": disk,
                 "batches_per_rank": int(n_batches / world), "stopped_early": stopped,
             }), flush=True)  # fmt: skip
             if args.checkpoint and not stopped:

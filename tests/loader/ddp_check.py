@@ -1,0 +1,29 @@
+"""Run under torchrun by test_ddp.py: each rank records the samples and batch count it got."""
+
+import gc
+import json
+import sys
+
+import torch.distributed as dist
+
+import lakeio
+
+
+def main(lake: str, out: str) -> None:
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    ds = lakeio.open_dataset(lake)
+    loader = ds.loader(batch_size=10, seed=7, fields=("labels", "paths"))  # rank/world from dist
+    record = {"rank": rank, "world": dist.get_world_size(), "epochs": []}
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        record["epochs"].append([list(paths) for _, paths in loader])
+    with open(f"{out}/rank{rank}.json", "w") as fh:
+        json.dump(record, fh)
+    gc.collect()
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
