@@ -10,28 +10,6 @@ from lakeio.format.manifest import commit_manifest, read_manifest
 from lakeio.verify import verify_lake
 
 
-@pytest.fixture(scope="module")
-def s3_options():
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing",
-    ).create_bucket(Bucket="lakeio-test")  # fmt: skip
-    yield {
-        "key": "testing",
-        "secret": "testing",
-        "endpoint_url": endpoint,
-        "client_kwargs": {"region_name": "us-east-1"},
-    }
-    server.stop()
-
-
 def test_ingest_to_s3_reads_back_and_verifies(png_folder, client, s3_options):
     root, written = png_folder
     url = "s3://lakeio-test/photos.lake"

@@ -174,3 +174,40 @@ def test_to_dask_names_the_corrupt_chunk(small_lake, tmp_path):
     chunk.write_bytes(bytes(data))
     with pytest.raises(CorruptChunkError, match=r"images/c\.0\.0\.0\.0: checksum mismatch"):
         lakeio.open_dataset(tmp_path / "lake").to_dask()["images"].sum().compute(scheduler="sync")
+
+
+def test_training_from_an_object_store_through_the_disk_tier(
+    small_lake, client, s3_options, tmp_path
+):
+    _, images, labels = small_lake
+    url = "s3://lakeio-test/loader.lake"
+    lakeio.ingest(
+        images,
+        url,
+        labels=labels,
+        cluster=client,
+        storage_options=s3_options,
+        chunk_samples=16,
+        progress=False,
+        echo=None,
+    )
+    cache = Cache(
+        memory="100KB", disk=str(tmp_path / "disk"), disk_size="64MB"
+    )  # memory too small to hold it
+    ds = lakeio.open_dataset(url, cache=cache, storage_options=s3_options)
+    loader = ds.loader(batch_size=32, seed=2, fields=("images", "labels", "paths"))
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        seen = []
+        for x, y, paths in loader:
+            ids = _ids(paths)
+            np.testing.assert_array_equal(x.numpy(), images[ids])
+            np.testing.assert_array_equal(y.numpy(), labels[ids])
+            seen += ids
+        assert sorted(set(seen)) == list(range(len(images)))
+        if epoch == 0:
+            first_reads = loader.stats()["cache"]["origin_reads"]
+    stats = loader.stats()["cache"]
+    assert first_reads == 3 * 13  # images, labels and paths chunks, once each
+    assert stats["origin_reads"] == first_reads  # epoch 2: all from the disk tier
+    assert stats["disk"]["hits"] >= 13  # image chunks do not fit the 100 KB memory tier
