@@ -81,6 +81,13 @@ class Dataset:
         ref = self._table[0][chunk]
         return {f: self.source.get(ref.segment, f, ref.chunk) for f in fields}
 
+    def schedule_chunks(self, chunk_times) -> None:
+        """Pass (chunk id, next use) pairs to the memory tier's plan-aware eviction."""
+        if self._table is None:
+            self._table = self.index.chunk_table()
+        refs = self._table[0]
+        self.source.schedule(((refs[c].segment, refs[c].chunk), t) for c, t in chunk_times)
+
     def chunk_nbytes(self, fields) -> int:
         """Decoded bytes of one chunk of ``fields`` (strings counted at 64 bytes a sample)."""
         m = self.manifest

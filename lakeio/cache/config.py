@@ -25,11 +25,14 @@ class Cache:
     Memory trades RAM for decode work (a second epoch that fits is served with no reads at all);
     the disk tier trades local disk for origin reads (worth it for object stores and slow mounts,
     not for a lake already on local NVMe). Sizes take "8GB", "512MiB" or plain bytes.
+    ``eviction`` is the memory tier's policy: ``plan`` (default; keeps what the loader's plan
+    needs soonest) or ``lru``; see docs/benchmarks.md for the measured difference.
     """
 
     memory: int | str | None = None
     disk: str | None = None
     disk_size: int | str | None = None
+    eviction: str = "plan"
 
     def __post_init__(self) -> None:
         memory = self.memory if self.memory is not None else dask.config.get("lakeio.cache.memory")
@@ -42,3 +45,5 @@ class Cache:
         object.__setattr__(self, "memory", parse_size(memory, "Cache(memory=...)"))
         object.__setattr__(self, "disk", disk or None)
         object.__setattr__(self, "disk_size", parse_size(disk_size, "Cache(disk_size=...)"))
+        if self.eviction not in ("plan", "lru"):
+            raise ValueError(f"Cache(eviction=...) must be 'plan' or 'lru', not {self.eviction!r}")

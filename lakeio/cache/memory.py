@@ -1,7 +1,15 @@
-"""The memory tier: decoded chunks in this process, least-recently-used first out, bounded in bytes."""
+"""The memory tier: decoded chunks in this process, bounded in bytes.
+
+Two eviction policies. ``lru`` drops the least recently used chunk. ``plan`` uses the loader's
+schedule — the plan says when each chunk is needed next (this epoch or the next) — and drops the
+chunk needed furthest in the future, or does not admit a chunk needed later than everything
+held (Belady's rule, with the future known instead of guessed). Shuffled epochs over a dataset
+larger than the budget are the case where LRU fails: each chunk is evicted just before reuse.
+"""
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 
@@ -9,16 +17,29 @@ import numpy as np
 
 from lakeio.cache.tier import TierStats
 
+POLICIES = ("plan", "lru")
+
 
 class MemoryTier:
     """Decoded chunks (ndarrays) up to ``capacity`` bytes; a chunk larger than that is not kept."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, policy: str = "plan") -> None:
+        if policy not in POLICIES:
+            raise ValueError(
+                f"eviction policy must be one of {', '.join(POLICIES)}, not {policy!r}"
+            )
         self.capacity = int(capacity)
+        self.policy = policy
         self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._next_use: dict[str, float] = {}
         self._bytes = 0
         self._lock = threading.Lock()
         self._stats = TierStats()
+
+    def schedule(self, next_use: dict[str, float]) -> None:
+        """Tell the tier when keys are needed next (smaller = sooner); unknown keys count as never."""
+        with self._lock:
+            self._next_use.update(next_use)
 
     def get(self, key: str) -> np.ndarray | None:
         with self._lock:
@@ -42,10 +63,22 @@ class MemoryTier:
             self._items[key] = value
             self._bytes += size
             while self._bytes > self.capacity:
-                _, dropped = self._items.popitem(last=False)
+                victim = self._victim()
+                dropped = self._items.pop(victim)
                 self._bytes -= dropped.nbytes
                 self._stats.evictions += 1
-        return True
+            return key in self._items
+
+    def _victim(self) -> str:
+        """The key to drop: least recently used, or (plan) the one needed furthest ahead."""
+        if self.policy == "lru" or not self._next_use:
+            return next(iter(self._items))
+        victim, latest = None, -math.inf
+        for key in self._items:  # least recently used first, so ties go to the older entry
+            when = self._next_use.get(key, math.inf)
+            if when > latest:
+                victim, latest = key, when
+        return victim
 
     def evict(self, key: str) -> None:
         with self._lock:
@@ -71,4 +104,5 @@ class MemoryTier:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._next_use.clear()
             self._bytes = 0

@@ -30,7 +30,9 @@ class ChunkSource:
         self.loc = loc
         self.manifest = manifest
         self.cache = cache or Cache()
-        self.memory = MemoryTier(self.cache.memory) if self.cache.memory else None
+        self.memory = (
+            MemoryTier(self.cache.memory, self.cache.eviction) if self.cache.memory else None
+        )
         self.disk = DiskTier(self.cache.disk, self.cache.disk_size) if self.cache.disk else None
         self._codecs = {name: parse_codec(f.codec) for name, f in manifest.fields.items()}
         self._lock = threading.Lock()
@@ -68,6 +70,16 @@ class ChunkSource:
         self._add("hit_seconds" if hit else "miss_seconds", time.perf_counter() - started)
         self._add("requests", 1)
         return value
+
+    def schedule(self, refs_and_times) -> None:
+        """Tell the memory tier when chunks are needed next: ((segment, chunk), time) pairs."""
+        if self.memory is None:
+            return
+        times = {}
+        for (segment, chunk), when in refs_and_times:
+            for field in self.manifest.fields:
+                times[self.loc.describe(self.key(segment, field, chunk))] = when
+        self.memory.schedule(times)
 
     def read_origin(self, segment: int, field: str, chunk: int) -> np.ndarray:
         """The chunk decoded straight from the origin, bypassing every tier (for verification)."""

@@ -7,6 +7,7 @@ device) — run by one producer thread a few batches ahead of the training loop.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -20,7 +21,7 @@ import torch
 from lakeio.loader.batch import gather
 from lakeio.loader.device import DeviceOptions, DeviceStage
 from lakeio.loader.plan import PlanSpec, batch_count, batch_slices, rank_order
-from lakeio.loader.prefetch import ChunkPrefetcher
+from lakeio.loader.prefetch import ChunkPrefetcher, first_and_last_use
 
 _DONE = object()
 
@@ -168,8 +169,18 @@ class Loader:
         ds, fields = self.dataset, self.stream.fields
         chunk_of, row_of = ds.sample_chunks()
         batch_chunks = [chunk_of[b] for b in batches]
+        this_epoch, _ = first_and_last_use(batch_chunks)
+        next_use = self._next_epoch_positions(len(this_epoch))
+        # Plan-aware eviction: a chunk not yet loaded this epoch is next needed at its place in
+        # this epoch; once loaded (the prefetcher holds it for this use), at its place in the next.
+        ds.schedule_chunks([*next_use.items(), *((c, t) for t, c in enumerate(this_epoch))])
+
+        def load(c: int) -> dict[str, np.ndarray]:
+            ds.schedule_chunks([(c, next_use.get(c, math.inf))])
+            return ds.load_chunk(c, fields)
+
         prefetcher = ChunkPrefetcher(
-            load=lambda c: ds.load_chunk(c, fields),
+            load=load,
             chunk_bytes=lambda c: ds.chunk_nbytes(fields),
             batch_chunks=batch_chunks,
             budget=self.stream.prefetch_bytes or 2 * self.plan.window * ds.chunk_nbytes(fields),
@@ -189,6 +200,15 @@ class Loader:
             _put(ready, exc, stop)
         finally:
             prefetcher.close()
+
+    def _next_epoch_positions(self, offset: int) -> dict[int, float]:
+        """When each chunk is first needed in the next epoch, counted after this one's chunks."""
+        order = rank_order(self._members, self.plan, self.epoch + 1)
+        chunk_of, _ = self.dataset.sample_chunks()
+        positions: dict[int, float] = {}
+        for c in chunk_of[order].tolist():
+            positions.setdefault(c, offset + len(positions))
+        return positions
 
     def _host_buffers(self, fields, n: int) -> dict[str, np.ndarray] | None:
         if not self._device.pinned:

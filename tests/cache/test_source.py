@@ -90,3 +90,27 @@ def test_chunk_source_survives_pickling_with_an_empty_memory_tier(small_lake):
     clone = pickle.loads(pickle.dumps(ds.source))
     assert isinstance(clone, ChunkSource) and clone.stats()["requests"] == 0
     np.testing.assert_array_equal(clone.get(0, "images", 0), images[:16])
+
+
+def _epoch_hit_rates(path, policy, budget, epochs=3):
+    ds = lakeio.open_dataset(path, cache=Cache(memory=budget, eviction=policy))
+    loader = ds.loader(batch_size=16, seed=0, fields=("images",))
+    rates = []
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        before = ds.source.memory.stats()
+        for _ in loader:
+            pass
+        after = ds.source.memory.stats()
+        rates.append((after.hits - before.hits) / (after.requests - before.requests))
+    return rates
+
+
+def test_plan_aware_eviction_keeps_what_the_next_epoch_needs(small_lake):
+    path, _, _ = small_lake
+    budget = 6 * 16 * 32 * 32 * 3 + 1000  # 6 of 13 image chunks
+    plan = _epoch_hit_rates(path, "plan", budget)
+    lru = _epoch_hit_rates(path, "lru", budget)
+    assert plan[0] == lru[0] == 0.0
+    assert all(abs(r - 6 / 13) < 0.01 for r in plan[1:])  # the best any policy can do here
+    assert all(p > r for p, r in zip(plan[1:], lru[1:], strict=True))
