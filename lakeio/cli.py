@@ -17,6 +17,16 @@ SO_HELP = "fsspec storage option, repeatable; dotted keys nest (client_kwargs.re
 EPILOG = "Docs: docs/cli.md. Every command takes --help."
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def _storage_options(pairs: Sequence[str]) -> dict:
     """``KEY=VALUE`` pairs → a dict; dotted keys nest, values parse as JSON where they can."""
     options: dict = {}
@@ -61,10 +71,14 @@ def _add_ingest(sub) -> None:
         help="codec spec (see `lakeio codecs`); default lz4, or the lake's when appending",
     )
     p.add_argument(
-        "--chunk-samples", type=int, help="samples per chunk (default: about 4 MiB per chunk)"
+        "--chunk-samples",
+        type=_positive_int,
+        help="samples per chunk (default: about 4 MiB per chunk)",
     )
     p.add_argument(
-        "--workers", type=int, help="workers of the local Dask cluster (default: one per core)"
+        "--workers",
+        type=_positive_int,
+        help="workers of the local Dask cluster (default: one per core)",
     )
     p.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
     p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
@@ -173,7 +187,8 @@ def _run_verify(args) -> int:
         report = verify_lake(ds, progress=bar.update)
     for key, reason in report.problems:
         print(f"BAD {key}: {reason}")
-    verdict = "OK" if report.ok else f"{len(report.problems)} problems"
+    count = len(report.problems)
+    verdict = "OK" if report.ok else f"{count} problem{'s' if count != 1 else ''}"
     print(
         f"{ds.loc.describe()} v{ds.version}: {report.chunks_checked} chunks, {report.samples} samples checked: {verdict}"
     )
@@ -192,11 +207,17 @@ def _run_codecs(args) -> int:
 
     for info in CODECS.values():
         mark = " (default)" if info.name == DEFAULT_CODEC else ""
-        print(f"{info.syntax:<30} {info.summary}{mark}")
+        print(f"{info.syntax:<30} {info.summary.replace(' (default)', '')}{mark}")
     print(
         "Every chunk also carries a crc32c checksum. Readable by: zarr-python, tensorstore, xarray, dask."
     )
     return 0
+
+
+def _version() -> str:
+    from lakeio import __version__
+
+    return __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--version", action="version", version=f"lakeio {_version()}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     for add in (_add_ingest, _add_info, _add_verify, _add_codecs):
         add(sub)

@@ -45,7 +45,7 @@ def lake_info(ds: Dataset) -> dict[str, Any]:
 def format_info(info: dict[str, Any]) -> str:
     lines = [
         f"lake      {info['url']}  (version {info['version']}, {info['created']})",
-        f"samples   {info['samples']} in {info['segments']} segments, "
+        f"samples   {info['samples']} in {info['segments']} segment{'s' if info['segments'] != 1 else ''}, "
         f"{info['chunk_samples']} samples per chunk",
         "fields",
     ]

@@ -1,6 +1,7 @@
 """The `lakeio` command as users run it: real processes, real local clusters."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,8 +14,11 @@ from lakeio.testing.images import write_image_folder
 LAKEIO = [str(Path(sys.executable).with_name("lakeio"))]
 
 
-def _cli(*args):
-    return subprocess.run([*LAKEIO, *map(str, args)], capture_output=True, text=True, timeout=180)
+def _cli(*args, env=None):
+    env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [*LAKEIO, *map(str, args)], capture_output=True, text=True, timeout=180, env=env
+    )
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +160,24 @@ def test_errors_from_anywhere_are_one_line(tmp_path):
         assert run.returncode == 1, run.stderr
         assert text in run.stderr and "Traceback" not in run.stderr
         assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+def test_bad_option_values_are_refused_up_front(tmp_path):
+    (tmp_path / "src" / "cls").mkdir(parents=True)
+    workers = _cli("ingest", tmp_path / "src", tmp_path / "lake", "--workers", "-3")
+    assert workers.returncode == 2 and "--workers: must be at least 1" in workers.stderr
+    pixels = _cli("ingest", tmp_path / "src", tmp_path / "lake", "--max-pixels", "0")
+    assert pixels.returncode == 1 and "max_pixels must be >= 1" in pixels.stderr
+    labels = _cli("ingest", tmp_path / "src", tmp_path / "lake", "--labels", "y.npy")
+    assert labels.returncode == 1 and "--labels applies to a .npy source only" in labels.stderr
+    assert not (tmp_path / "lake").exists()
+
+
+def test_unreachable_scheduler_is_one_line():
+    quick = {"DASK_LAKEIO__CONNECT_TIMEOUT": "2s"}  # lakeio's connect timeout lives in dask.config
+    run = _cli("ingest", ".", "/tmp/never", "--scheduler", "tcp://127.0.0.1:1", env=quick)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert (
+        run.stderr.strip().startswith("lakeio: error:")
+        and len(run.stderr.strip().splitlines()) == 1
+    )

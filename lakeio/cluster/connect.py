@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+import dask.config
 from distributed import Client, LocalCluster
 
 
@@ -32,7 +33,8 @@ def dask_client(
         yield cluster
         return
     if isinstance(cluster, str):
-        with Client(cluster, timeout="30s") as client:
+        timeout = dask.config.get("lakeio.connect-timeout", "15s")
+        with Client(cluster, timeout=timeout) as client:
             _announce(client, echo)
             yield client
         return
@@ -43,7 +45,7 @@ def dask_client(
             threads_per_worker=1,
             processes=processes,
             dashboard_address=":8787",
-            silence_logs=40,
+            silence_logs=50,  # task errors reach the caller as exceptions; no duplicate log spam
         ) as local,
         Client(local) as client,
     ):

@@ -85,7 +85,9 @@ def probe_folder(client: Client, src: Location, scan: FolderScan, opts: DecodeOp
 def _shared_size(sizes: Counter, where: str) -> tuple[int, int]:
     if len(sizes) == 1:
         return next(iter(sizes))
-    listed = ", ".join(f"{w}x{h} ({n} images)" for (h, w), n in sizes.most_common(8))
+    listed = ", ".join(
+        f"{w}x{h} ({n} image{'s' if n != 1 else ''})" for (h, w), n in sizes.most_common(8)
+    )
     more = f", and {len(sizes) - 8} more sizes" if len(sizes) > 8 else ""
     raise IngestError(
         f"{where}: images differ in size (WxH): {listed}{more}; nothing was written. "

@@ -37,6 +37,12 @@ class IngestOptions:
             )
         if self.codec is not None:
             parse_codec(self.codec)
+        if self.max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, not {self.max_pixels}")
+        if self.max_aspect < 1:
+            raise ValueError(
+                f"max_aspect must be >= 1 (width/height or height/width), not {self.max_aspect}"
+            )
         if self.chunk_samples is not None and self.chunk_samples < 1:
             raise ValueError(f"chunk_samples must be >= 1, not {self.chunk_samples}")
         if self.size is not None:

@@ -79,9 +79,9 @@ def ingest(
         if _already_committed(base, planned, mode):
             return _up_to_date_summary(dest_loc, base, started)
         _check_mode(dest_loc, base, mode)
-        ensure_root_group(dest_loc)
         results = _run_tasks(client, tasks, opts, progress)
     _refuse_empty_result(results)
+    ensure_root_group(dest_loc)
     manifest = _commit(dest_loc, base, layout, tasks, results, mode, _event(source, opts, mode))
     publish_root_summary(dest_loc, manifest)
     return _summarize(dest_loc, manifest, resolved, results, report, started)
@@ -110,6 +110,10 @@ def _resolve_source(source, labels, classes, base, source_options):
         src_loc = Location.of(source, source_options)
         if is_array_file(src_loc.url):
             return None, _with_lake_classes(load_array_file(src_loc, labels), base)
+        if labels is not None:
+            raise IngestError(
+                f"{src_loc.describe()}: --labels applies to a .npy source only; a folder's labels are its class folders"
+            )
         return src_loc, scan_image_folder(src_loc, base.classes if base else ())
     if isinstance(source, np.ndarray) or labels is not None:
         return None, _with_lake_classes(array_source(source, labels, classes), base)

@@ -1,5 +1,6 @@
 """A real `lakeio ingest` process killed with SIGKILL mid-run, then rerun."""
 
+import contextlib
 import os
 import shutil
 import signal
@@ -56,18 +57,21 @@ def test_killed_ingest_leaves_old_lake_and_resumes_to_identical_lake(tmp_path):
         [*LAKEIO, "ingest", str(second), str(lake), "--append", *common],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
     )  # fmt: skip
-    done, stable_since, deadline = 0, time.monotonic(), time.monotonic() + 90
-    while time.monotonic() < deadline:  # wait until the writers are stuck on the pipe
-        assert proc.poll() is None, proc.stderr.read().decode()
-        now = _complete_segments(lake)
-        if now != done:
-            done, stable_since = now, time.monotonic()
-        elif done >= 10 + 2 and time.monotonic() - stable_since > 1.5:
-            break
-        time.sleep(0.05)
-    assert done >= 12, f"only {done - 10} segments were written before the run stalled"
-    os.killpg(proc.pid, signal.SIGKILL)  # the CLI, its cluster and its workers, all at once
-    proc.wait()
+    try:
+        done, stable_since, deadline = 0, time.monotonic(), time.monotonic() + 90
+        while time.monotonic() < deadline:  # wait until the writers are stuck on the pipe
+            assert proc.poll() is None, proc.stderr.read().decode()
+            now = _complete_segments(lake)
+            if now != done:
+                done, stable_since = now, time.monotonic()
+            elif done >= 10 + 2 and time.monotonic() - stable_since > 1.5:
+                break
+            time.sleep(0.05)
+        assert done >= 12, f"only {done - 10} segments were written before the run stalled"
+    finally:  # the CLI, its cluster and its workers, all at once; also if anything above failed
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
     assert sorted(p.name for p in (lake / "_lakeio/manifests").glob("v*.json")) == [
         "v00000001.json"
