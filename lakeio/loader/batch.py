@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+PER_SAMPLE_COPY_BYTES = 32768
+
 
 def gather(
     fields: tuple[str, ...],
@@ -14,7 +16,8 @@ def gather(
 ) -> dict[str, np.ndarray]:
     """Rows ``rows`` of chunks ``chunk_ids`` (one pair per sample) for each field, in batch order.
 
-    One fancy-indexing copy per (chunk, field), not one per sample. ``out`` may supply the
+    Large samples are copied one by one straight into place (fancy indexing would copy them
+    twice); small ones with one fancy-index copy per chunk. ``out`` may supply the
     destination arrays (e.g. pinned buffers); they must hold at least ``len(rows)`` samples.
     """
     n = len(rows)
@@ -26,9 +29,17 @@ def gather(
         else:
             dest = np.empty((n, *sample.shape[1:]), dtype=sample.dtype)
         result[field] = dest
-    for chunk in np.unique(chunk_ids).tolist():
-        positions = np.flatnonzero(chunk_ids == chunk)
-        source_rows = rows[positions]
-        for field in fields:
-            result[field][positions] = chunks[chunk][field][source_rows]
+    chunk_list, row_list = chunk_ids.tolist(), rows.tolist()
+    groups = None
+    for field in fields:
+        dest = result[field]
+        if dest[0].nbytes >= PER_SAMPLE_COPY_BYTES:  # one copy per sample, straight into place
+            arrays = {c: fields_of[field] for c, fields_of in chunks.items()}
+            for i, (chunk, row) in enumerate(zip(chunk_list, row_list, strict=True)):
+                dest[i] = arrays[chunk][row]
+            continue
+        if groups is None:  # small samples: one fancy-index copy per chunk beats a Python loop
+            groups = [(c, np.flatnonzero(chunk_ids == c)) for c in np.unique(chunk_ids).tolist()]
+        for chunk, positions in groups:
+            dest[positions] = chunks[chunk][field][rows[positions]]
     return result
