@@ -33,7 +33,7 @@ def gather(
     groups = None
     for field in fields:
         dest = result[field]
-        if dest[0].nbytes >= PER_SAMPLE_COPY_BYTES:  # one copy per sample, straight into place
+        if dest[:1].nbytes >= PER_SAMPLE_COPY_BYTES:  # one copy per sample, straight into place
             arrays = {c: fields_of[field] for c, fields_of in chunks.items()}
             for i, (chunk, row) in enumerate(zip(chunk_list, row_list, strict=True)):
                 dest[i] = arrays[chunk][row]
