@@ -18,7 +18,7 @@ def make_loader(
     shuffle: bool = True,
     seed: int = 0,
     drop_last: bool = False,
-    shuffle_window: int = 8,
+    shuffle_window: int = 32,
     fields: tuple[str, ...] = ("images", "labels"),
     layout: str = "NHWC",
     dtype: torch.dtype = torch.uint8,
@@ -34,7 +34,8 @@ def make_loader(
     """Batches of ``dataset`` as torch tensors.
 
     ``shuffle_window`` chunks are shuffled together: more mixes better and holds more decoded
-    chunks in memory. ``rank``/``world_size`` default to torch.distributed's when it is
+    chunks in memory (32 chunks ≈ 128 MiB decoded, plus as much prefetched; measured quality per
+    window size in docs/benchmarks.md — a class-sorted lake needs a wide window). ``rank``/``world_size`` default to torch.distributed's when it is
     initialised. ``drop_last`` cuts the epoch to whole global batches; otherwise the order is
     padded by repeating its first samples so every rank yields the same number of batches.
     ``transform`` is called on each batch (a dict of tensors) after the device stage.

@@ -26,7 +26,7 @@ class PlanSpec:
     batch_size: int
     shuffle: bool = True
     seed: int = 0
-    window: int = 8
+    window: int = 32
     drop_last: bool = False
     rank: int = 0
     world_size: int = 1
