@@ -101,7 +101,53 @@ def lakeio_epochs(url, batch, cache):
         return loader
 
     rates = timed_epochs(run)
+    ds.source.flush()
     return rates, loader.stats()
+
+
+def s3_origin_epochs(work, images, labels, batch):
+    """First epoch from an S3-compatible origin (moto on 127.0.0.1) through a cold disk tier,
+    then a warm one: what the disk tier is for."""
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    prefix = f"s3://bench/lake-{images.shape[1]}"
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        creds = {"aws_access_key_id": "x", "aws_secret_access_key": "x"}
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **creds).create_bucket(
+            Bucket="bench"
+        )
+        options = {"key": "x", "secret": "x", "endpoint_url": endpoint}
+        lakeio.ingest(
+            images,
+            prefix,
+            labels=labels,
+            storage_options=options,
+            workers=2,
+            progress=False,
+            echo=None,
+        )
+        cache = lakeio.Cache(memory=0, disk=os.path.join(work, "s3-disk-tier"), disk_size="20GB")
+        ds = lakeio.open_dataset(prefix, cache=cache, storage_options=options)
+        loader = ds.loader(batch_size=batch, seed=0)
+
+        def run(epoch):
+            loader.set_epoch(epoch)
+            return loader
+
+        rates = timed_epochs(run)
+        ds.source.flush()
+        return rates
+    finally:
+        server.stop()
 
 
 def prepare(work, size, count):
@@ -157,6 +203,9 @@ def run_case(work, size, count, batch):
         os.path.join(work, "lake-lz4"), batch, lakeio.Cache(memory=0, disk=disk, disk_size="20GB")
     )
     rows["lakeio lz4, disk tier only (cold, then warm)"] = rates
+    rows["lakeio lz4 from S3 (moto), disk tier only (cold, then warm)"] = s3_origin_epochs(
+        work, images, labels, batch
+    )
     return rows
 
 

@@ -9,6 +9,7 @@ SQLite does not work on NFS, so this belongs on local disk.
 from __future__ import annotations
 
 import os
+import queue
 import stat
 import threading
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from lakeio.cache.tier import TierStats
 from lakeio.errors import LakeError
 
 LOCK_PREFIX = "lakeio-lock:"
+WRITE_QUEUE = 8  # chunks waiting to be written; beyond that, readers write themselves
 
 
 class DiskTier:
@@ -37,6 +39,8 @@ class DiskTier:
         )
         self._lock = threading.Lock()
         self._stats = TierStats()
+        self._writes: queue.Queue = queue.Queue(maxsize=WRITE_QUEUE)
+        self._writer: threading.Thread | None = None
 
     def __getstate__(self):  # reopen in the receiving process (e.g. a DataLoader worker)
         return {"directory": self.directory, "capacity": self.capacity}
@@ -63,19 +67,64 @@ class DiskTier:
         return True
 
     def get_or_fetch(self, key: str, fetch: Callable[[], bytes]) -> tuple[bytes, bool]:
-        """The cached bytes, or ``fetch()`` stored for everyone; (value, was_hit). One fetch per node."""
+        """The cached bytes, or ``fetch()`` stored for everyone; (value, was_hit). One fetch per node.
+
+        The store happens on a background thread (the caller gets the bytes at once); the key's
+        lock is held until it lands, so other processes wait for it instead of fetching again.
+        """
         value = self.get(key)
         if value is not None:
             return value, True
         import diskcache
 
-        with diskcache.Lock(self._cache, LOCK_PREFIX + key, expire=120):
+        lock = diskcache.Lock(self._cache, LOCK_PREFIX + key, expire=120)
+        lock.acquire()
+        try:
             value = self._cache.get(key, default=None, retry=True)
             if isinstance(value, bytes):  # another process fetched it while we waited
+                lock.release()
                 return value, True
             value = fetch()
+        except BaseException:
+            lock.release()
+            raise
+        self._store_later(key, value, lock)
+        return value, False
+
+    def _store_later(self, key: str, value: bytes, lock) -> None:
+        try:
+            self._writes.put_nowait((key, value, lock))
+        except queue.Full:  # the disk is behind: write here, which slows the reader down
+            self._store(key, value, lock)
+            return
+        if self._writer is None or not self._writer.is_alive():
+            self._writer = threading.Thread(
+                target=self._write_loop, name="lakeio-disk-tier", daemon=True
+            )
+            self._writer.start()
+
+    def _store(self, key: str, value: bytes, lock) -> None:
+        try:
             self.put(key, value)
-            return value, False
+        finally:
+            lock.release()
+
+    def _write_loop(self) -> None:
+        while True:
+            try:
+                key, value, lock = self._writes.get(timeout=5)
+            except queue.Empty:
+                return
+            try:
+                self._store(key, value, lock)
+            except Exception:  # a cache write failing costs a later re-fetch, nothing more
+                pass
+            finally:
+                self._writes.task_done()
+
+    def flush(self) -> None:
+        """Wait until every queued write has landed."""
+        self._writes.join()
 
     def evict(self, key: str) -> None:
         if self._cache.delete(key, retry=True):
@@ -96,6 +145,7 @@ class DiskTier:
         self._cache.clear(retry=True)
 
     def close(self) -> None:
+        self.flush()
         self._cache.close()
 
 

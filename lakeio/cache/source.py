@@ -46,6 +46,11 @@ class ChunkSource:
             "miss_seconds": 0.0,
         }
 
+    def flush(self) -> None:
+        """Wait for background disk-tier writes (before measuring, or before exiting)."""
+        if self.disk is not None:
+            self.disk.flush()
+
     def __getstate__(self) -> dict:  # tiers are rebuilt (empty memory, same disk) where unpickled
         return {"loc": self.loc, "manifest": self.manifest, "cache": self.cache}
 

@@ -45,3 +45,14 @@ def test_disk_tier_refuses_a_folder_others_can_write(tmp_path):
 def test_disk_tier_stores_bytes_only(tmp_path):
     with pytest.raises(TypeError, match="bytes only"):
         DiskTier(tmp_path / "d", 1 << 20).put("k", {"not": "bytes"})
+
+
+def test_disk_tier_fetches_once_and_stores_in_the_background(tmp_path):
+    tier = DiskTier(tmp_path / "d", 1 << 24)
+    calls = []
+    value, hit = tier.get_or_fetch("k", lambda: calls.append(1) or b"x" * 100_000)
+    assert (hit, len(value), calls) == (False, 100_000, [1])
+    again, hit = tier.get_or_fetch("k", lambda: calls.append(1) or b"y")  # waits for the write
+    assert hit and again == value and calls == [1]
+    tier.flush()
+    assert tier.get("k") == value
