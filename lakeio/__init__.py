@@ -9,6 +9,7 @@ from lakeio.errors import (
     IngestError,
     LakeError,
     LakeNotFoundError,
+    ReadError,
     SourceError,
 )
 from lakeio.ingest import IngestOptions, IngestSummary, ingest
@@ -26,6 +27,7 @@ __all__ = [
     "IngestSummary",
     "LakeError",
     "LakeNotFoundError",
+    "ReadError",
     "SourceError",
     "__version__",
     "ingest",

@@ -31,6 +31,10 @@ class CorruptChunkError(LakeError, OSError):
         return (type(self), (self.key, self.reason))
 
 
+class ReadError(LakeError, OSError):
+    """A read from the store that kept failing until lakeio's deadline; names the object."""
+
+
 class IngestError(LakeError, RuntimeError):
     """An ingest that cannot start or must stop; the message names the file and the cause."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import time
 import uuid
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -36,7 +37,9 @@ class Location:
 
     @cached_property
     def _fs_and_root(self) -> tuple[fsspec.AbstractFileSystem, str]:
-        fs, root = fsspec.core.url_to_fs(self.url, **self.storage_options)
+        fs, root = fsspec.core.url_to_fs(
+            self.url, **_bounded_retries(self.url, self.storage_options)
+        )
         return fs, root.rstrip("/")
 
     @property
@@ -72,7 +75,7 @@ class Location:
         if self.is_local:
             with open(self.path(key), "rb") as fh:
                 return fh.read()
-        return self.fs.cat_file(self.path(key), start=0)
+        return with_retries(lambda: self.fs.cat_file(self.path(key), start=0), self.describe(key))
 
     def read_prefix(self, key: str, size: int) -> bytes:
         """The first ``size`` bytes of an object (all of it if shorter), in one request."""
@@ -194,3 +197,38 @@ def _local_write(path: str, data: bytes, *, exclusive: bool) -> None:
         os.fsync(fd)  # make the rename itself durable
     finally:
         os.close(fd)
+
+
+def _bounded_retries(url: str, options: dict[str, Any]) -> dict[str, Any]:
+    """s3fs and botocore retry on top of each other (5 x 5 x 5): keep theirs small, lakeio's own
+    deadline-bounded retry (`with_retries`) decides. Options the user gave are left alone."""
+    if not url.startswith(("s3://", "s3a://")):
+        return options
+    options = dict(options)
+    options.setdefault("retries", 2)
+    config = dict(options.get("config_kwargs") or {})
+    config.setdefault("retries", {"mode": "standard", "total_max_attempts": 2})
+    options["config_kwargs"] = config
+    return options
+
+
+def with_retries(read, what: str):
+    """Call ``read`` until it succeeds, retrying transient errors with backoff under one deadline
+    (``lakeio.read.deadline`` seconds in dask.config, default 60); then one error naming ``what``."""
+    import dask.config
+
+    from lakeio.errors import ReadError
+
+    deadline = time.monotonic() + float(dask.config.get("lakeio.read.deadline", 60))
+    delay, attempts = 0.05, 0
+    while True:
+        attempts += 1
+        try:
+            return read()
+        except (FileNotFoundError, PermissionError, IsADirectoryError):
+            raise  # not transient
+        except Exception as exc:  # network errors come in many types (OSError, botocore, aiohttp)
+            if time.monotonic() + delay > deadline:
+                raise ReadError(f"{what}: read failed after {attempts} attempts: {exc!r}") from exc
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)

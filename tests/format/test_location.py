@@ -1,0 +1,51 @@
+"""Reads from remote stores retry transient failures under one deadline, then name the object."""
+
+import dask.config
+import fsspec
+import pytest
+from fsspec.implementations.memory import MemoryFileSystem
+
+from lakeio.errors import ReadError
+from lakeio.format.location import Location
+
+
+class FlakyFileSystem(MemoryFileSystem):
+    """An in-memory store whose reads fail the first ``failures`` times (a flaky network)."""
+
+    protocol = "flaky"
+    failures = 0
+
+    def cat_file(self, path, start=None, end=None, **kwargs):
+        if FlakyFileSystem.failures > 0:
+            FlakyFileSystem.failures -= 1
+            raise ConnectionResetError("connection reset by peer")
+        return super().cat_file(path, start=start, end=end, **kwargs)
+
+
+fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
+
+
+def test_transient_failures_are_retried():
+    loc = Location.of("flaky://lake-a")
+    loc.fs.pipe_file(loc.path("k"), b"payload")
+    FlakyFileSystem.failures = 3
+    assert loc.read_bytes("k") == b"payload"
+    assert FlakyFileSystem.failures == 0
+
+
+def test_persistent_failure_stops_at_the_deadline_naming_the_object():
+    loc = Location.of("flaky://lake-b")
+    loc.fs.pipe_file(loc.path("chunk"), b"x")
+    FlakyFileSystem.failures = 10_000
+    with (
+        dask.config.set({"lakeio.read.deadline": 0.3}),
+        pytest.raises(ReadError, match=r"flaky://lake-b/chunk: read failed after \d+ attempts"),
+    ):
+        loc.read_bytes("chunk")
+    FlakyFileSystem.failures = 0
+
+
+def test_missing_objects_are_not_retried():
+    loc = Location.of("flaky://lake-c")
+    with pytest.raises(FileNotFoundError):
+        loc.read_bytes("nothing-here")
