@@ -205,7 +205,6 @@ def _bounded_retries(url: str, options: dict[str, Any]) -> dict[str, Any]:
     if not url.startswith(("s3://", "s3a://")):
         return options
     options = dict(options)
-    options.setdefault("retries", 2)
     config = dict(options.get("config_kwargs") or {})
     config.setdefault("retries", {"mode": "standard", "total_max_attempts": 2})
     options["config_kwargs"] = config
