@@ -211,3 +211,23 @@ def test_training_from_an_object_store_through_the_disk_tier(
     assert first_reads == 3 * 13  # images, labels and paths chunks, once each
     assert stats["origin_reads"] == first_reads  # epoch 2: all from the disk tier
     assert stats["disk"]["hits"] >= 13  # image chunks do not fit the 100 KB memory tier
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA path needs a GPU (none on CI)")
+def test_cuda_batches_match_the_cpu_path(small_lake):
+    path, _, _ = small_lake
+    ds = lakeio.open_dataset(path)
+    common = {
+        "batch_size": 32,
+        "seed": 5,
+        "layout": "NCHW",
+        "dtype": torch.float32,
+        "normalize": ((0.5,) * 3, (0.2,) * 3),
+    }
+    cpu = [x for x, _ in ds.loader(**common)]
+    gpu_loader = ds.loader(device="cuda", **common)
+    assert gpu_loader._device.pinned
+    gpu = [x for x, _ in gpu_loader]
+    assert all(g.is_cuda for g in gpu)
+    for c, g in zip(cpu, gpu, strict=True):
+        torch.testing.assert_close(g.cpu(), c)
