@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import io
+import multiprocessing
 import os
 import shlex
 import shutil
@@ -99,8 +100,11 @@ def run_webdataset(work, jpegs, labels, batch):
 
     root = os.path.join(work, "wds")
     os.makedirs(root)
-    with wds.ShardWriter(os.path.join(root, "shard-%06d.tar"), maxcount=1000, verbose=0) as sink:
-        for i, (data, label) in enumerate(zip(jpegs, labels)):
+    per_shard = -(-len(jpegs) // 16)  # 16 shards: enough for 2 workers and a shard shuffle
+    with wds.ShardWriter(
+        os.path.join(root, "shard-%06d.tar"), maxcount=per_shard, verbose=0
+    ) as sink:
+        for i, (data, label) in enumerate(zip(jpegs, labels, strict=True)):
             sink.write({"__key__": f"{i:08d}", "jpg": data, "cls": int(label)})
     urls = sorted(os.path.join(root, f) for f in os.listdir(root))
 
@@ -113,7 +117,7 @@ def run_webdataset(work, jpegs, labels, batch):
             .batched(batch, partial=True)
         )
         for images, _ in wds.WebLoader(dataset, batch_size=None, num_workers=WORKERS):
-            yield torch.from_numpy(images)
+            yield torch.as_tensor(images)  # DataLoader(batch_size=None) already made it a tensor
 
     return timed_epochs(batches, len(jpegs))
 
@@ -132,14 +136,18 @@ def run_litdata(work, images, labels, batch):
     import litdata as ld
 
     out = os.path.join(work, "litdata")
+    start_method = multiprocessing.get_start_method()
     ld.optimize(
         fn=_litdata_sample,
-        inputs=list(zip(images, labels.tolist())),
+        inputs=list(zip(images, labels.tolist(), strict=True)),
         output_dir=out,
         chunk_bytes="64MB",
         num_workers=WORKERS,
         verbose=False,
     )
+    # optimize() forces the process-wide start method to "spawn"; put back the platform default
+    # so that this and every later loader start their workers the same way (fork on Linux).
+    multiprocessing.set_start_method(start_method, force=True)
     dataset = ld.StreamingDataset(out, shuffle=True, seed=0)
     loader = ld.StreamingDataLoader(dataset, batch_size=batch, num_workers=WORKERS)
 
@@ -153,23 +161,30 @@ def run_litdata(work, images, labels, batch):
 # --- MosaicML Streaming ------------------------------------------------------------------------
 
 
-def run_mosaic(work, jpeg_files, labels, batch):
-    from streaming import MDSWriter, StreamingDataset
-    from streaming.base.util import clean_stale_shared_memory
+try:  # at module level so that DataLoader workers can unpickle it under any start method
+    from streaming import StreamingDataset as _MDSBase
+except Exception:  # not installed: run_mosaic reports the ImportError
+    _MDSBase = object
 
-    class Images(StreamingDataset):
-        def __getitem__(self, idx):
-            obj = super().__getitem__(idx)
-            return torch.from_numpy(np.asarray(obj["image"].convert("RGB"))), obj["label"]
+
+class MDSImages(_MDSBase):
+    def __getitem__(self, idx):
+        obj = super().__getitem__(idx)  # {"image": PIL image, "label": int}
+        return torch.from_numpy(np.array(obj["image"].convert("RGB"))), obj["label"]
+
+
+def run_mosaic(work, jpeg_files, labels, batch):
+    from streaming import MDSWriter
+    from streaming.base.util import clean_stale_shared_memory
 
     out = os.path.join(work, "mds")
     columns = {"image": "jpeg", "label": "int"}
     with MDSWriter(out=out, columns=columns, size_limit="64mb") as writer:
-        for path, label in zip(jpeg_files, labels):
+        for path, label in zip(jpeg_files, labels, strict=True):
             with Image.open(path) as im:  # a JpegImageFile with a filename: stored as those bytes
                 writer.write({"image": im, "label": int(label)})
     clean_stale_shared_memory()
-    dataset = Images(local=out, shuffle=True, shuffle_seed=0, batch_size=batch)
+    dataset = MDSImages(local=out, shuffle=True, shuffle_seed=0, batch_size=batch)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=WORKERS)
 
     def batches(epoch):
@@ -263,8 +278,8 @@ def run_case(work, size, count, batch):
         "MosaicML Streaming, JPEG q90, 2 workers": lambda: run_mosaic(work, files, labels, batch),
     }
     for tag, kwargs in FFCV_MODES.items():
-        loaders[f"FFCV {tag}, 2 workers"] = (
-            lambda kwargs=kwargs, tag=tag: run_ffcv(work, images, labels, batch, kwargs, tag)
+        loaders[f"FFCV {tag}, 2 workers"] = lambda kwargs=kwargs, tag=tag: run_ffcv(
+            work, images, labels, batch, kwargs, tag
         )
     rows = {}
     for name, run in loaders.items():
@@ -274,7 +289,9 @@ def run_case(work, size, count, batch):
         except Exception as e:
             traceback.print_exc()
             rows[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
-        print(f"  {name}: {rows[name]} ({time.perf_counter() - start:.0f} s with writing)", flush=True)
+        print(
+            f"  {name}: {rows[name]} ({time.perf_counter() - start:.0f} s with writing)", flush=True
+        )
     return rows
 
 

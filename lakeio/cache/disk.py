@@ -9,29 +9,29 @@ SQLite does not work on NFS, so this belongs on local disk.
 from __future__ import annotations
 
 import os
-import queue
 import stat
 import threading
 from collections.abc import Callable
+
+import diskcache
 
 from lakeio.cache.tier import TierStats
 from lakeio.errors import LakeError
 
 LOCK_PREFIX = "lakeio-lock:"
-WRITE_QUEUE = 8  # chunks waiting to be written; beyond that, readers write themselves
+LOCK_EXPIRE = 600  # seconds; longer than the slowest origin read lakeio waits for
 
 
 class DiskTier:
     """Up to ``capacity`` bytes of chunk bytes under ``directory`` (soft limit, culled one by one)."""
 
     def __init__(self, directory: str | os.PathLike, capacity: int) -> None:
-        import diskcache
-
         self.directory = os.fspath(directory)
         self.capacity = int(capacity)
         _private_directory(self.directory)
         self._cache = diskcache.Cache(
             self.directory,
+            disk=_BytesOnlyDisk,
             size_limit=self.capacity,
             cull_limit=1,  # the default (10) can empty a small cache of large values at once
             eviction_policy="least-recently-stored",  # no index write on every read
@@ -39,8 +39,7 @@ class DiskTier:
         )
         self._lock = threading.Lock()
         self._stats = TierStats()
-        self._writes: queue.Queue = queue.Queue(maxsize=WRITE_QUEUE)
-        self._writer: threading.Thread | None = None
+        self.write_errors = 0
 
     def __getstate__(self):  # reopen in the receiving process (e.g. a DataLoader worker)
         return {"directory": self.directory, "capacity": self.capacity}
@@ -66,65 +65,38 @@ class DiskTier:
         self._cache.set(key, value, retry=True)
         return True
 
-    def get_or_fetch(self, key: str, fetch: Callable[[], bytes]) -> tuple[bytes, bool]:
+    def get_or_fetch(
+        self, key: str, fetch: Callable[[], bytes], check: Callable[[bytes], object] | None = None
+    ) -> tuple[bytes, bool]:
         """The cached bytes, or ``fetch()`` stored for everyone; (value, was_hit). One fetch per node.
 
-        The store happens on a background thread (the caller gets the bytes at once); the key's
-        lock is held until it lands, so other processes wait for it instead of fetching again.
+        ``check`` (e.g. checksum + decode) runs on freshly fetched bytes before they are stored,
+        so a corrupt origin read never enters the cache. The key's lock is held until the bytes
+        are stored, so other processes wait for them instead of fetching again.
         """
         value = self.get(key)
         if value is not None:
             return value, True
-        import diskcache
-
-        lock = diskcache.Lock(self._cache, LOCK_PREFIX + key, expire=120)
-        lock.acquire()
-        try:
+        with diskcache.Lock(self._cache, LOCK_PREFIX + key, expire=LOCK_EXPIRE):
             value = self._cache.get(key, default=None, retry=True)
             if isinstance(value, bytes):  # another process fetched it while we waited
-                lock.release()
                 return value, True
             value = fetch()
-        except BaseException:
-            lock.release()
-            raise
-        self._store_later(key, value, lock)
-        return value, False
+            if check is not None:
+                check(value)
+            self._store(key, value)
+            return value, False
 
-    def _store_later(self, key: str, value: bytes, lock) -> None:
-        try:
-            self._writes.put_nowait((key, value, lock))
-        except queue.Full:  # the disk is behind: write here, which slows the reader down
-            self._store(key, value, lock)
-            return
-        if self._writer is None or not self._writer.is_alive():
-            self._writer = threading.Thread(
-                target=self._write_loop, name="lakeio-disk-tier", daemon=True
-            )
-            self._writer.start()
-
-    def _store(self, key: str, value: bytes, lock) -> None:
+    def _store(self, key: str, value: bytes) -> None:
+        """Store, but never fail a read because the cache could not keep a copy (disk full…)."""
         try:
             self.put(key, value)
-        finally:
-            lock.release()
-
-    def _write_loop(self) -> None:
-        while True:
-            try:
-                key, value, lock = self._writes.get(timeout=5)
-            except queue.Empty:
-                return
-            try:
-                self._store(key, value, lock)
-            except Exception:  # a cache write failing costs a later re-fetch, nothing more
-                pass
-            finally:
-                self._writes.task_done()
+        except Exception:
+            with self._lock:
+                self.write_errors += 1
 
     def flush(self) -> None:
-        """Wait until every queued write has landed."""
-        self._writes.join()
+        """Writes are synchronous; kept so callers need not know."""
 
     def evict(self, key: str) -> None:
         if self._cache.delete(key, retry=True):
@@ -145,14 +117,28 @@ class DiskTier:
         self._cache.clear(retry=True)
 
     def close(self) -> None:
-        self.flush()
         self._cache.close()
 
 
+class _BytesOnlyDisk(diskcache.Disk):
+    """A diskcache Disk that refuses to unpickle: the tier stores raw bytes only."""
+
+    def fetch(self, mode, filename, value, read):
+        if mode == diskcache.core.MODE_PICKLE:
+            raise ValueError("the lakeio disk tier holds bytes only; refusing a pickled value")
+        return super().fetch(mode, filename, value, read)
+
+
 def _private_directory(path: str) -> None:
-    """Create ``path`` (mode 0700) or check that nobody else can write it: its index is trusted."""
+    """Create ``path`` (mode 0700) or check it is yours and nobody else can write it."""
     os.makedirs(path, mode=0o700, exist_ok=True)
-    mode = os.stat(path).st_mode
+    info = os.stat(path)
+    mode = info.st_mode
+    if hasattr(os, "getuid") and info.st_uid != os.getuid():
+        raise LakeError(
+            f"disk cache folder {path} belongs to user id {info.st_uid}, not you; "
+            "use a folder of your own — the cache index is trusted when read"
+        )
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise LakeError(
             f"disk cache folder {path} is writable by other users (mode {stat.S_IMODE(mode):o}); "

@@ -47,9 +47,7 @@ class ChunkSource:
         }
 
     def flush(self) -> None:
-        """Wait for background disk-tier writes (before measuring, or before exiting)."""
-        if self.disk is not None:
-            self.disk.flush()
+        """Kept for callers that wait on the disk tier; its writes are synchronous."""
 
     def __getstate__(self) -> dict:  # tiers are rebuilt (empty memory, same disk) where unpickled
         return {"loc": self.loc, "manifest": self.manifest, "cache": self.cache}
@@ -94,10 +92,17 @@ class ChunkSource:
     def _load(self, field: str, key: str, cache_key: str) -> np.ndarray:
         if self.disk is None:
             return self._decode(field, self._origin(key), key)
-        raw, _ = self.disk.get_or_fetch(cache_key, lambda: self._origin(key))
+        decoded: list[np.ndarray] = []
+        raw, _ = self.disk.get_or_fetch(
+            cache_key,
+            lambda: self._origin(key),
+            check=lambda b: decoded.append(self._decode(field, b, key)),
+        )
+        if decoded:  # fetched from the origin and checked before it was stored
+            return decoded[0]
         try:
             return self._decode(field, raw, key)
-        except CorruptChunkError:  # a damaged copy: drop it, fetch the original, count it
+        except CorruptChunkError:  # a damaged cached copy: drop it, fetch the original, count it
             self.disk.evict(cache_key)
             self._add("corrupt_refetched", 1)
             raw = self._origin(key)

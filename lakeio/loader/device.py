@@ -72,6 +72,6 @@ class DeviceStage:
             x = x.sub_(self._mean).div_(self._std)
         return x
 
-    def tensor(self, array: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(array)
+    def tensor(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = array if isinstance(array, torch.Tensor) else torch.from_numpy(array)
         return x.to(self.device, non_blocking=self.pinned) if self.device.type != "cpu" else x

@@ -83,6 +83,7 @@ class Loader:
         """Select the epoch whose order the next iteration follows (call before each epoch)."""
         if epoch != self.epoch:
             self._resume_at = 0
+            self._consumed = 0  # a state saved now starts the new epoch from its beginning
         self.epoch = int(epoch)
 
     def batches(self) -> list[np.ndarray]:
@@ -146,16 +147,17 @@ class Loader:
         try:
             while True:
                 waited = time.perf_counter()
-                item = ready.get()
+                item = _get(ready, producer)
                 self._stats["stall_seconds"] += time.perf_counter() - waited
                 if item is _DONE:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                batch = self._to_output(item)
+                arrays, pinned = item
+                batch = self._to_output(arrays, pinned)
                 self._consumed += 1
                 self._stats["batches"] += 1
-                self._stats["samples"] += len(next(iter(item.values())))
+                self._stats["samples"] += len(next(iter(arrays.values())))
                 yield batch
         finally:
             self._stats["seconds"] += time.perf_counter() - began
@@ -166,6 +168,26 @@ class Loader:
     def _produce(
         self, batches: list[np.ndarray], ready: queue.Queue, stop: threading.Event
     ) -> None:
+        prefetcher = None
+        try:
+            prefetcher, batch_chunks, row_of = self._start_prefetch(batches)
+            for i, indices in enumerate(batches):
+                if stop.is_set():
+                    return
+                chunks = prefetcher.chunks_for(i)
+                pinned = self._pinned_buffers(len(indices))
+                out = {f: t.numpy() for f, t in pinned.items()} if pinned else None
+                arrays = gather(self.stream.fields, batch_chunks[i], row_of[indices], chunks, out)
+                prefetcher.done_with(i)
+                _put(ready, (arrays, pinned), stop)
+            _put(ready, _DONE, stop)
+        except BaseException as exc:  # surfaces in the consumer's thread
+            _put(ready, exc, stop)
+        finally:
+            if prefetcher is not None:
+                prefetcher.close()
+
+    def _start_prefetch(self, batches: list[np.ndarray]):
         ds, fields = self.dataset, self.stream.fields
         chunk_of, row_of = ds.sample_chunks()
         batch_chunks = [chunk_of[b] for b in batches]
@@ -186,20 +208,7 @@ class Loader:
             budget=self.stream.prefetch_bytes or 2 * self.plan.window * ds.chunk_nbytes(fields),
             threads=self.stream.threads,
         )
-        try:
-            for i, indices in enumerate(batches):
-                if stop.is_set():
-                    return
-                chunks = prefetcher.chunks_for(i)
-                out = self._host_buffers(fields, len(indices))
-                arrays = gather(fields, batch_chunks[i], row_of[indices], chunks, out)
-                prefetcher.done_with(i)
-                _put(ready, arrays, stop)
-            _put(ready, _DONE, stop)
-        except BaseException as exc:  # surfaces in the consumer's thread
-            _put(ready, exc, stop)
-        finally:
-            prefetcher.close()
+        return prefetcher, batch_chunks, row_of
 
     def _next_epoch_positions(self, offset: int) -> dict[int, float]:
         """When each chunk is first needed in the next epoch, counted after this one's chunks."""
@@ -210,25 +219,29 @@ class Loader:
             positions.setdefault(c, offset + len(positions))
         return positions
 
-    def _host_buffers(self, fields, n: int) -> dict[str, np.ndarray] | None:
+    def _pinned_buffers(self, n: int) -> dict[str, torch.Tensor] | None:
+        """Pinned host tensors to gather into when copying to CUDA. The tensors themselves (not
+        numpy views of them) go to the copy, so torch's pinned allocator sees the transfer and
+        does not hand the memory out again before it completes."""
         if not self._device.pinned:
             return None
         m = self.dataset.manifest
         return {
             f: self._device.host_buffer((n, *m.fields[f].shape), np.dtype(m.fields[f].dtype))
-            for f in fields
+            for f in self.stream.fields
             if m.fields[f].dtype != "str"
         }
 
-    def _to_output(self, arrays: dict[str, np.ndarray]):
+    def _to_output(self, arrays: dict[str, np.ndarray], pinned: dict | None):
         out: dict[str, Any] = {}
         for field, array in arrays.items():
+            source = pinned[field] if pinned and field in pinned else array
             if field == "images":
-                out[field] = self._device.images(array)
+                out[field] = self._device.images(source)
             elif array.dtype == object:
                 out[field] = array.tolist()
             else:
-                out[field] = self._device.tensor(array)
+                out[field] = self._device.tensor(source)
         if self.transform is not None:
             out = self.transform(out)
         if self.stream.output == "dict":
@@ -243,6 +256,16 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> None:
             return
         except queue.Full:
             continue
+
+
+def _get(q: queue.Queue, producer: threading.Thread):
+    """The next item; if the producer died without saying why, an error instead of a hang."""
+    while True:
+        try:
+            return q.get(timeout=1.0)
+        except queue.Empty:
+            if not producer.is_alive() and q.empty():
+                raise RuntimeError("lakeio's batch producer stopped unexpectedly") from None
 
 
 def _drain(q: queue.Queue) -> None:

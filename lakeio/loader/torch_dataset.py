@@ -12,9 +12,18 @@ class LakeIterableDataset(torch.utils.data.IterableDataset):
 
     Work is split by worker info — worker w of k takes batches w, w+k, w+2k… — and the
     DataLoader collects from its workers round-robin, so batches arrive in plan order, each once.
+    Limits: every worker decodes the chunks its batches touch (with a shuffle window that is
+    most chunks, so k workers do up to k times the decoding and hold k memory tiers); the epoch
+    reaches workers when they start, so use ``persistent_workers=False``; resuming mid-epoch is
+    the in-process loader's job. The in-process loader is faster and is the recommended path.
     """
 
     def __init__(self, loader) -> None:
+        if loader._device.device.type != "cpu":
+            raise ValueError(
+                "as_iterable_dataset() runs in DataLoader worker processes: build the loader with "
+                "device=None and move batches yourself (DataLoader(pin_memory=True) helps)"
+            )
         self.loader = loader
 
     def set_epoch(self, epoch: int) -> None:

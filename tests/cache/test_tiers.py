@@ -47,12 +47,36 @@ def test_disk_tier_stores_bytes_only(tmp_path):
         DiskTier(tmp_path / "d", 1 << 20).put("k", {"not": "bytes"})
 
 
-def test_disk_tier_fetches_once_and_stores_in_the_background(tmp_path):
+def test_disk_tier_fetches_once_and_checks_before_storing(tmp_path):
     tier = DiskTier(tmp_path / "d", 1 << 24)
     calls = []
     value, hit = tier.get_or_fetch("k", lambda: calls.append(1) or b"x" * 100_000)
     assert (hit, len(value), calls) == (False, 100_000, [1])
-    again, hit = tier.get_or_fetch("k", lambda: calls.append(1) or b"y")  # waits for the write
+    again, hit = tier.get_or_fetch("k", lambda: calls.append(1) or b"y")
     assert hit and again == value and calls == [1]
-    tier.flush()
-    assert tier.get("k") == value
+
+    def reject(data):
+        raise ValueError("corrupt")
+
+    with pytest.raises(ValueError, match="corrupt"):
+        tier.get_or_fetch("bad", lambda: b"z" * 100, check=reject)
+    assert tier.get("bad") is None  # a bad origin read never enters the cache
+
+
+def test_disk_tier_never_unpickles(tmp_path):
+    import diskcache
+
+    DiskTier(tmp_path / "d", 1 << 24).close()
+    with diskcache.Cache(tmp_path / "d") as raw:  # someone else writes a pickle into the index
+        raw.set("evil", {"a": 1})
+    with pytest.raises(ValueError, match="refusing a pickled value"):
+        DiskTier(tmp_path / "d", 1 << 24).get("evil")
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="only root can give a folder to another user")
+def test_disk_tier_refuses_a_folder_owned_by_someone_else(tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, 65534, 65534)
+    with pytest.raises(LakeError, match="belongs to user id 65534"):
+        DiskTier(theirs, 1 << 20)

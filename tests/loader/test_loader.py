@@ -231,3 +231,36 @@ def test_cuda_batches_match_the_cpu_path(small_lake):
     assert all(g.is_cuda for g in gpu)
     for c, g in zip(cpu, gpu, strict=True):
         torch.testing.assert_close(g.cpu(), c)
+
+
+def test_state_saved_right_after_set_epoch_starts_that_epoch(small_lake):
+    ds = lakeio.open_dataset(small_lake[0])
+    loader = ds.loader(batch_size=50, fields=("paths",))
+    for _ in loader:
+        pass
+    loader.set_epoch(1)
+    assert loader.state_dict()["batches_done"] == 0 and loader.state_dict()["epoch"] == 1
+
+
+def test_a_failing_read_reaches_the_training_loop_as_an_error(small_lake, tmp_path):
+    import shutil
+
+    from lakeio.errors import CorruptChunkError
+
+    shutil.copytree(small_lake[0], tmp_path / "lake")
+    next((tmp_path / "lake" / "segments").iterdir()).joinpath("images", "c.0.0.0.0").unlink()
+    loader = lakeio.open_dataset(tmp_path / "lake").loader(batch_size=16)
+    with pytest.raises(CorruptChunkError, match="missing from the store"):
+        for _ in loader:
+            pass
+
+
+def test_iterable_dataset_refuses_a_device():
+    class Fake:
+        class _device:
+            device = torch.device("cuda")
+
+    with pytest.raises(ValueError, match="device=None"):
+        from lakeio.loader.torch_dataset import LakeIterableDataset
+
+        LakeIterableDataset(Fake())
