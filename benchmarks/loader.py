@@ -101,7 +101,6 @@ def lakeio_epochs(url, batch, cache):
         return loader
 
     rates = timed_epochs(run)
-    ds.source.flush()
     return rates, loader.stats()
 
 
@@ -144,7 +143,6 @@ def s3_origin_epochs(work, images, labels, batch):
             return loader
 
         rates = timed_epochs(run)
-        ds.source.flush()
         return rates
     finally:
         server.stop()

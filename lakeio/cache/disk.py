@@ -95,16 +95,10 @@ class DiskTier:
             with self._lock:
                 self.write_errors += 1
 
-    def flush(self) -> None:
-        """Writes are synchronous; kept so callers need not know."""
-
     def evict(self, key: str) -> None:
         if self._cache.delete(key, retry=True):
             with self._lock:
                 self._stats.evictions += 1
-
-    def __contains__(self, key: str) -> bool:
-        return key in self._cache
 
     def stats(self) -> TierStats:
         with self._lock:

@@ -87,10 +87,6 @@ class MemoryTier:
                 self._bytes -= old.nbytes
                 self._stats.evictions += 1
 
-    def __contains__(self, key: str) -> bool:
-        with self._lock:
-            return key in self._items
-
     def stats(self) -> TierStats:
         with self._lock:
             return TierStats(

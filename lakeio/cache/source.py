@@ -46,9 +46,6 @@ class ChunkSource:
             "miss_seconds": 0.0,
         }
 
-    def flush(self) -> None:
-        """Kept for callers that wait on the disk tier; its writes are synchronous."""
-
     def __getstate__(self) -> dict:  # tiers are rebuilt (empty memory, same disk) where unpickled
         return {"loc": self.loc, "manifest": self.manifest, "cache": self.cache}
 

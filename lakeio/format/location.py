@@ -127,17 +127,6 @@ class Location:
             return []
         return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
 
-    def remove(self, key: str) -> None:
-        if self.exists(key):
-            self.fs.rm(self.path(key), recursive=True)
-
-    def size_under(self, key: str) -> int:
-        """Total stored bytes under ``key`` (what the lake costs on this store)."""
-        try:
-            return int(self.fs.du(self.path(key), total=True))
-        except FileNotFoundError:
-            return 0
-
     def write_atomic(self, key: str, data: bytes) -> None:
         """Replace ``key`` with ``data`` so readers see the old or the new object, never a mix."""
         if self.is_local:
