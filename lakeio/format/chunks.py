@@ -19,20 +19,24 @@ def _crc32c(data) -> int:
     return google_crc32c.value(data if isinstance(data, bytes) else bytes(data))
 
 
-def verify_checksum(raw: bytes, key: str) -> bytes:
-    """The payload of a crc32c-suffixed chunk; `CorruptChunkError` naming ``key`` on mismatch."""
+# CRC-32C of any message followed by its own CRC (little-endian) is this constant, so a whole
+# stored chunk is checked in one pass without copying its payload out first.
+_CRC32C_RESIDUE = 0x48674BC7
+
+
+def verify_checksum(raw: bytes, key: str) -> memoryview:
+    """The payload of a crc32c-suffixed chunk (a view, no copy); `CorruptChunkError` on mismatch."""
     if len(raw) < 4:
         raise CorruptChunkError(key, f"only {len(raw)} bytes, shorter than its checksum")
-    payload, stored = raw[:-4], int.from_bytes(raw[-4:], "little")
-    computed = _crc32c(bytes(payload))
-    if computed != stored:
+    if _crc32c(raw) != _CRC32C_RESIDUE:
+        stored, computed = int.from_bytes(raw[-4:], "little"), _crc32c(raw[:-4])
         raise CorruptChunkError(
             key, f"checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
         )
-    return payload
+    return memoryview(raw)[:-4]
 
 
-def decompress(payload: bytes, codec: CodecSpec, key: str) -> bytes:
+def decompress(payload: bytes | memoryview, codec: CodecSpec, key: str) -> bytes | memoryview:
     """Undo the compressor of ``codec`` (the checksum already removed)."""
     try:
         if codec.name == "none":
