@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import threading
+from abc import ABC, abstractmethod
 
 import numpy as np
 
 
-class TierTests:
+class TierTests(ABC):
     """Subclasses define ``make_tier(self, capacity, tmp_path)`` and ``value(self, n_bytes, seed)``.
 
     ``unit`` is a typical value size for the tier (a disk tier's index costs tens of KB itself).
@@ -15,11 +16,13 @@ class TierTests:
 
     unit = 1024
 
-    def make_tier(self, capacity: int, tmp_path):  # pragma: no cover - provided by subclasses
-        raise NotImplementedError("subclasses provide make_tier")
+    @abstractmethod
+    def make_tier(self, capacity: int, tmp_path):
+        """A fresh, empty tier of ``capacity`` bytes (``tmp_path`` for tiers that need a folder)."""
 
-    def value(self, n_bytes: int, seed: int = 0):  # pragma: no cover - provided by subclasses
-        raise NotImplementedError("subclasses provide value")
+    @abstractmethod
+    def value(self, n_bytes: int, seed: int = 0):
+        """A value of about ``n_bytes`` that the tier stores, different for each ``seed``."""
 
     @staticmethod
     def same(a, b) -> bool:

@@ -13,32 +13,27 @@ from lakeio.verify import verify_lake
 def test_ingest_to_s3_reads_back_and_verifies(png_folder, client, s3_options):
     root, written = png_folder
     url = "s3://lakeio-test/photos.lake"
-    summary = lakeio.ingest(
-        root,
-        url,
-        cluster=client,
-        storage_options=s3_options,
-        chunk_samples=32,
-        codec="zstd",
-        progress=False,
-        echo=None,
-    )
+
+    def ingest():
+        return lakeio.ingest(
+            root,
+            url,
+            cluster=client,
+            storage_options=s3_options,
+            chunk_samples=32,
+            codec="zstd",
+            progress=False,
+            echo=None,
+        )
+
+    summary = ingest()
     assert summary.written == 120 and summary.stored_bytes > 0
     ds = lakeio.open_dataset(url, storage_options=s3_options)
     local = {rel: pixels for rel, pixels, _ in written}
     for i in (0, 57, 119):
         np.testing.assert_array_equal(ds[i][0], local[ds.sample(i)["paths"]])
     assert verify_lake(ds).ok
-    again = lakeio.ingest(
-        root,
-        url,
-        cluster=client,
-        storage_options=s3_options,
-        chunk_samples=32,
-        codec="zstd",
-        progress=False,
-        echo=None,
-    )
+    again = ingest()
     assert again.up_to_date
 
 
