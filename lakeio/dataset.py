@@ -7,6 +7,7 @@ decode), which the streaming loader shares.
 from __future__ import annotations
 
 import os
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,6 @@ class Dataset:
         self.index = SampleIndex([s.samples for s in manifest.segments], manifest.chunk_samples)
         self.source = source or ChunkSource(loc, manifest, cache)
         self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
-        self._table = None
 
     # -- views ---------------------------------------------------------------------------
     def subset(self, indices) -> Dataset:
@@ -59,11 +59,15 @@ class Dataset:
         return positions if self.indices is None else self.indices[positions]
 
     # -- chunk-level access for the loader ---------------------------------------------------
+    @cached_property
+    def _chunk_table(self):
+        """(chunk refs, chunk id of each global sample, row of each global sample), built once."""
+        return self.index.chunk_table()
+
     def sample_chunks(self) -> tuple[np.ndarray, np.ndarray]:
         """For every global sample: the id of its chunk and its row in it."""
-        if self._table is None:
-            self._table = self.index.chunk_table()
-        return self._table[1], self._table[2]
+        _, chunk_of, row_of = self._chunk_table
+        return chunk_of, row_of
 
     def chunk_members(self) -> list[np.ndarray]:
         """The global sample ids of this dataset in each chunk, chunk by chunk (empty ones dropped)."""
@@ -76,16 +80,12 @@ class Dataset:
 
     def load_chunk(self, chunk: int, fields) -> dict[str, np.ndarray]:
         """The decoded chunk ``chunk`` (an id from `sample_chunks`) for each field."""
-        if self._table is None:
-            self._table = self.index.chunk_table()
-        ref = self._table[0][chunk]
+        ref = self._chunk_table[0][chunk]
         return {f: self.source.get(ref.segment, f, ref.chunk) for f in fields}
 
     def schedule_chunks(self, chunk_times) -> None:
         """Pass (chunk id, next use) pairs to the memory tier's plan-aware eviction."""
-        if self._table is None:
-            self._table = self.index.chunk_table()
-        refs = self._table[0]
+        refs = self._chunk_table[0]
         self.source.schedule(((refs[c].segment, refs[c].chunk), t) for c, t in chunk_times)
 
     def chunk_nbytes(self, fields) -> int:
