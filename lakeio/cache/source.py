@@ -16,7 +16,7 @@ from lakeio.cache.config import Cache
 from lakeio.cache.disk import DiskTier
 from lakeio.cache.memory import MemoryTier
 from lakeio.errors import CorruptChunkError
-from lakeio.format.chunks import decode_chunk, decode_text_chunk
+from lakeio.format.chunks import decode_chunk, decode_text_chunk, verify_checksum
 from lakeio.format.codecs import parse_codec
 from lakeio.format.location import Location
 from lakeio.format.manifest import Manifest
@@ -70,6 +70,51 @@ class ChunkSource:
         self._add("hit_seconds" if hit else "miss_seconds", time.perf_counter() - started)
         self._add("requests", 1)
         return value
+
+    def get_raw(self, segment: int, field: str, chunk: int) -> bytes:
+        """The chunk's stored bytes (compressed, checksum included), verified, from the cheapest tier.
+
+        For a trainer that decodes itself (cluster loading with ``decode="trainer"``): the memory
+        tier then holds stored bytes, which cost less memory and less network than decoded ones.
+        """
+        started = time.perf_counter()
+        key = self.key(segment, field, chunk)
+        cache_key = "stored:" + self.loc.describe(key)
+        value = self.memory.get(cache_key) if self.memory is not None else None
+        hit = value is not None
+        if value is None:
+            raw = self._load_stored(key)
+            if self.memory is not None:
+                self.memory.put(cache_key, np.frombuffer(raw, dtype=np.uint8))
+        else:
+            raw = value.base if isinstance(value.base, bytes) else value.tobytes()
+        self._add("hit_seconds" if hit else "miss_seconds", time.perf_counter() - started)
+        self._add("requests", 1)
+        return raw
+
+    def _load_stored(self, key: str) -> bytes:
+        if self.disk is None:
+            raw = self._origin(key)
+            verify_checksum(raw, key)
+            return raw
+        cache_key = self.loc.describe(key)
+        raw, hit = self.disk.get_or_fetch(
+            cache_key, lambda: self._origin(key), check=lambda b: verify_checksum(b, key)
+        )
+        if hit:
+            try:
+                verify_checksum(raw, key)
+            except CorruptChunkError:  # a damaged cached copy: drop it, fetch the original
+                self.disk.evict(cache_key)
+                self._add("corrupt_refetched", 1)
+                raw = self._origin(key)
+                verify_checksum(raw, key)
+                self.disk.put(cache_key, raw)
+        return raw
+
+    def decode_stored(self, field: str, raw: bytes, key: str) -> np.ndarray:
+        """Verify and decode stored chunk bytes of ``field`` (e.g. received from a worker)."""
+        return self._decode(field, raw, key)
 
     def schedule(self, refs_and_times) -> None:
         """Tell the memory tier when chunks are needed next: ((segment, chunk), time) pairs."""

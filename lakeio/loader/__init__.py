@@ -30,6 +30,9 @@ def make_loader(
     output: str = "tuple",
     prefetch_bytes: int | None = None,
     threads: int = 4,
+    cluster=None,
+    decode: str = "trainer",
+    affinity: bool = True,
 ) -> Loader:
     """Batches of ``dataset`` as torch tensors.
 
@@ -39,6 +42,12 @@ def make_loader(
     initialised. ``drop_last`` cuts the epoch to whole global batches; otherwise the order is
     padded by repeating its first samples so every rank yields the same number of batches.
     ``transform`` is called on each batch (a dict of tensors) after the device stage.
+
+    ``cluster`` (a `distributed.Client`, a scheduler address, or ``"local"``) runs the chunk
+    loads as ``lakeio-load-…`` tasks on the Dask workers, each worker caching the chunks it owns
+    (same plan, order and state_dict as in process). ``decode="trainer"`` ships stored bytes and
+    decodes here; ``"worker"`` ships decoded samples. ``affinity=False`` lets Dask place loads
+    anywhere (for comparison). Close the loader (or use it in ``with``) to release the cluster.
     """
     rank, world_size = _distributed_rank_world(rank, world_size)
     if output not in ("tuple", "dict"):
@@ -46,7 +55,14 @@ def make_loader(
     plan = PlanSpec(batch_size, shuffle, seed, shuffle_window, drop_last, rank, world_size)
     device_opts = DeviceOptions(device, layout, dtype, normalize)
     stream = StreamOptions(tuple(fields), prefetch_bytes, threads, output=output)
-    return Loader(dataset, plan, device_opts, stream, transform)
+    session = options = None
+    if cluster is not None:
+        from lakeio.cluster.loads import ClusterOptions
+        from lakeio.cluster.session import ClusterSession
+
+        options = ClusterOptions(decode=decode, affinity=affinity)
+        session = ClusterSession(cluster)
+    return Loader(dataset, plan, device_opts, stream, transform, session, options)
 
 
 __all__ = ["DeviceOptions", "Loader", "PlanSpec", "StreamOptions", "make_loader"]

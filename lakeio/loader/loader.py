@@ -21,7 +21,7 @@ import torch
 from lakeio.loader.batch import gather
 from lakeio.loader.device import DeviceOptions, DeviceStage
 from lakeio.loader.plan import PlanSpec, batch_count, batch_slices, rank_order
-from lakeio.loader.prefetch import ChunkPrefetcher, first_and_last_use
+from lakeio.loader.prefetch import ChunkPrefetcher, ThreadLoads, first_and_last_use
 
 _DONE = object()
 
@@ -56,6 +56,8 @@ class Loader:
         device: DeviceOptions,
         stream: StreamOptions,
         transform: Callable | None = None,
+        cluster=None,
+        cluster_options=None,
     ) -> None:
         missing = [f for f in stream.fields if f not in dataset.fields]
         if missing:
@@ -75,6 +77,21 @@ class Loader:
         self._resume_at = 0
         self._consumed = 0
         self._stats = {"batches": 0, "samples": 0, "stall_seconds": 0.0, "seconds": 0.0}
+        self.cluster = cluster  # a lakeio.cluster.session.ClusterSession, or None: in process
+        self.cluster_options = cluster_options
+        self.cluster_tasks = 0
+
+    def close(self) -> None:
+        """Release the cluster connection (and the LocalCluster, if this loader started one)."""
+        if self.cluster is not None:
+            self.cluster.close()
+            self.cluster = None
+
+    def __enter__(self) -> Loader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def __len__(self) -> int:
         return batch_count(len(self.dataset), self.plan)
@@ -120,6 +137,11 @@ class Loader:
         s["samples_per_s"] = s["samples"] / s["seconds"] if s["seconds"] else 0.0
         s["stall_fraction"] = s["stall_seconds"] / s["seconds"] if s["seconds"] else 0.0
         s["cache"] = self.dataset.source.stats()
+        if self.cluster is not None:
+            from lakeio.cluster.worker import worker_stats
+
+            s["cluster_tasks"] = self.cluster_tasks
+            s["workers"] = self.cluster.client.run(worker_stats)
         return s
 
     def __iter__(self) -> Iterator:
@@ -158,19 +180,36 @@ class Loader:
                 self._consumed += 1
                 self._stats["batches"] += 1
                 self._stats["samples"] += len(next(iter(arrays.values())))
+                if self.cluster is not None:
+                    self._report(began)
                 yield batch
         finally:
             self._stats["seconds"] += time.perf_counter() - began
+            if self.cluster is not None:
+                self._report(began, force=True)
             stop.set()
             _drain(ready)
             producer.join(timeout=30)
 
+    def _report(self, began: float, force: bool = False) -> None:
+        """This trainer's figures for the lakeio dashboard page (sent at most once a second)."""
+        seconds = self._stats["seconds"] + (0.0 if force else time.perf_counter() - began)
+        self.cluster.report(
+            {
+                "epoch": self.epoch,
+                "batches": self._stats["batches"],
+                "images_per_s": self._stats["samples"] / seconds if seconds else 0.0,
+                "stall_fraction": self._stats["stall_seconds"] / seconds if seconds else 0.0,
+            },
+            force=force,
+        )
+
     def _produce(
         self, batches: list[np.ndarray], ready: queue.Queue, stop: threading.Event
     ) -> None:
-        prefetcher = None
+        prefetcher = loads = None
         try:
-            prefetcher, batch_chunks, row_of = self._start_prefetch(batches)
+            prefetcher, loads, batch_chunks, row_of = self._start_prefetch(batches)
             for i, indices in enumerate(batches):
                 if stop.is_set():
                     return
@@ -186,12 +225,30 @@ class Loader:
         finally:
             if prefetcher is not None:
                 prefetcher.close()
+            if loads is not None:
+                loads.close()
 
     def _start_prefetch(self, batches: list[np.ndarray]):
         ds, fields = self.dataset, self.stream.fields
         chunk_of, row_of = ds.sample_chunks()
         batch_chunks = [chunk_of[b] for b in batches]
         this_epoch, _ = first_and_last_use(batch_chunks)
+        budget = self.stream.prefetch_bytes or 2 * self.plan.window * ds.chunk_nbytes(fields)
+        if self.cluster is not None:
+            loads = self._cluster_loads(this_epoch, budget)
+        else:
+            loads = ThreadLoads(self._scheduled_load(this_epoch), self.stream.threads)
+        prefetcher = ChunkPrefetcher(
+            start=loads.start,
+            chunk_bytes=lambda c: ds.chunk_nbytes(fields),
+            batch_chunks=batch_chunks,
+            budget=budget,
+        )
+        return prefetcher, loads, batch_chunks, row_of
+
+    def _scheduled_load(self, this_epoch: list[int]) -> Callable[[int], dict[str, np.ndarray]]:
+        """In-process loads that tell the memory tier when each chunk is needed next."""
+        ds, fields = self.dataset, self.stream.fields
         next_use = self._next_epoch_positions(len(this_epoch))
         # Plan-aware eviction: a chunk not yet loaded this epoch is next needed at its place in
         # this epoch; once loaded (the prefetcher holds it for this use), at its place in the next.
@@ -201,14 +258,17 @@ class Loader:
             ds.schedule_chunks([(c, next_use.get(c, math.inf))])
             return ds.load_chunk(c, fields)
 
-        prefetcher = ChunkPrefetcher(
-            load=load,
-            chunk_bytes=lambda c: ds.chunk_nbytes(fields),
-            batch_chunks=batch_chunks,
-            budget=self.stream.prefetch_bytes or 2 * self.plan.window * ds.chunk_nbytes(fields),
-            threads=self.stream.threads,
-        )
-        return prefetcher, batch_chunks, row_of
+        return load
+
+    def _cluster_loads(self, this_epoch: list[int], budget: int):
+        from lakeio.cluster.loads import ClusterLoads
+
+        token = self.cluster.token_for(self.dataset)
+        loads = ClusterLoads(
+            self.cluster.client, self.dataset, token, self.stream.fields, this_epoch,
+            self.cluster_options, budget, threads=self.stream.threads,
+        )  # fmt: skip
+        return _CountingLoads(loads, self)
 
     def _next_epoch_positions(self, offset: int) -> dict[int, float]:
         """When each chunk is first needed in the next epoch, counted after this one's chunks."""
@@ -247,6 +307,18 @@ class Loader:
         if self.stream.output == "dict":
             return out
         return tuple(out[f] for f in self.stream.fields)
+
+
+class _CountingLoads:
+    """Cluster loads that add their task count to the loader's stats when closed."""
+
+    def __init__(self, loads, loader: Loader) -> None:
+        self._loads, self._loader = loads, loader
+        self.start = loads.start
+
+    def close(self) -> None:
+        self._loads.close()
+        self._loader.cluster_tasks += self._loads.tasks
 
 
 def _put(q: queue.Queue, item, stop: threading.Event) -> None:

@@ -2,7 +2,8 @@
 
 The plan is known before the epoch starts, so there is no guessing: each chunk is requested
 ahead of its first use (bounded by a byte budget) and released right after its last use.
-Loads run on threads — reading and decompressing release the GIL.
+Loads run on threads — reading and decompressing release the GIL — or as tasks on a Dask
+cluster (`lakeio.cluster.loads`).
 """
 
 from __future__ import annotations
@@ -25,29 +26,47 @@ def first_and_last_use(batch_chunks: list[np.ndarray]) -> tuple[list[int], dict[
     return order, last
 
 
+class ThreadLoads:
+    """Chunk loads on a pool of threads in this process (the default, in-process path)."""
+
+    def __init__(self, load: Callable[[int], dict[str, np.ndarray]], threads: int) -> None:
+        self._load = load
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, threads), thread_name_prefix="lakeio-load"
+        )
+
+    def start(self, chunk: int) -> Future:
+        return self._pool.submit(self._load, chunk)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class ChunkPrefetcher:
-    """Loads chunk ids through ``load`` ahead of need, holding at most ``budget`` bytes (plus the
-    chunks the current batch needs), and frees each chunk after the batch that uses it last."""
+    """Starts chunk loads (``start(chunk)`` → a future) ahead of need, holding at most ``budget``
+    bytes (plus the chunks the current batch needs), and frees each chunk after the batch that
+    uses it last. ``start`` is `ThreadLoads.start` in process, or `ClusterLoads.start`."""
 
     def __init__(
         self,
-        load: Callable[[int], dict[str, np.ndarray]],
+        start: Callable[[int], Future],
         chunk_bytes: Callable[[int], int],
         batch_chunks: list[np.ndarray],
         budget: int,
-        threads: int,
     ) -> None:
-        self._load = load
+        self._start = start
         self._chunk_bytes = chunk_bytes
         self._batch_chunks = batch_chunks
         self._order, self._last_use = first_and_last_use(batch_chunks)
         self._budget = budget
-        self._pool = ThreadPoolExecutor(
-            max_workers=max(1, threads), thread_name_prefix="lakeio-load"
-        )
         self._held: dict[int, Future] = {}
         self._held_bytes = 0
         self._next = 0  # position in self._order of the next chunk to request
+
+    @property
+    def order(self) -> list[int]:
+        """Chunks in order of first use this epoch."""
+        return self._order
 
     def _request_until(self, needed: set[int]) -> None:
         while self._next < len(self._order):
@@ -56,7 +75,7 @@ class ChunkPrefetcher:
             must = bool(needed - self._held.keys())
             if not must and self._held_bytes + size > self._budget:
                 return
-            self._held[chunk] = self._pool.submit(self._load, chunk)
+            self._held[chunk] = self._start(chunk)
             self._held_bytes += size
             self._next += 1
 
@@ -78,4 +97,3 @@ class ChunkPrefetcher:
         for future in self._held.values():
             future.cancel()
         self._held.clear()
-        self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,0 +1,173 @@
+"""The trainer side of cluster loading: chunk loads as Dask tasks, a few MB each, on their owners.
+
+The loader's prefetcher asks for chunks in the order the epoch needs them (`start`). The first
+request for a chunk submits one ``lakeio-load-…`` task for it and for the next few chunks of
+the order that the same worker owns, so each task carries several MB and the per-task overhead
+stays small. A task is pinned to its chunk's owner (rendezvous hashing) but may run elsewhere
+if that worker is gone: a dead worker costs a retry, never a sample, because batches are still
+assembled here from the plan — each chunk's rows are taken exactly once, whichever worker
+served them.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from dask.base import tokenize
+from distributed import Client
+
+from lakeio.cluster.affinity import owner
+from lakeio.cluster.worker import LakeCachePlugin, load_chunks
+
+DECODE_MODES = ("trainer", "worker")
+
+
+@dataclass(frozen=True)
+class ClusterOptions:
+    """How the cluster path loads: where decoding happens, task size, and how far ahead.
+
+    ``decode="trainer"`` ships stored (compressed) bytes and decodes here — fewer bytes on the
+    wire; ``"worker"`` ships decoded samples to spare the trainer's CPU. ``task_bytes`` is the
+    decoded size one task aims for; ``affinity=False`` lets Dask place loads anywhere (for
+    comparison: then each worker caches whatever it happened to load).
+    """
+
+    decode: str = "trainer"
+    task_bytes: int = 16 << 20
+    affinity: bool = True
+
+    def __post_init__(self) -> None:
+        if self.decode not in DECODE_MODES:
+            raise ValueError(
+                f"decode must be one of {', '.join(DECODE_MODES)}, not {self.decode!r}"
+            )
+        if self.task_bytes < 1:
+            raise ValueError(f"task_bytes must be positive, not {self.task_bytes}")
+
+
+def lake_token(dataset) -> str:
+    """Names one lake snapshot with one cache configuration, the same in every trainer."""
+    m = dataset.manifest
+    return tokenize(
+        dataset.loc.url, dataset.loc.storage_options, m.version, m.created, dataset.source.cache
+    )
+
+
+def register_lake(client: Client, dataset) -> str:
+    """Make sure every worker has a tiered cache for ``dataset`` (idempotent); its token."""
+    token = lake_token(dataset)
+    plugin = LakeCachePlugin(token, dataset.loc, dataset.manifest, dataset.source.cache)
+    client.register_plugin(plugin, name=plugin.name)
+    return token
+
+
+class ClusterLoads:
+    """Chunk loads for one epoch of one trainer, as tasks on the cluster (see the module doc)."""
+
+    def __init__(
+        self,
+        client: Client,
+        dataset,
+        token: str,
+        fields: tuple[str, ...],
+        order: list[int],
+        options: ClusterOptions,
+        budget: int,
+        threads: int = 4,
+    ) -> None:
+        self.client = client
+        self.dataset = dataset
+        self.token = token
+        self.fields = fields
+        self.options = options
+        self._refs = dataset._chunk_table[0]
+        self._order = order
+        self._position = {c: i for i, c in enumerate(order)}
+        workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+        self._workers = max(1, len(workers))
+        self._owner = {c: self._owner_of(c, workers) for c in order} if options.affinity else {}
+        chunk_bytes = max(1, dataset.chunk_nbytes(fields))
+        # Several MB per task, but no task may hold more than a share of the prefetch budget.
+        share = budget // (2 * self._workers * chunk_bytes)
+        self._group = max(1, min(64, options.task_bytes // chunk_bytes, share))
+        self._pending: dict[int, Future] = {}  # chunk → its result, for chunks already submitted
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, threads), thread_name_prefix="lakeio-recv"
+        )
+        self._nonce = uuid.uuid4().hex[:10]
+        self._lock = threading.Lock()
+        self.tasks = 0
+
+    def _owner_of(self, chunk: int, workers: list[str]) -> str:
+        ref = self._refs[chunk]
+        return owner(
+            self.dataset.source.loc.describe(
+                self.dataset.source.key(ref.segment, self.fields[0], ref.chunk)
+            ),
+            workers,
+        )
+
+    def start(self, chunk: int) -> Future:
+        """The future of ``chunk``'s decoded fields; submits its group's task on first request."""
+        with self._lock:
+            if chunk not in self._pending:
+                self._submit_group(chunk)
+            return self._pending.pop(chunk)
+
+    def _group_for(self, chunk: int) -> list[int]:
+        """``chunk`` plus the next not-yet-submitted chunks of the order with the same owner."""
+        group = [chunk]
+        if self._group == 1:
+            return group
+        home = self._owner.get(chunk)
+        start = self._position[chunk] + 1
+        horizon = start + 4 * self._group * self._workers  # look no further than a few tasks ahead
+        for c in self._order[start:horizon]:
+            if c not in self._pending and c != chunk and self._owner.get(c) == home:
+                group.append(c)
+                if len(group) == self._group:
+                    break
+        return group
+
+    def _submit_group(self, chunk: int) -> None:
+        group = self._group_for(chunk)
+        refs = [(self._refs[c].segment, self._refs[c].chunk) for c in group]
+        placement = {}
+        if self.options.affinity:
+            placement = {"workers": [self._owner[chunk]], "allow_other_workers": True}
+        future = self.client.submit(
+            load_chunks, self.token, refs, self.fields, self.options.decode,
+            key=f"lakeio-load-{self._nonce}-{chunk}", pure=False, **placement,
+        )  # fmt: skip
+        self.tasks += 1
+        remaining = [len(group)]
+        for i, c in enumerate(group):
+            self._pending[c] = self._pool.submit(self._receive, future, i, c, remaining)
+
+    def _receive(
+        self, future, index: int, chunk: int, remaining: list[int]
+    ) -> dict[str, np.ndarray]:
+        result = future.result()
+        with self._lock:
+            remaining[0] -= 1
+            if remaining[0] == 0:
+                future.release()  # every chunk taken: the worker may drop the result
+        if self.options.decode == "worker":
+            return {f: result[f][index] for f in self.fields}
+        ref = self._refs[chunk]
+        source = self.dataset.source
+        return {
+            f: source.decode_stored(f, result[f][index], source.key(ref.segment, f, ref.chunk))
+            for f in self.fields
+        }
+
+    def close(self) -> None:
+        with self._lock:
+            for pending in self._pending.values():
+                pending.cancel()
+            self._pending.clear()
+        self._pool.shutdown(wait=True, cancel_futures=True)

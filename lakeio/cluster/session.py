@@ -1,0 +1,78 @@
+"""A trainer's connection to a Dask cluster for loading: given, by address, or a LocalCluster.
+
+The loader keeps one for its lifetime. It registers the lake's worker caches and the lakeio
+dashboard page once, prints the dashboard link, and sends this trainer's figures to the
+scheduler (at most once a second) so the page can show them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+from typing import Any
+
+import dask.config
+from distributed import Client, LocalCluster
+
+from lakeio.cluster.connect import default_workers, warm_worker
+from lakeio.cluster.dashboard import TRAINER_TOPIC, register_dashboard
+from lakeio.cluster.loads import register_lake
+
+
+class ClusterSession:
+    """``cluster`` is a `distributed.Client`, a scheduler address, or ``"local"``."""
+
+    def __init__(self, cluster: Client | str, echo=print) -> None:
+        self._local: LocalCluster | None = None
+        self._owns_client = not isinstance(cluster, Client)
+        if isinstance(cluster, Client):
+            self.client = cluster
+        elif cluster == "local":
+            self._local = LocalCluster(
+                n_workers=default_workers(), threads_per_worker=1, processes=True,
+                dashboard_address=":0", silence_logs=50,
+            )  # fmt: skip
+            self.client = Client(self._local)
+            self.client.run(warm_worker)
+        elif isinstance(cluster, str):
+            timeout = dask.config.get("lakeio.connect-timeout", "15s")
+            self.client = Client(cluster, timeout=timeout)
+        else:
+            raise TypeError(
+                f"cluster must be a distributed.Client, a scheduler address or 'local', not {cluster!r}"
+            )
+        register_dashboard(self.client)
+        self.trainer_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._tokens: dict[int, str] = {}
+        self._last_report = 0.0
+        if echo is not None:
+            workers = len(self.client.scheduler_info(n_workers=-1)["workers"])
+            echo(f"lakeio loading on the Dask cluster: {self.dashboard_link}  ({workers} workers)")
+
+    @property
+    def dashboard_link(self) -> str:
+        link = self.client.dashboard_link
+        return link.replace("/status", "/lakeio") if link else ""
+
+    def token_for(self, dataset) -> str:
+        """Register ``dataset``'s worker caches (once per dataset object); its token."""
+        if id(dataset) not in self._tokens:
+            self._tokens[id(dataset)] = register_lake(self.client, dataset)
+        return self._tokens[id(dataset)]
+
+    def report(self, figures: dict[str, Any], force: bool = False) -> None:
+        """Send this trainer's figures to the scheduler for the dashboard (rate-limited)."""
+        now = time.monotonic()
+        if not force and now - self._last_report < 1.0:
+            return
+        self._last_report = now
+        with contextlib.suppress(Exception):  # figures for a dashboard must never stop training
+            self.client.log_event(TRAINER_TOPIC, {"trainer": self.trainer_id, **figures})
+
+    def close(self) -> None:
+        if self._owns_client:
+            self.client.close()
+        if self._local is not None:
+            self._local.close()

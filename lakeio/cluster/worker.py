@@ -1,0 +1,195 @@
+"""The worker side of cluster loading: one tiered cache per lake per worker, and the load task.
+
+A `LakeCachePlugin` registered on the cluster gives every worker (present and future) its own
+`ChunkSource` for a lake — memory tier, disk tier, origin — built from the `Cache` the trainer
+opened the lake with. `load_chunks` is the task the trainer submits: it serves a group of chunks
+from that worker's tiers. The worker's figures reach the scheduler with each heartbeat (for the
+lakeio dashboard page) and its own Prometheus ``/metrics`` endpoint.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from distributed import WorkerPlugin, get_worker
+
+from lakeio.cache.config import Cache
+from lakeio.cache.source import ChunkSource
+from lakeio.format.location import Location
+from lakeio.format.manifest import Manifest
+
+METRICS_KEY = "lakeio"
+_sources: dict[tuple[str, str], ChunkSource] = {}  # (worker address, lake token) → its cache
+_served: dict[tuple[str, str], dict[str, float]] = {}
+_lock = threading.Lock()
+
+
+class LakeCachePlugin(WorkerPlugin):
+    """Gives each worker a tiered cache for one lake snapshot (idempotent: ranks share it)."""
+
+    idempotent = True  # a second trainer registering the same lake must not wipe the caches
+
+    def __init__(self, token: str, loc: Location, manifest: Manifest, cache: Cache) -> None:
+        self.token, self.loc, self.manifest, self.cache = token, loc, manifest, cache
+
+    @property
+    def name(self) -> str:
+        return f"lakeio-cache-{self.token}"
+
+    def setup(self, worker) -> None:
+        key = (worker.address, self.token)
+        with _lock:
+            if key not in _sources:
+                _sources[key] = ChunkSource(self.loc, self.manifest, self.cache)
+                _served[key] = {"chunks": 0, "bytes": 0, "tasks": 0}
+        worker.metrics[METRICS_KEY] = worker_metrics
+        _register_prometheus_collector()
+
+    def teardown(self, worker) -> None:
+        with _lock:
+            source = _sources.pop((worker.address, self.token), None)
+            _served.pop((worker.address, self.token), None)
+        if source is not None and source.disk is not None:
+            source.disk.close()
+
+
+def _source(token: str) -> tuple[ChunkSource, dict[str, float]]:
+    key = (get_worker().address, token)
+    with _lock:
+        source, served = _sources.get(key), _served.get(key)
+    if source is None or served is None:
+        raise RuntimeError(
+            f"this worker has no lakeio cache for lake {token}: the LakeCachePlugin was not "
+            "registered (use Dataset.loader(cluster=...), which registers it)"
+        )
+    return source, served
+
+
+def load_chunks(
+    token: str, refs: list[tuple[int, int]], fields: tuple[str, ...], decode: str
+) -> dict[str, list]:
+    """Chunks ``refs`` ((segment, chunk) pairs) of ``fields`` from this worker's tiers.
+
+    ``decode="worker"`` returns decoded arrays, ``"trainer"`` the stored (compressed, checksummed)
+    bytes for the trainer to verify and decode. One list entry per ref, per field.
+    """
+    source, served = _source(token)
+    out: dict[str, list] = {f: [] for f in fields}
+    nbytes = 0
+    for segment, chunk in refs:
+        for field in fields:
+            if decode == "worker":
+                value = source.get(segment, field, chunk)
+                nbytes += int(getattr(value, "nbytes", 0))
+            else:
+                value = source.get_raw(segment, field, chunk)
+                nbytes += len(value)
+            out[field].append(value)
+    with _lock:
+        served["chunks"] += len(refs)
+        served["bytes"] += nbytes
+        served["tasks"] += 1
+    return out
+
+
+_last_snapshot: dict[str, tuple[float, float, float]] = {}
+
+
+def worker_metrics(worker) -> dict[str, Any]:
+    """This worker's lakeio figures, summed over its lakes (sent to the scheduler each heartbeat)."""
+    totals = lake_totals(worker.address)
+    now = time.monotonic()
+    then, chunks, nbytes = _last_snapshot.get(
+        worker.address, (now, totals["chunks"], totals["bytes"])
+    )
+    elapsed = now - then
+    totals["chunks_per_s"] = (totals["chunks"] - chunks) / elapsed if elapsed > 0 else 0.0
+    totals["bytes_per_s"] = (totals["bytes"] - nbytes) / elapsed if elapsed > 0 else 0.0
+    _last_snapshot[worker.address] = (now, totals["chunks"], totals["bytes"])
+    return totals
+
+
+def lake_totals(address: str) -> dict[str, Any]:
+    """Requests and hits per tier, origin reads and bytes, chunks and bytes served, on one worker."""
+    with _lock:
+        keys = [k for k in _sources if k[0] == address]
+        pairs = [(_sources[k], dict(_served[k])) for k in keys]
+    totals: dict[str, Any] = dict.fromkeys(
+        ("memory_requests", "memory_hits", "memory_bytes", "memory_capacity", "disk_requests",
+         "disk_hits", "origin_reads", "origin_bytes", "chunks", "bytes", "tasks"), 0,
+    )  # fmt: skip
+    for source, served in pairs:
+        stats = source.stats()
+        memory, disk = stats["memory"] or {}, stats["disk"] or {}
+        totals["memory_requests"] += memory.get("requests", 0)
+        totals["memory_hits"] += memory.get("hits", 0)
+        totals["memory_bytes"] += memory.get("bytes_held", 0)
+        totals["memory_capacity"] += source.memory.capacity if source.memory else 0
+        totals["disk_requests"] += disk.get("requests", 0)
+        totals["disk_hits"] += disk.get("hits", 0)
+        totals["origin_reads"] += stats["origin_reads"]
+        totals["origin_bytes"] += stats["origin_bytes"]
+        for name in ("chunks", "bytes", "tasks"):
+            totals[name] += int(served[name])
+    totals["lakes"] = len(pairs)
+    return totals
+
+
+def worker_stats(dask_worker) -> dict[str, Any]:
+    """For ``client.run`` (which passes ``dask_worker``): this worker's totals, for `Loader.stats`."""
+    return lake_totals(dask_worker.address)
+
+
+_collector_registered = False
+
+
+def _register_prometheus_collector() -> None:
+    """Expose the totals on the worker's own ``/metrics`` (when prometheus_client is installed)."""
+    global _collector_registered
+    with _lock:
+        if _collector_registered:
+            return
+        _collector_registered = True
+    try:
+        from prometheus_client import REGISTRY
+    except ImportError:  # pragma: no cover - a declared dependency; dask only serves it if present
+        return
+    REGISTRY.register(_WorkerCollector())
+
+
+class _WorkerCollector:
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        try:
+            address = get_worker().address
+        except ValueError:
+            return
+        totals = lake_totals(address)
+        requests = CounterMetricFamily(
+            "lakeio_cache_requests", "Chunk requests per cache tier", labels=["tier"]
+        )
+        hits = CounterMetricFamily("lakeio_cache_hits", "Cache hits per tier", labels=["tier"])
+        for tier in ("memory", "disk"):
+            requests.add_metric([tier], totals[f"{tier}_requests"])
+            hits.add_metric([tier], totals[f"{tier}_hits"])
+        yield requests
+        yield hits
+        yield CounterMetricFamily(
+            "lakeio_origin_bytes",
+            "Bytes read from the lake's origin store",
+            value=totals["origin_bytes"],
+        )
+        yield CounterMetricFamily(
+            "lakeio_served_chunks", "Chunks served to trainers", value=totals["chunks"]
+        )
+        yield CounterMetricFamily(
+            "lakeio_served_bytes", "Bytes served to trainers", value=totals["bytes"]
+        )
+        yield GaugeMetricFamily(
+            "lakeio_memory_tier_bytes",
+            "Bytes held in the memory tier",
+            value=totals["memory_bytes"],
+        )

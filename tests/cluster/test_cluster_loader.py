@@ -1,0 +1,180 @@
+"""Loading through a Dask cluster: same batches as in process, exactly once, cached by owner."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from distributed import Client, LocalCluster
+
+import lakeio
+from lakeio.cluster.affinity import owner
+from lakeio.testing.cluster import process_cluster
+
+
+def _batches(loader) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [(images.numpy().copy(), labels.numpy().copy()) for images, labels in loader]
+
+
+def _assert_same(got, expected) -> None:
+    assert len(got) == len(expected)
+    for (gi, gl), (ei, el) in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(gi, ei)
+        np.testing.assert_array_equal(gl, el)
+
+
+@pytest.mark.parametrize("decode", ["trainer", "worker"])
+def test_cluster_loader_gives_the_in_process_batches_on_real_worker_processes(
+    small_lake, client, decode
+):
+    path, _, _ = small_lake
+    ds = lakeio.open_dataset(path)
+    expected = _batches(ds.loader(24, seed=5))
+    with ds.loader(24, seed=5, cluster=client, decode=decode) as loader:
+        _assert_same(_batches(loader), expected)
+        loader.set_epoch(1)
+        ds_epoch1 = lakeio.open_dataset(path).loader(24, seed=5)
+        ds_epoch1.set_epoch(1)
+        _assert_same(_batches(loader), _batches(ds_epoch1))
+        stats = loader.stats()
+    assert stats["cluster_tasks"] > 0
+    assert set(stats["workers"]) == set(client.scheduler_info(n_workers=-1)["workers"])
+    served = sum(w["chunks"] for w in stats["workers"].values())
+    assert served >= 2 * len(ds.chunk_members())  # two epochs of chunks, served by the workers
+
+
+def test_cluster_loader_resumes_from_a_state_dict(small_lake, client):
+    path, _, _ = small_lake
+    ds = lakeio.open_dataset(path)
+    full = _batches(ds.loader(16, seed=2))
+    with ds.loader(16, seed=2, cluster=client) as first:
+        taken = []
+        for images, labels in first:
+            taken.append((images.numpy().copy(), labels.numpy().copy()))
+            if len(taken) == 5:
+                break
+        state = first.state_dict()
+    with lakeio.open_dataset(path).loader(16, seed=2, cluster=client) as second:
+        second.load_state_dict(state)
+        rest = _batches(second)
+    _assert_same(taken + rest, full)
+
+
+def test_two_clients_share_one_cluster_each_rank_exactly_once(small_lake, cluster_address):
+    path, images, _ = small_lake
+    results: dict[int, list] = {}
+    errors: list[BaseException] = []
+
+    def rank_main(rank: int) -> None:
+        try:
+            with (
+                Client(cluster_address, timeout="30s") as own,
+                lakeio.open_dataset(path).loader(
+                    16, seed=9, rank=rank, world_size=2, drop_last=True, cluster=own
+                ) as loader,
+            ):
+                results[rank] = _batches(loader)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=rank_main, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors, errors
+    ds = lakeio.open_dataset(path)
+    for rank in (0, 1):
+        expected = _batches(ds.loader(16, seed=9, rank=rank, world_size=2, drop_last=True))
+        _assert_same(results[rank], expected)
+    delivered = np.concatenate([im for r in (0, 1) for im, _ in results[r]])
+    # drop_last: 203 samples -> 6 global batches of 32 = 192 samples, each once overall
+    assert len(delivered) == 192
+    flat = delivered.reshape(len(delivered), -1)
+    assert len(np.unique(flat, axis=0)) == 192
+    known = {row.tobytes() for row in images.reshape(len(images), -1)}
+    assert all(row.tobytes() in known for row in flat)
+
+
+def _tiny_lake(tmp_path, client, chunks: int = 64, chunk_samples: int = 8):
+    rng = np.random.default_rng(0)
+    n = chunks * chunk_samples
+    images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    images[:, 0, 0, 0] = np.arange(n) % 256  # every sample distinct
+    images[:, 0, 0, 1] = np.arange(n) // 256
+    labels = rng.integers(0, 4, n)
+    path = tmp_path / "lake"
+    lakeio.ingest(
+        images, path, labels=labels, cluster=client, chunk_samples=chunk_samples,
+        codec="lz4", progress=False, echo=None,
+    )  # fmt: skip
+    return path, images
+
+
+def test_affinity_makes_two_workers_memory_one_cache(tmp_path):
+    """A lake larger than one worker's memory tier but not two: epoch 2 reads nothing."""
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        path, _ = _tiny_lake(tmp_path, client)
+        ds0 = lakeio.open_dataset(path)
+        total = len(ds0.chunk_members()) * ds0.chunk_nbytes(("images", "labels"))
+        budget = int(0.75 * total)
+        ds = lakeio.open_dataset(path, cache=lakeio.Cache(memory=budget))
+        with ds.loader(32, seed=1, cluster=client, decode="worker") as loader:
+            _batches(loader)
+            before = loader.stats()["workers"]
+            loader.set_epoch(1)
+            _batches(loader)
+            after = loader.stats()["workers"]
+        assert budget < total  # no single worker could hold the lake
+        origin_reads = sum(after[w]["origin_reads"] - before[w]["origin_reads"] for w in after)
+        requests = sum(after[w]["memory_requests"] - before[w]["memory_requests"] for w in after)
+        hits = sum(after[w]["memory_hits"] - before[w]["memory_hits"] for w in after)
+        assert origin_reads == 0
+        assert requests > 0 and hits == requests
+
+
+def test_owner_moves_only_the_chunks_of_a_leaving_worker():
+    keys = [f"segments/s/images/c.{i}.0.0.0" for i in range(2000)]
+    three = ["tcp://a:1", "tcp://b:1", "tcp://c:1"]
+    before = {k: owner(k, three) for k in keys}
+    after = {k: owner(k, three[:2]) for k in keys}
+    moved = [k for k in keys if before[k] != after[k]]
+    assert moved and all(before[k] == "tcp://c:1" for k in moved)
+    assert len(moved) == sum(1 for k in keys if before[k] == "tcp://c:1")
+    shares = [sum(1 for v in before.values() if v == w) / len(keys) for w in three]
+    assert all(0.28 < s < 0.39 for s in shares)  # spread about evenly
+
+
+@pytest.mark.parametrize("decode", ["trainer", "worker"])
+def test_killing_a_worker_mid_epoch_loses_and_duplicates_nothing(tmp_path, decode):
+    with process_cluster(n_workers=2) as address, Client(address, timeout="30s") as client:
+        path, images = _tiny_lake(tmp_path, client, chunks=48)
+        ds = lakeio.open_dataset(path)
+        expected = _batches(ds.loader(16, seed=4, shuffle_window=4))
+        pids = client.run(os.getpid)
+        victim_address = sorted(pids)[0]
+        chunk_bytes = ds.chunk_nbytes(("images", "labels"))
+        loader = ds.loader(
+            16, seed=4, shuffle_window=4, cluster=client, decode=decode,
+            prefetch_bytes=2 * chunk_bytes, threads=1,
+        )  # fmt: skip
+        got = []
+        with loader:
+            for i, (im, lb) in enumerate(loader):
+                got.append((im.numpy().copy(), lb.numpy().copy()))
+                if i == 3:
+                    os.kill(pids[victim_address], signal.SIGKILL)
+                    time.sleep(0.5)  # the next loads meet the dead worker
+            tasks = loader.cluster_tasks
+        _assert_same(got, expected)
+        assert victim_address not in client.scheduler_info(n_workers=-1)["workers"]
+        assert tasks == len(ds.chunk_members())  # one chunk per task, every one delivered
+        flat = np.concatenate([im for im, _ in got]).reshape(-1, images[0].size)
+        assert len(np.unique(flat, axis=0)) == len(images)
