@@ -1,4 +1,4 @@
-"""The `lakeio` command line: ingest, info, verify, codecs.
+"""The `lakeio` command line: ingest, info, verify, stats, codecs.
 
 Errors lakeio raises on purpose print as one line (``lakeio: error: …``) with exit code 2 for
 bad usage and 1 for failed work; ``--debug`` shows the traceback.
@@ -214,6 +214,58 @@ def _run_codecs(args) -> int:
     return 0
 
 
+def _add_stats(sub) -> None:
+    p = sub.add_parser(
+        "stats",
+        help="per-channel mean/std and class histogram, computed on a Dask cluster and stored",
+        description=(
+            "Compute the per-channel mean and std of the images (exact, over every pixel) and "
+            "the class histogram of the lake at DEST on a Dask cluster, and commit them into the "
+            "lake's metadata as a new version. Loaders then use them with normalize=\"lake\"."
+        ),
+        epilog="Example: lakeio stats s3://bucket/pets.lake --scheduler tcp://10.0.0.5:8786",
+    )  # fmt: skip
+    p.add_argument("dest", help="lake location (path or URL)")
+    p.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler")
+    p.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="local cluster size when no --scheduler (default: one per core)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--storage-option", action="append", default=[], metavar="KEY=VALUE", help=SO_HELP
+    )
+    p.set_defaults(run=_run_stats)
+
+
+def _run_stats(args) -> int:
+    from lakeio.dataset import open_dataset
+    from lakeio.stats import compute_stats
+
+    options = _storage_options(args.storage_option)
+    stats = compute_stats(
+        args.dest, cluster=args.scheduler, workers=args.workers, storage_options=options,
+        echo=None if args.json else print,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(stats, indent=1))
+        return 0
+    classes = open_dataset(args.dest, storage_options=options).classes
+    images = stats["images"]
+    print(
+        f"images: {stats['samples']:,} samples, {images['pixels_per_channel']:,} pixels per channel"
+    )
+    print("  mean (0..255): " + ", ".join(f"{m:.3f}" for m in images["mean"]))
+    print("  std  (0..255): " + ", ".join(f"{s:.3f}" for s in images["std"]))
+    print("classes:")
+    counts = stats["class_histogram"]
+    for i, count in enumerate(counts):
+        name = classes[i] if i < len(classes) else str(i)
+        print(f"  {name}: {count:,} ({100 * count / max(1, sum(counts)):.1f}%)")
+    print(
+        f'stored in the lake as version {stats["stored_in_version"]}; use normalize="lake" in loaders'
+    )
+    return 0
+
+
 def _version() -> str:
     from lakeio import __version__
 
@@ -230,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("--version", action="version", version=f"lakeio {_version()}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for add in (_add_ingest, _add_info, _add_verify, _add_codecs):
+    for add in (_add_ingest, _add_info, _add_verify, _add_stats, _add_codecs):
         add(sub)
     return parser
 

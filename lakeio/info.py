@@ -39,6 +39,7 @@ def lake_info(ds: Dataset) -> dict[str, Any]:
         "stored_bytes": stored,
         "ratio": round(decoded / stored, 4) if stored else None,
         "history": [{k: e.get(k) for k in ("op", "mode", "source", "time")} for e in m.history],
+        "stats": m.stats.get("images") if m.stats else None,
     }
 
 
@@ -62,4 +63,11 @@ def format_info(info: dict[str, Any]) -> str:
         f"bytes     {human_bytes(info['stored_bytes'])} stored, "
         f"{human_bytes(info['decoded_bytes'])} uncompressed; ratio {ratio}"
     )
+    stats = info.get("stats")
+    if stats:
+        mean = ", ".join(f"{v:.2f}" for v in stats["mean"])
+        std = ", ".join(f"{v:.2f}" for v in stats["std"])
+        lines.append(f"stats     mean {mean}  std {std}  (0..255, from `lakeio stats`)")
+    else:
+        lines.append('stats     none (run `lakeio stats` for normalize="lake")')
     return "\n".join(lines)

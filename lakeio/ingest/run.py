@@ -252,7 +252,7 @@ def _commit(dest, base, layout, tasks, results, mode, event) -> Manifest:
             segments=(*keep, *new),
             version=base.version if base is not None else 0,
             history=(*(base.history if base is not None else ()), event),
-            stats=base.stats if base is not None and mode == "append" else {},
+            stats={},  # statistics describe the samples they were computed on: `lakeio stats` again
         )
         try:
             return commit_manifest(dest, candidate)

@@ -22,7 +22,7 @@ def make_loader(
     fields: tuple[str, ...] = ("images", "labels"),
     layout: str = "NHWC",
     dtype: torch.dtype = torch.uint8,
-    normalize: tuple | None = None,
+    normalize: tuple | str | None = None,
     transform: Callable | None = None,
     device: str | torch.device | None = None,
     rank: int | None = None,
@@ -41,6 +41,7 @@ def make_loader(
     window size in docs/benchmarks.md — a class-sorted lake needs a wide window). ``rank``/``world_size`` default to torch.distributed's when it is
     initialised. ``drop_last`` cuts the epoch to whole global batches; otherwise the order is
     padded by repeating its first samples so every rank yields the same number of batches.
+    ``normalize="lake"`` uses the per-channel mean and std stored by ``lakeio stats``.
     ``transform`` is called on each batch (a dict of tensors) after the device stage.
 
     ``cluster`` (a `distributed.Client`, a scheduler address, or ``"local"``) runs the chunk
@@ -50,6 +51,12 @@ def make_loader(
     anywhere (for comparison). Close the loader (or use it in ``with``) to release the cluster.
     """
     rank, world_size = _distributed_rank_world(rank, world_size)
+    if isinstance(normalize, str):
+        if normalize != "lake":
+            raise ValueError(f'normalize must be (mean, std), "lake" or None, not {normalize!r}')
+        from lakeio.stats import lake_normalization
+
+        normalize = lake_normalization(dataset.manifest)
     if output not in ("tuple", "dict"):
         raise ValueError(f"output must be 'tuple' or 'dict', not {output!r}")
     plan = PlanSpec(batch_size, shuffle, seed, shuffle_window, drop_last, rank, world_size)

@@ -1,0 +1,121 @@
+"""`lakeio stats`: per-channel mean and std and the class histogram, computed on a Dask cluster.
+
+The figures are exact (integer sums of the uint8 pixels, one pass over the lake) and are
+committed into the lake's manifest as a new version, so every trainer can normalise with the
+same numbers (``ds.loader(..., normalize="lake")``) without reading the lake again. An append
+drops them (they would describe other samples); run the command again after it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import replace
+from datetime import datetime, timezone
+from typing import Any
+
+import dask
+import numpy as np
+from distributed import Client
+
+from lakeio.cluster.connect import dask_client
+from lakeio.dataset import open_dataset
+from lakeio.errors import CommitConflictError, LakeError
+from lakeio.format.manifest import Manifest, commit_manifest
+from lakeio.format.root import publish_root_summary
+
+
+def _moments(block: np.ndarray) -> np.ndarray:
+    """[pixels, sum per channel..., sum of squares per channel...] of one (n, H, W, C) block."""
+    flat = block.reshape(-1, block.shape[-1]).astype(np.int64)
+    return np.concatenate([[flat.shape[0]], flat.sum(axis=0), (flat * flat).sum(axis=0)])
+
+
+def compute_stats(
+    url: str | os.PathLike,
+    *,
+    cluster: Client | str | None = None,
+    workers: int | None = None,
+    storage_options: dict | None = None,
+    echo=print,
+) -> dict[str, Any]:
+    """Compute the lake's image statistics on the cluster and commit them; returns them (with
+    ``stored_in_version``, the lake version that now carries them).
+
+    ``mean``/``std`` are per channel in pixel units (0..255), population std over every pixel.
+    """
+    ds = open_dataset(url, storage_options=storage_options)
+    if "images" not in ds.fields or len(ds.manifest.fields["images"].shape) != 3:
+        raise LakeError(f"{ds.loc.describe()}: stats need an (N, H, W, C) images field")
+    if len(ds) == 0:
+        raise LakeError(f"{ds.loc.describe()}: the lake is empty; nothing to compute")
+    arrays = ds.to_dask()
+    token = dask.base.tokenize(ds.loc.url, ds.version)
+    blocks = arrays["images"].to_delayed().ravel()
+    parts = [
+        dask.delayed(_moments)(block, dask_key_name=f"lakeio-stats-{token}-{i}")
+        for i, block in enumerate(blocks)
+    ]
+    with dask_client(cluster, workers=workers, echo=echo) as client:
+        moments, counts = client.compute(
+            [
+                dask.delayed(sum)(parts, dask_key_name=f"lakeio-stats-{token}"),
+                _class_counts(arrays["labels"], len(ds.classes)),
+            ],
+            sync=True,
+        )
+    stats = _summarize(moments, counts, ds.manifest)
+    committed = _commit_stats(ds.loc, ds.manifest, stats)
+    return {**stats, "stored_in_version": committed.version}
+
+
+def _class_counts(labels, classes: int):
+    import dask.array as da
+
+    return da.bincount(labels.astype(np.int64), minlength=max(1, classes))
+
+
+def _summarize(moments: np.ndarray, counts: np.ndarray, manifest: Manifest) -> dict[str, Any]:
+    pixels = int(moments[0])
+    channels = (len(moments) - 1) // 2
+    sums = [int(v) for v in moments[1 : 1 + channels]]
+    squares = [int(v) for v in moments[1 + channels :]]
+    mean = [s / pixels for s in sums]
+    # exact integer arithmetic: var = (n * sum(x^2) - sum(x)^2) / n^2
+    std = [math.sqrt((pixels * q - s * s) / pixels**2) for s, q in zip(sums, squares, strict=True)]
+    return {
+        "samples": manifest.samples,
+        "of_version": manifest.version,
+        "images": {"mean": mean, "std": std, "pixels_per_channel": pixels, "units": "0..255"},
+        "class_histogram": [int(c) for c in counts],
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _commit_stats(loc, manifest: Manifest, stats: dict[str, Any]) -> Manifest:
+    event = {"op": "stats", "time": stats["time"], "of_version": manifest.version}
+    candidate = replace(manifest, stats=stats, history=(*manifest.history, event))
+    try:
+        committed = commit_manifest(loc, candidate)
+    except CommitConflictError as exc:
+        raise LakeError(
+            f"{exc}; the statistics describe version {manifest.version} — run again"
+        ) from None
+    publish_root_summary(loc, committed)
+    return committed
+
+
+def lake_normalization(manifest: Manifest) -> tuple[list[float], list[float]]:
+    """(mean, std) per channel in 0..1 units from the lake's stored stats, for the loader."""
+    stats = manifest.stats or {}
+    images = stats.get("images")
+    if not isinstance(images, dict):
+        raise LakeError(
+            'normalize="lake" needs the lake\'s statistics; compute them with `lakeio stats LAKE`'
+        )
+    if stats.get("samples") != manifest.samples:
+        raise LakeError(
+            f"the lake's statistics cover {stats.get('samples')} samples but it holds "
+            f"{manifest.samples}; run `lakeio stats LAKE` again"
+        )
+    return [m / 255 for m in images["mean"]], [max(s, 1e-6) / 255 for s in images["std"]]
