@@ -21,6 +21,7 @@ from lakeio.cluster.worker import METRICS_KEY
 
 TRAINER_TOPIC = "lakeio-trainer"
 PLUGIN_NAME = "lakeio-dashboard"
+TRAINER_TIMEOUT_S = 300.0
 _plugins: weakref.WeakSet = weakref.WeakSet()
 _collector_registered = False
 
@@ -51,8 +52,15 @@ class LakeioDashboard(SchedulerPlugin):
         _plugins.add(self)
         _register_prometheus_collector()
 
+    async def close(self) -> None:
+        _plugins.discard(self)  # a closed scheduler's figures leave /metrics with it
+
     def log_event(self, topic: str, msg: Any) -> None:
-        if topic == TRAINER_TOPIC and isinstance(msg, dict) and "trainer" in msg:
+        if topic != TRAINER_TOPIC or not isinstance(msg, dict) or "trainer" not in msg:
+            return
+        if msg.get("closed"):  # the trainer's loader was closed: its row goes
+            self.trainers.pop(str(msg["trainer"]), None)
+        else:
             self.trainers[str(msg["trainer"])] = {**msg, "seen": time.time()}
 
     def figures(self) -> dict[str, Any]:
@@ -68,6 +76,8 @@ class LakeioDashboard(SchedulerPlugin):
                 "disk_hit_rate": _ratio(m.get("disk_hits", 0), m.get("disk_requests", 0)),
             }
         now = time.time()
+        for name in [t for t, f in self.trainers.items() if now - f["seen"] > TRAINER_TIMEOUT_S]:
+            del self.trainers[name]  # silent that long: crashed or gone without closing
         trainers = {
             t: {**f, "age_s": round(now - f["seen"], 1)} for t, f in sorted(self.trainers.items())
         }
@@ -103,8 +113,8 @@ class _PageHandler(_JsonHandler):
                 f"<tr><td>{html.escape(address)}</td><td>{_percent(w['memory_hit_rate'])}</td>"
                 f"<td>{_percent(w['disk_hit_rate'])}</td><td>{w['origin_reads']:,}</td>"
                 f"<td>{w['chunks']:,}</td><td>{w.get('chunks_per_s', 0):,.1f}</td>"
-                f"<td>{w['bytes'] / 1e6:,.1f}</td><td>{w['memory_bytes'] / 1e6:,.0f} / "
-                f"{w['memory_capacity'] / 1e6:,.0f}</td></tr>"
+                f"<td>{w['bytes'] / 1e6:,.1f}</td><td>{w['memory_bytes'] / 1e6:,.1f} / "
+                f"{w['memory_capacity'] / 1e6:,.1f}</td></tr>"
             )
         trainer_rows = []
         for name, t in figures["trainers"].items():
@@ -132,7 +142,7 @@ th{{background:#f0f3f7}} td:first-child,th:first-child{{text-align:left}}
 <h1>lakeio — is the data path keeping up?</h1>
 <p><a href="status">Dask status</a> · <a href="lakeio.json">lakeio.json</a> · <a href="metrics">metrics</a> · refreshes every 2 s</p>
 <h2>Trainers</h2>
-<table><tr><th>trainer</th><th>epoch</th><th>batches</th><th>images/s</th><th>stall</th><th>seen (s ago)</th></tr>
+<table><tr><th>trainer</th><th>epoch (from 0)</th><th>batches</th><th>images/s</th><th>stall</th><th>seen (s ago)</th></tr>
 {trainers}</table>
 <h2>Workers (each caches the chunks it owns)</h2>
 <table><tr><th>worker</th><th>memory hit rate</th><th>disk hit rate</th><th>origin reads</th>

@@ -11,6 +11,7 @@ import contextlib
 import os
 import socket
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import dask.config
@@ -47,6 +48,8 @@ class ClusterSession:
         self.trainer_id = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._tokens: dict[int, str] = {}
         self._last_report = 0.0
+        self._reporter = ThreadPoolExecutor(1, thread_name_prefix="lakeio-report")
+        self._in_flight: Future | None = None
         if echo is not None:
             workers = len(self.client.scheduler_info(n_workers=-1)["workers"])
             echo(f"lakeio loading on the Dask cluster: {self.dashboard_link}  ({workers} workers)")
@@ -63,15 +66,24 @@ class ClusterSession:
         return self._tokens[id(dataset)]
 
     def report(self, figures: dict[str, Any], force: bool = False) -> None:
-        """Send this trainer's figures to the scheduler for the dashboard (rate-limited)."""
+        """Send this trainer's figures to the scheduler for the dashboard (rate-limited, from a
+        background thread: the training loop never waits on the round trip)."""
         now = time.monotonic()
         if not force and now - self._last_report < 1.0:
             return
+        if self._in_flight is not None and not self._in_flight.done() and not force:
+            return  # the last report is still on its way; skip this one
         self._last_report = now
+        message = {"trainer": self.trainer_id, **figures}
+        self._in_flight = self._reporter.submit(self._send, message)
+
+    def _send(self, message: dict[str, Any]) -> None:
         with contextlib.suppress(Exception):  # figures for a dashboard must never stop training
-            self.client.log_event(TRAINER_TOPIC, {"trainer": self.trainer_id, **figures})
+            self.client.log_event(TRAINER_TOPIC, message)
 
     def close(self) -> None:
+        self.report({"closed": True}, force=True)
+        self._reporter.shutdown(wait=True)
         if self._owns_client:
             self.client.close()
         if self._local is not None:

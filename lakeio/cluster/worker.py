@@ -160,36 +160,40 @@ def _register_prometheus_collector() -> None:
 
 
 class _WorkerCollector:
+    """The lakeio counters of every worker in this process (normally one), labelled by worker."""
+
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        try:
-            address = get_worker().address
-        except ValueError:
-            return
-        totals = lake_totals(address)
+        with _lock:
+            addresses = sorted({address for address, _ in _sources})
         requests = CounterMetricFamily(
-            "lakeio_cache_requests", "Chunk requests per cache tier", labels=["tier"]
+            "lakeio_cache_requests", "Chunk requests per cache tier", labels=["worker", "tier"]
         )
-        hits = CounterMetricFamily("lakeio_cache_hits", "Cache hits per tier", labels=["tier"])
-        for tier in ("memory", "disk"):
-            requests.add_metric([tier], totals[f"{tier}_requests"])
-            hits.add_metric([tier], totals[f"{tier}_hits"])
+        hits = CounterMetricFamily(
+            "lakeio_cache_hits", "Cache hits per tier", labels=["worker", "tier"]
+        )
+        families = {
+            "origin_bytes": CounterMetricFamily(
+                "lakeio_origin_bytes", "Bytes read from the lake's origin store", labels=["worker"]
+            ),
+            "chunks": CounterMetricFamily(
+                "lakeio_served_chunks", "Chunks served to trainers", labels=["worker"]
+            ),
+            "bytes": CounterMetricFamily(
+                "lakeio_served_bytes", "Bytes served to trainers", labels=["worker"]
+            ),
+            "memory_bytes": GaugeMetricFamily(
+                "lakeio_memory_tier_bytes", "Bytes held in the memory tier", labels=["worker"]
+            ),
+        }
+        for address in addresses:
+            totals = lake_totals(address)
+            for tier in ("memory", "disk"):
+                requests.add_metric([address, tier], totals[f"{tier}_requests"])
+                hits.add_metric([address, tier], totals[f"{tier}_hits"])
+            for name, family in families.items():
+                family.add_metric([address], totals[name])
         yield requests
         yield hits
-        yield CounterMetricFamily(
-            "lakeio_origin_bytes",
-            "Bytes read from the lake's origin store",
-            value=totals["origin_bytes"],
-        )
-        yield CounterMetricFamily(
-            "lakeio_served_chunks", "Chunks served to trainers", value=totals["chunks"]
-        )
-        yield CounterMetricFamily(
-            "lakeio_served_bytes", "Bytes served to trainers", value=totals["bytes"]
-        )
-        yield GaugeMetricFamily(
-            "lakeio_memory_tier_bytes",
-            "Bytes held in the memory tier",
-            value=totals["memory_bytes"],
-        )
+        yield from families.values()

@@ -1,0 +1,230 @@
+"""Loading through a Dask cluster: what it delivers into the trainer, against what it could.
+
+Run: .venv/bin/python benchmarks/cluster.py [--scale 1.0] [--out FILE]
+
+All in one run on the same lakes of natural photo crops (64x64 and 224x224, lz4), warm epochs
+(epoch 2: every worker's memory tier holds its chunks), shuffled, uint8 tensors in the trainer:
+
+- in process:        ds.loader(...) without a cluster (the default path), memory tier warm
+- cluster, N workers: ds.loader(..., cluster=client) on a LocalCluster of N single-threaded
+                      worker processes, decode="trainer" (stored bytes shipped) and "worker"
+- ceiling:           a plain client.gather of the same number of same-size byte blocks from the
+                      same workers, 16 in flight like the loader, as bytes and as uint8 arrays,
+                      best of 3 each (what Dask's transport delivers with nothing else to do)
+
+Then the affinity experiment: a lake 1.5x one worker's memory budget on 2 workers, the second
+epoch's hit rate with affinity (each chunk always loaded by its owner) and without (Dask places
+loads anywhere). Ratios are what to read; absolute numbers on shared machines are noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+
+import numpy as np
+from distributed import Client, LocalCluster
+
+import lakeio
+from lakeio.cluster.connect import warm_worker
+from lakeio.testing.images import photo_crops
+
+CASES = [((64, 64), 20000, 256), ((224, 224), 4000, 64)]
+_BLOCK: dict[tuple[int, str], object] = {}
+
+
+def make_lake(work: str, size: tuple[int, int], count: int, client: Client, name: str = "") -> str:
+    pairs = list(photo_crops(count, size, seed=0))
+    images = np.stack([p for p, _ in pairs])
+    labels = np.array([label for _, label in pairs])
+    path = os.path.join(work, name or f"lake-{size[0]}")
+    lakeio.ingest(images, path, labels=labels, cluster=client, progress=False, echo=None)
+    return path
+
+
+def warm_epoch_rate(loader) -> tuple[float, float]:
+    """Images/s of the second epoch (the first warms the caches), and bytes received per image."""
+    for epoch in (0, 1):
+        loader.set_epoch(epoch)
+        start = time.perf_counter()
+        samples = sum(len(labels) for _, labels in loader)
+        elapsed = time.perf_counter() - start
+    return samples / elapsed, elapsed
+
+
+def _block(nbytes: int, kind: str = "bytes"):
+    """The same block every time on a worker (the ceiling measures transport, not memset): a
+    bytes object or a uint8 array, which Dask serialises differently."""
+    if (nbytes, kind) not in _BLOCK:
+        raw = os.urandom(nbytes)
+        _BLOCK[nbytes, kind] = raw if kind == "bytes" else np.frombuffer(raw, np.uint8).copy()
+    return _BLOCK[nbytes, kind]
+
+
+def gather_ceiling(
+    client: Client, tasks: int, nbytes: int, in_flight: int, repeats: int = 3
+) -> float:
+    """Bytes/s of ``tasks`` tasks each returning ``nbytes`` (as bytes or as an array, whichever
+    is faster), at most ``in_flight`` at once as the loader keeps them; best of ``repeats``."""
+    workers = len(client.scheduler_info(n_workers=-1)["workers"])
+    best = 0.0
+    for kind in ("bytes", "array"):
+        client.gather(client.map(_block, [nbytes] * 4 * workers, [kind] * 4 * workers, pure=False))
+        for _ in range(repeats):
+            start = time.perf_counter()
+            pending = []
+            for _ in range(tasks):
+                pending.append(client.submit(_block, nbytes, kind, pure=False))
+                if len(pending) >= in_flight:
+                    pending.pop(0).result()
+            client.gather(pending)
+            best = max(best, tasks * nbytes / (time.perf_counter() - start))
+    return best
+
+
+def cluster_rates(path: str, batch: int, workers: int) -> dict[str, dict]:
+    out = {}
+    with (
+        LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        client.run(warm_worker)
+        ds = lakeio.open_dataset(path, cache=lakeio.Cache(memory="8GB"))
+        for decode in ("trainer", "worker"):
+            with ds.loader(batch, seed=0, cluster=client, decode=decode) as loader:
+                rate, elapsed = warm_epoch_rate(loader)
+                stats = loader.stats()
+                tasks_per_epoch = stats["cluster_tasks"] / 2
+            shipped = _shipped_bytes_per_epoch(ds, decode)
+            ceiling = gather_ceiling(
+                client, int(tasks_per_epoch), int(shipped / tasks_per_epoch), in_flight=16
+            )
+            out[decode] = {
+                "rate": rate,
+                "bytes_per_s": shipped / elapsed,
+                "ceiling_bytes_per_s": ceiling,
+                "task_mb": shipped / tasks_per_epoch / 1e6,
+                "tasks": tasks_per_epoch,
+            }
+    return out
+
+
+def _shipped_bytes_per_epoch(ds, decode: str) -> float:
+    m = ds.manifest
+    if decode == "worker":
+        return len(ds.chunk_members()) * ds.chunk_nbytes(("images", "labels"))
+    return sum(s.stored_bytes for s in m.segments)  # labels and paths included: close enough
+
+
+def in_process_rate(path: str, batch: int) -> float:
+    ds = lakeio.open_dataset(path, cache=lakeio.Cache(memory="8GB"))
+    rate, _ = warm_epoch_rate(ds.loader(batch, seed=0))
+    return rate
+
+
+def affinity_case(work: str, client: Client) -> dict[str, dict]:
+    """Second-epoch hit rates on 2 workers for a lake 1.5x one worker's memory budget."""
+    path = make_lake(work, (64, 64), 6000, client, name="lake-affinity")
+    probe = lakeio.open_dataset(path)
+    total = len(probe.chunk_members()) * probe.chunk_nbytes(("images", "labels"))
+    budget = int(total / 1.5)
+    out = {}
+    for affinity in (True, False):
+        client.restart()  # empty every worker's memory tier
+        ds = lakeio.open_dataset(path, cache=lakeio.Cache(memory=budget))
+        with ds.loader(256, seed=0, cluster=client, decode="worker", affinity=affinity) as loader:
+            loader.set_epoch(0)
+            for _ in loader:
+                pass
+            before = loader.stats()["workers"]
+            loader.set_epoch(1)
+            start = time.perf_counter()
+            for _ in loader:
+                pass
+            elapsed = time.perf_counter() - start
+            after = loader.stats()["workers"]
+        delta = {
+            k: sum(after[w][k] - before[w][k] for w in after)
+            for k in ("memory_requests", "memory_hits", "origin_reads")
+        }
+        out["affinity" if affinity else "no affinity"] = {
+            **delta,
+            "hit_rate": delta["memory_hits"] / max(1, delta["memory_requests"]),
+            "rate": len(ds) / elapsed,
+            "budget_mb": budget / 1e6,
+            "lake_mb": total / 1e6,
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the image counts")
+    parser.add_argument("--out", help="also write the markdown tables here")
+    args = parser.parse_args()
+    work = tempfile.mkdtemp(prefix="lakeio-cluster-bench-")
+    lines = [
+        "| lake | loader | img/s (warm) | / in process | MB/s into trainer | ceiling MB/s | / ceiling | MB per task |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    scaling = [
+        "| lake | decode | 1 worker img/s | 2 workers img/s | speedup S | efficiency E |",
+        "|---|---|---|---|---|---|",
+    ]
+    try:
+        with (
+            LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as c,
+            Client(c) as client,
+        ):
+            lakes = [
+                (size, batch, make_lake(work, size, int(count * args.scale), client))
+                for size, count, batch in CASES
+            ]
+        for size, batch, path in lakes:
+            name = f"{size[0]}x{size[1]}"
+            local = in_process_rate(path, batch)
+            lines.append(f"| {name} | in process | {local:,.0f} | 1.00 | | | | |")
+            by_workers = {w: cluster_rates(path, batch, w) for w in (1, 2)}
+            for decode, r in by_workers[2].items():
+                lines.append(
+                    f"| {name} | cluster, 2 workers, decode={decode} | {r['rate']:,.0f} | "
+                    f"{r['rate'] / local:.2f} | {r['bytes_per_s'] / 1e6:,.0f} | "
+                    f"{r['ceiling_bytes_per_s'] / 1e6:,.0f} | "
+                    f"{r['bytes_per_s'] / r['ceiling_bytes_per_s']:.0%} | {r['task_mb']:.1f} |"
+                )
+                one = by_workers[1][decode]["rate"]
+                speedup = r["rate"] / one
+                scaling.append(
+                    f"| {name} | {decode} | {one:,.0f} | {r['rate']:,.0f} | {speedup:.2f} | {speedup / 2:.2f} |"
+                )
+            print("\n".join(lines[-3:]), flush=True)
+        with (
+            LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as c,
+            Client(c) as client,
+        ):
+            client.run(warm_worker)
+            affinity = affinity_case(work, client)
+        aff_lines = [
+            "| placement | lake MB | budget MB per worker | epoch-2 requests | hits | hit rate | miss rate | origin reads | img/s |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for name, a in affinity.items():
+            aff_lines.append(
+                f"| {name} | {a['lake_mb']:.1f} | {a['budget_mb']:.1f} | {a['memory_requests']} | "
+                f"{a['memory_hits']} | {a['hit_rate']:.2f} | {1 - a['hit_rate']:.2f} | "
+                f"{a['origin_reads']} | {a['rate']:,.0f} |"
+            )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    text = "\n".join(lines) + "\n\n" + "\n".join(scaling) + "\n\n" + "\n".join(aff_lines) + "\n"
+    print(text)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text)
+
+
+if __name__ == "__main__":
+    main()
