@@ -9,8 +9,8 @@ All in one run on the same lakes of natural photo crops (64x64 and 224x224, lz4)
 - cluster, N workers: ds.loader(..., cluster=client) on a LocalCluster of N single-threaded
                       worker processes, decode="trainer" (stored bytes shipped) and "worker"
 - ceiling:           a plain client.gather of the same number of same-size byte blocks from the
-                      same workers, 16 in flight like the loader, as bytes and as uint8 arrays,
-                      best of 3 each (what Dask's transport delivers with nothing else to do)
+                      same workers, 16 in flight like the loader, as bytes, one uint8 array or
+                      four arrays per task, best of 3 each (what Dask's transport delivers with nothing else to do)
 
 Then the affinity experiment: a lake 1.5x one worker's memory budget on 2 workers, the second
 epoch's hit rate with affinity (each chunk always loaded by its owner) and without (Dask places
@@ -57,21 +57,31 @@ def warm_epoch_rate(loader) -> tuple[float, float]:
 
 def _block(nbytes: int, kind: str = "bytes"):
     """The same block every time on a worker (the ceiling measures transport, not memset): a
-    bytes object or a uint8 array, which Dask serialises differently."""
+    bytes object, a uint8 array or a list of 4 arrays, which Dask serialises differently."""
     if (nbytes, kind) not in _BLOCK:
         raw = os.urandom(nbytes)
-        _BLOCK[nbytes, kind] = raw if kind == "bytes" else np.frombuffer(raw, np.uint8).copy()
+        if kind == "bytes":
+            _BLOCK[nbytes, kind] = raw
+        elif kind == "array":
+            _BLOCK[nbytes, kind] = np.frombuffer(raw, np.uint8).copy()
+        else:  # "4 arrays": the shape of a lakeio load result (a few chunk arrays per task)
+            quarter = nbytes // 4
+            _BLOCK[nbytes, kind] = [
+                np.frombuffer(raw[i * quarter : (i + 1) * quarter], np.uint8).copy()
+                for i in range(4)
+            ]
     return _BLOCK[nbytes, kind]
 
 
 def gather_ceiling(
     client: Client, tasks: int, nbytes: int, in_flight: int, repeats: int = 3
 ) -> float:
-    """Bytes/s of ``tasks`` tasks each returning ``nbytes`` (as bytes or as an array, whichever
-    is faster), at most ``in_flight`` at once as the loader keeps them; best of ``repeats``."""
+    """Bytes/s of ``tasks`` tasks each returning ``nbytes`` (as bytes, one array or four arrays,
+    whichever is fastest), at most ``in_flight`` at once as the loader keeps them; best of
+    ``repeats``."""
     workers = len(client.scheduler_info(n_workers=-1)["workers"])
     best = 0.0
-    for kind in ("bytes", "array"):
+    for kind in ("bytes", "array", "4 arrays"):
         client.gather(client.map(_block, [nbytes] * 4 * workers, [kind] * 4 * workers, pure=False))
         for _ in range(repeats):
             start = time.perf_counter()
@@ -148,11 +158,24 @@ def affinity_case(work: str, client: Client) -> dict[str, dict]:
             after = loader.stats()["workers"]
         delta = {
             k: sum(after[w][k] - before[w][k] for w in after)
-            for k in ("memory_requests", "memory_hits", "origin_reads")
+            for k in (
+                "memory_requests",
+                "memory_hits",
+                "origin_reads",
+                "hit_seconds",
+                "miss_seconds",
+            )
         }
+        misses = delta["memory_requests"] - delta["memory_hits"]
+        hit_rate = delta["memory_hits"] / max(1, delta["memory_requests"])
+        hit_time = delta["hit_seconds"] / max(1, delta["memory_hits"])
+        miss_penalty = delta["miss_seconds"] / misses if misses else 0.0
         out["affinity" if affinity else "no affinity"] = {
             **delta,
-            "hit_rate": delta["memory_hits"] / max(1, delta["memory_requests"]),
+            "hit_rate": hit_rate,
+            "hit_time_ms": 1e3 * hit_time,
+            "miss_penalty_ms": 1e3 * miss_penalty,
+            "aat_ms": 1e3 * (hit_time + (1 - hit_rate) * miss_penalty),
             "rate": len(ds) / elapsed,
             "budget_mb": budget / 1e6,
             "lake_mb": total / 1e6,
@@ -208,14 +231,15 @@ def main() -> None:
             client.run(warm_worker)
             affinity = affinity_case(work, client)
         aff_lines = [
-            "| placement | lake MB | budget MB per worker | epoch-2 requests | hits | hit rate | miss rate | origin reads | img/s |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| placement | lake MB | budget MB per worker | epoch-2 requests | hits | hit rate | miss rate | origin reads | hit time ms | miss penalty ms | avg access time ms | img/s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, a in affinity.items():
             aff_lines.append(
                 f"| {name} | {a['lake_mb']:.1f} | {a['budget_mb']:.1f} | {a['memory_requests']} | "
                 f"{a['memory_hits']} | {a['hit_rate']:.2f} | {1 - a['hit_rate']:.2f} | "
-                f"{a['origin_reads']} | {a['rate']:,.0f} |"
+                f"{a['origin_reads']} | {a['hit_time_ms']:.3f} | {a['miss_penalty_ms']:.2f} | "
+                f"{a['aat_ms']:.3f} | {a['rate']:,.0f} |"
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)

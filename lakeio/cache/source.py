@@ -196,6 +196,8 @@ class ChunkSource:
         hit_time = c["hit_seconds"] / hits if hits else 0.0
         miss_penalty = c["miss_seconds"] / misses if misses else 0.0
         miss_rate = misses / requests if requests else 0.0
+        out["hit_seconds"] = c["hit_seconds"]  # totals, for access times over an interval
+        out["miss_seconds"] = c["miss_seconds"]
         out["hit_time_s"] = hit_time
         out["miss_penalty_s"] = miss_penalty
         out["average_access_time_s"] = hit_time + miss_rate * miss_penalty

@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+import numpy as np
 from distributed import WorkerPlugin, get_worker
 
 from lakeio.cache.config import Cache
@@ -84,8 +85,10 @@ def load_chunks(
                 value = source.get(segment, field, chunk)
                 nbytes += int(getattr(value, "nbytes", 0))
             else:
-                value = source.get_raw(segment, field, chunk)
-                nbytes += len(value)
+                # as a uint8 array: Dask ships arrays without a copy on either side (bytes
+                # objects are rebuilt by copying), and the trainer checksums it in place
+                value = np.frombuffer(source.get_raw(segment, field, chunk), dtype=np.uint8)
+                nbytes += value.nbytes
             out[field].append(value)
     with _lock:
         served["chunks"] += len(refs)
@@ -118,7 +121,8 @@ def lake_totals(address: str) -> dict[str, Any]:
         pairs = [(_sources[k], dict(_served[k])) for k in keys]
     totals: dict[str, Any] = dict.fromkeys(
         ("memory_requests", "memory_hits", "memory_bytes", "memory_capacity", "disk_requests",
-         "disk_hits", "origin_reads", "origin_bytes", "chunks", "bytes", "tasks"), 0,
+         "disk_hits", "origin_reads", "origin_bytes", "chunks", "bytes", "tasks",
+         "access_requests", "hit_seconds", "miss_seconds"), 0,
     )  # fmt: skip
     for source, served in pairs:
         stats = source.stats()
@@ -129,6 +133,9 @@ def lake_totals(address: str) -> dict[str, Any]:
         totals["memory_capacity"] += source.memory.capacity if source.memory else 0
         totals["disk_requests"] += disk.get("requests", 0)
         totals["disk_hits"] += disk.get("hits", 0)
+        totals["access_requests"] += stats["requests"]
+        totals["hit_seconds"] += stats["hit_seconds"]
+        totals["miss_seconds"] += stats["miss_seconds"]
         totals["origin_reads"] += stats["origin_reads"]
         totals["origin_bytes"] += stats["origin_bytes"]
         for name in ("chunks", "bytes", "tasks"):

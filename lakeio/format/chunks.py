@@ -16,7 +16,10 @@ from lakeio.format.codecs import CodecSpec
 def _crc32c(data) -> int:
     import google_crc32c
 
-    return google_crc32c.value(data if isinstance(data, bytes) else bytes(data))
+    # bytes and arrays go straight in (no copy); other buffers are viewed as arrays first
+    return google_crc32c.value(
+        data if isinstance(data, (bytes, np.ndarray)) else np.frombuffer(data, np.uint8)
+    )
 
 
 # CRC-32C of any message followed by its own CRC (little-endian) is this constant, so a whole
@@ -24,7 +27,7 @@ def _crc32c(data) -> int:
 _CRC32C_RESIDUE = 0x48674BC7
 
 
-def verify_checksum(raw: bytes, key: str) -> memoryview:
+def verify_checksum(raw: bytes | np.ndarray, key: str) -> memoryview:
     """The payload of a crc32c-suffixed chunk (a view, no copy); `CorruptChunkError` on mismatch."""
     if len(raw) < 4:
         raise CorruptChunkError(key, f"only {len(raw)} bytes, shorter than its checksum")

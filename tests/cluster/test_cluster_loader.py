@@ -178,3 +178,27 @@ def test_killing_a_worker_mid_epoch_loses_and_duplicates_nothing(tmp_path, decod
         assert tasks == len(ds.chunk_members())  # one chunk per task, every one delivered
         flat = np.concatenate([im for im, _ in got]).reshape(-1, images[0].size)
         assert len(np.unique(flat, axis=0)) == len(images)
+
+
+def test_cluster_by_address_and_local_cluster_owned_by_the_loader(small_lake, cluster_address):
+    path, _, _ = small_lake
+    ds = lakeio.open_dataset(path)
+    expected = _batches(ds.loader(32, seed=8))
+    with ds.loader(32, seed=8, cluster=cluster_address) as loader:
+        _assert_same(_batches(loader), expected)
+        client = loader.cluster.client
+    assert client.status == "closed"  # a client the loader made is the loader's to close
+    with ds.loader(32, seed=8, cluster="local") as loader:
+        local = loader.cluster.client.cluster
+        assert len(local.workers) >= 1
+        _assert_same(_batches(loader), expected)
+    assert local.status.name == "closed"
+
+
+def test_bad_cluster_arguments_are_clear_errors(small_lake):
+    path, _, _ = small_lake
+    ds = lakeio.open_dataset(path)
+    with pytest.raises(TypeError, match="scheduler address or 'local'"):
+        ds.loader(8, cluster=42)
+    with pytest.raises(ValueError, match="decode must be one of trainer, worker"):
+        ds.loader(8, cluster="local", decode="gpu")
