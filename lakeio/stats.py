@@ -1,6 +1,6 @@
 """`lakeio stats`: per-channel mean and std and the class histogram, computed on a Dask cluster.
 
-The figures are exact (integer sums of the uint8 pixels, one pass over the lake) and are
+The figures are exact (per-channel histograms of the uint8 pixel values, summed, one pass) and are
 committed into the lake's manifest as a new version, so every trainer can normalise with the
 same numbers (``ds.loader(..., normalize="lake")``) without reading the lake again. An append
 drops them (they would describe other samples); run the command again after it.
@@ -18,6 +18,7 @@ import dask
 import numpy as np
 from distributed import Client
 
+from lakeio.cache.config import Cache
 from lakeio.cluster.connect import dask_client
 from lakeio.dataset import open_dataset
 from lakeio.errors import CommitConflictError, LakeError
@@ -25,10 +26,12 @@ from lakeio.format.manifest import Manifest, commit_manifest
 from lakeio.format.root import publish_root_summary
 
 
-def _moments(block: np.ndarray) -> np.ndarray:
-    """[pixels, sum per channel..., sum of squares per channel...] of one (n, H, W, C) block."""
-    flat = block.reshape(-1, block.shape[-1]).astype(np.int64)
-    return np.concatenate([[flat.shape[0]], flat.sum(axis=0), (flat * flat).sum(axis=0)])
+def _histograms(block: np.ndarray) -> np.ndarray:
+    """Per-channel counts of each pixel value 0..255 in one (n, H, W, C) uint8 block: (C, 256)."""
+    channels = block.shape[-1]
+    return np.stack(
+        [np.bincount(block[..., c].reshape(-1), minlength=256) for c in range(channels)]
+    ).astype(np.int64)
 
 
 def compute_stats(
@@ -44,7 +47,8 @@ def compute_stats(
 
     ``mean``/``std`` are per channel in pixel units (0..255), population std over every pixel.
     """
-    ds = open_dataset(url, storage_options=storage_options)
+    # one pass: caching chunks on the workers would only take memory from whatever runs next
+    ds = open_dataset(url, storage_options=storage_options, cache=Cache(memory=0))
     if "images" not in ds.fields or len(ds.manifest.fields["images"].shape) != 3:
         raise LakeError(f"{ds.loc.describe()}: stats need an (N, H, W, C) images field")
     if len(ds) == 0:
@@ -53,18 +57,18 @@ def compute_stats(
     token = dask.base.tokenize(ds.loc.url, ds.version)
     blocks = arrays["images"].to_delayed().ravel()
     parts = [
-        dask.delayed(_moments)(block, dask_key_name=f"lakeio-stats-{token}-{i}")
+        dask.delayed(_histograms)(block, dask_key_name=f"lakeio-stats-{token}-{i}")
         for i, block in enumerate(blocks)
     ]
     with dask_client(cluster, workers=workers, echo=echo) as client:
-        moments, counts = client.compute(
+        histograms, counts = client.compute(
             [
                 dask.delayed(sum)(parts, dask_key_name=f"lakeio-stats-{token}"),
                 _class_counts(arrays["labels"], len(ds.classes)),
             ],
             sync=True,
         )
-    stats = _summarize(moments, counts, ds.manifest)
+    stats = _summarize(histograms, counts, ds.manifest)
     committed = _commit_stats(ds.loc, ds.manifest, stats)
     return {**stats, "stored_in_version": committed.version}
 
@@ -75,14 +79,17 @@ def _class_counts(labels, classes: int):
     return da.bincount(labels.astype(np.int64), minlength=max(1, classes))
 
 
-def _summarize(moments: np.ndarray, counts: np.ndarray, manifest: Manifest) -> dict[str, Any]:
-    pixels = int(moments[0])
-    channels = (len(moments) - 1) // 2
-    sums = [int(v) for v in moments[1 : 1 + channels]]
-    squares = [int(v) for v in moments[1 + channels :]]
-    mean = [s / pixels for s in sums]
-    # exact integer arithmetic: var = (n * sum(x^2) - sum(x)^2) / n^2
-    std = [math.sqrt((pixels * q - s * s) / pixels**2) for s, q in zip(sums, squares, strict=True)]
+def _summarize(histograms: np.ndarray, counts: np.ndarray, manifest: Manifest) -> dict[str, Any]:
+    """Mean and population std per channel from value histograms, in exact integer arithmetic
+    (Python ints: no overflow however large the lake)."""
+    mean, std, pixels = [], [], 0
+    for histogram in histograms:
+        counts_by_value = [int(v) for v in histogram]
+        pixels = sum(counts_by_value)
+        total = sum(v * n for v, n in enumerate(counts_by_value))
+        squares = sum(v * v * n for v, n in enumerate(counts_by_value))
+        mean.append(total / pixels)
+        std.append(math.sqrt((pixels * squares - total * total) / pixels**2))
     return {
         "samples": manifest.samples,
         "of_version": manifest.version,

@@ -95,3 +95,20 @@ def test_info_shows_the_stored_statistics(stats_lake, client, capsys):
     assert main(["info", str(path)]) == 0
     mean = ", ".join(f"{v:.2f}" for v in stats["images"]["mean"])
     assert f"stats     mean {mean}" in capsys.readouterr().out
+
+
+def test_stats_of_a_grayscale_lake(tmp_path, client):
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (70, 12, 10), dtype=np.uint8)  # (N, H, W): one channel
+    images[:, 0, 0] = 255  # a skew, so the mean is not ~127.5 by chance
+    path = tmp_path / "gray"
+    lakeio.ingest(
+        images, path, labels=rng.integers(0, 3, 70), cluster=client, chunk_samples=16,
+        progress=False, echo=None,
+    )  # fmt: skip
+    stats = compute_stats(path, cluster=client, echo=None)
+    pixels = images.reshape(-1).astype(np.float64)
+    assert len(stats["images"]["mean"]) == 1
+    assert stats["images"]["mean"][0] == pytest.approx(pixels.mean(), rel=1e-12)
+    assert stats["images"]["std"][0] == pytest.approx(pixels.std(), rel=1e-9)
+    assert stats["images"]["pixels_per_channel"] == pixels.size

@@ -100,11 +100,13 @@ class DiskTier:
             with self._lock:
                 self._stats.evictions += 1
 
-    def stats(self) -> TierStats:
+    def stats(self, sizes: bool = True) -> TierStats:
+        """Counters; with ``sizes``, also the bytes and items held (two SQLite queries)."""
         with self._lock:
             s = TierStats(self._stats.requests, self._stats.hits, self._stats.evictions)
-        s.bytes_held = int(self._cache.volume())
-        s.items = len(self._cache)
+        if sizes:
+            s.bytes_held = int(self._cache.volume())
+            s.items = len(self._cache)
         return s
 
     def clear(self) -> None:

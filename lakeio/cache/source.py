@@ -176,8 +176,10 @@ class ChunkSource:
         with self._lock:
             self._counts[name] += amount
 
-    def stats(self) -> dict[str, Any]:
-        """Requests and hits per tier, origin reads and bytes, decode time, average access time."""
+    def stats(self, sizes: bool = True) -> dict[str, Any]:
+        """Requests and hits per tier, origin reads and bytes, decode time, average access time.
+
+        ``sizes=False`` skips the disk tier's size queries (for frequent polling)."""
         with self._lock:
             c = dict(self._counts)
         requests = c["requests"]
@@ -189,7 +191,7 @@ class ChunkSource:
             "decode_seconds": round(c["decode_seconds"], 6),
             "corrupt_refetched": c["corrupt_refetched"],
             "memory": memory.as_dict() if memory else None,
-            "disk": self.disk.stats().as_dict() if self.disk is not None else None,
+            "disk": self.disk.stats(sizes).as_dict() if self.disk is not None else None,
         }
         hits = memory.hits if memory else 0
         misses = requests - hits

@@ -11,11 +11,13 @@ served them.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
 
+import dask.config
 import numpy as np
 from dask.base import tokenize
 from distributed import Client
@@ -87,33 +89,38 @@ class ClusterLoads:
         self._refs = dataset._chunk_table[0]
         self._order = order
         self._position = {c: i for i, c in enumerate(order)}
-        workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
-        self._workers = max(1, len(workers))
-        self._owner = {c: self._owner_of(c, workers) for c in order} if options.affinity else {}
+        workers = _current_workers(client)
+        self._workers = len(workers)
+        self._owner = (
+            {c: owner(self._chunk_name(c), workers) for c in order} if options.affinity else {}
+        )
         chunk_bytes = max(1, dataset.chunk_nbytes(fields))
         # Several MB per task, but no task may hold more than a share of the prefetch budget.
         share = budget // (2 * self._workers * chunk_bytes)
         self._group = max(1, min(64, options.task_bytes // chunk_bytes, share))
         self._pending: dict[int, Future] = {}  # chunk → its result, for chunks already submitted
+        self._tasks: list = []  # the Dask futures of groups not yet fully received
         self._pool = ThreadPoolExecutor(
             max_workers=max(1, threads), thread_name_prefix="lakeio-recv"
         )
+        self._direct = True if client.direct_to_workers is None else client.direct_to_workers
         self._nonce = uuid.uuid4().hex[:10]
         self._lock = threading.Lock()
+        self._closed = False
         self.tasks = 0
 
-    def _owner_of(self, chunk: int, workers: list[str]) -> str:
+    def _chunk_name(self, chunk: int) -> str:
+        """What ownership is hashed on: the chunk itself, whatever fields a loader reads."""
         ref = self._refs[chunk]
-        return owner(
-            self.dataset.source.loc.describe(
-                self.dataset.source.key(ref.segment, self.fields[0], ref.chunk)
-            ),
-            workers,
+        return (
+            f"{self.dataset.loc.url}#{self.dataset.manifest.segments[ref.segment].id}/{ref.chunk}"
         )
 
     def start(self, chunk: int) -> Future:
         """The future of ``chunk``'s decoded fields; submits its group's task on first request."""
         with self._lock:
+            if self._closed:
+                raise RuntimeError("these cluster loads are closed")
             if chunk not in self._pending:
                 self._submit_group(chunk)
             return self._pending.pop(chunk)
@@ -139,35 +146,80 @@ class ClusterLoads:
         placement = {}
         if self.options.affinity:
             placement = {"workers": [self._owner[chunk]], "allow_other_workers": True}
-        future = self.client.submit(
+        task = self.client.submit(
             load_chunks, self.token, refs, self.fields, self.options.decode,
             key=f"lakeio-load-{self._nonce}-{chunk}", pure=False, **placement,
         )  # fmt: skip
         self.tasks += 1
-        remaining = [len(group)]
-        for i, c in enumerate(group):
-            self._pending[c] = self._pool.submit(self._receive, future, i, c, remaining)
+        self._tasks.append(task)
+        results = {c: Future() for c in group}
+        self._pending.update(results)
+        self._pool.submit(self._receive, task, group, results)
 
-    def _receive(
-        self, future, index: int, chunk: int, remaining: list[int]
-    ) -> dict[str, np.ndarray]:
-        result = future.result()
-        with self._lock:
-            remaining[0] -= 1
-            if remaining[0] == 0:
-                future.release()  # every chunk taken: the worker may drop the result
+    def _receive(self, task, group: list[int], results: dict[int, Future]) -> None:
+        """Fetch a group's result once (straight from the worker), then hand out its chunks."""
+        try:
+            payload = self.client.gather(task, direct=self._direct)
+        except BaseException as exc:  # incl. cancellation: every waiting chunk learns of it
+            for future in results.values():
+                _settle(future, error=exc)
+            return
+        finally:
+            task.release()  # the worker may drop the result; its own cache keeps the chunks
+            with self._lock:
+                if task in self._tasks:
+                    self._tasks.remove(task)
+        for index, chunk in enumerate(group):
+            if results[chunk].done():  # cancelled: the epoch was abandoned
+                continue
+            try:
+                _settle(results[chunk], value=self._unpack(payload, index, chunk))
+            except BaseException as exc:  # a chunk damaged on the wire fails that chunk only
+                _settle(results[chunk], error=exc)
+
+    def _unpack(self, payload: dict, index: int, chunk: int) -> dict[str, np.ndarray]:
         if self.options.decode == "worker":
-            return {f: result[f][index] for f in self.fields}
+            return {f: payload[f][index] for f in self.fields}
         ref = self._refs[chunk]
         source = self.dataset.source
         return {
-            f: source.decode_stored(f, result[f][index], source.key(ref.segment, f, ref.chunk))
+            f: source.decode_stored(f, payload[f][index], source.key(ref.segment, f, ref.chunk))
             for f in self.fields
         }
 
     def close(self) -> None:
+        """Cancel what is still running on the cluster and stop receiving (an abandoned epoch)."""
         with self._lock:
+            self._closed = True
+            tasks, self._tasks = list(self._tasks), []
             for pending in self._pending.values():
                 pending.cancel()
             self._pending.clear()
+        if tasks:
+            self.client.cancel(tasks)
         self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _settle(future: Future, value=None, error: BaseException | None = None) -> None:
+    """Complete ``future`` unless it was cancelled meanwhile (then nobody is waiting for it)."""
+    with contextlib.suppress(InvalidStateError):
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+
+def _current_workers(client: Client) -> list[str]:
+    """The cluster's workers now, waiting a little for a first one (adaptive clusters start empty)."""
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    if not workers:
+        timeout = dask.config.get("lakeio.connect-timeout", "15s")
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+        except TimeoutError:
+            raise RuntimeError(
+                f"the Dask cluster at {client.scheduler.address} has no workers (waited {timeout}); "
+                "start some, or load in process (cluster=None)"
+            ) from None
+        workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    return workers

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,8 @@ class LakeCachePlugin(WorkerPlugin):
         key = (worker.address, self.token)
         with _lock:
             if key not in _sources:
-                _sources[key] = ChunkSource(self.loc, self.manifest, self.cache)
+                cache = _within_worker_memory(self.cache, worker)
+                _sources[key] = ChunkSource(self.loc, self.manifest, cache)
                 _served[key] = {"chunks": 0, "bytes": 0, "tasks": 0}
         worker.metrics[METRICS_KEY] = worker_metrics
         _register_prometheus_collector()
@@ -54,6 +56,16 @@ class LakeCachePlugin(WorkerPlugin):
             _served.pop((worker.address, self.token), None)
         if source is not None and source.disk is not None:
             source.disk.close()
+
+
+def _within_worker_memory(cache: Cache, worker) -> Cache:
+    """The trainer's Cache, its memory tier capped at half the worker's Dask memory limit (the
+    rest is for task results in flight; a tier above the limit would get the worker paused or
+    restarted by its nanny)."""
+    limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
+    if limit and cache.memory > limit // 2:
+        return replace(cache, memory=int(limit // 2))
+    return cache
 
 
 def _source(token: str) -> tuple[ChunkSource, dict[str, float]]:
@@ -125,7 +137,7 @@ def lake_totals(address: str) -> dict[str, Any]:
          "access_requests", "hit_seconds", "miss_seconds"), 0,
     )  # fmt: skip
     for source, served in pairs:
-        stats = source.stats()
+        stats = source.stats(sizes=False)  # runs on the worker's event loop: no SQLite queries
         memory, disk = stats["memory"] or {}, stats["disk"] or {}
         totals["memory_requests"] += memory.get("requests", 0)
         totals["memory_hits"] += memory.get("hits", 0)

@@ -16,10 +16,16 @@ from lakeio.format.codecs import CodecSpec
 def _crc32c(data) -> int:
     import google_crc32c
 
-    # bytes and arrays go straight in (no copy); other buffers are viewed as arrays first
-    return google_crc32c.value(
-        data if isinstance(data, (bytes, np.ndarray)) else np.frombuffer(data, np.uint8)
-    )
+    # google_crc32c takes bytes and contiguous arrays as they are (no copy), not memoryviews
+    return google_crc32c.value(_byte_view(data))
+
+
+def _byte_view(raw) -> bytes | np.ndarray:
+    """``raw`` as bytes or a flat contiguous uint8 array, so lengths and slices count bytes."""
+    if isinstance(raw, bytes):
+        return raw
+    array = np.asarray(memoryview(raw) if not isinstance(raw, np.ndarray) else raw)
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8)
 
 
 # CRC-32C of any message followed by its own CRC (little-endian) is this constant, so a whole
@@ -27,12 +33,14 @@ def _crc32c(data) -> int:
 _CRC32C_RESIDUE = 0x48674BC7
 
 
-def verify_checksum(raw: bytes | np.ndarray, key: str) -> memoryview:
+def verify_checksum(raw: bytes | np.ndarray | memoryview, key: str) -> memoryview:
     """The payload of a crc32c-suffixed chunk (a view, no copy); `CorruptChunkError` on mismatch."""
+    raw = _byte_view(raw)
     if len(raw) < 4:
         raise CorruptChunkError(key, f"only {len(raw)} bytes, shorter than its checksum")
     if _crc32c(raw) != _CRC32C_RESIDUE:
-        stored, computed = int.from_bytes(raw[-4:], "little"), _crc32c(raw[:-4])
+        stored = int.from_bytes(bytes(raw[-4:]), "little")
+        computed = _crc32c(raw[:-4])
         raise CorruptChunkError(
             key, f"checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
         )

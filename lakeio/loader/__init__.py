@@ -69,7 +69,12 @@ def make_loader(
 
         options = ClusterOptions(decode=decode, affinity=affinity)
         session = ClusterSession(cluster)
-    return Loader(dataset, plan, device_opts, stream, transform, session, options)
+    try:
+        return Loader(dataset, plan, device_opts, stream, transform, session, options)
+    except BaseException:
+        if session is not None:  # a connection (or a whole LocalCluster) nobody would close
+            session.close()
+        raise
 
 
 __all__ = ["DeviceOptions", "Loader", "PlanSpec", "StreamOptions", "make_loader"]

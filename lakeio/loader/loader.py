@@ -213,7 +213,9 @@ class Loader:
             for i, indices in enumerate(batches):
                 if stop.is_set():
                     return
-                chunks = prefetcher.chunks_for(i)
+                chunks = prefetcher.chunks_for(i, stop)
+                if chunks is None:  # the consumer went away mid-epoch
+                    return
                 pinned = self._pinned_buffers(len(indices))
                 out = {f: t.numpy() for f, t in pinned.items()} if pinned else None
                 arrays = gather(self.stream.fields, batch_chunks[i], row_of[indices], chunks, out)

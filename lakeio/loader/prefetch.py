@@ -8,10 +8,15 @@ cluster (`lakeio.cluster.loads`).
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 
+import dask.config
 import numpy as np
+from dask.utils import parse_timedelta
 
 
 def first_and_last_use(batch_chunks: list[np.ndarray]) -> tuple[list[int], dict[int, int]]:
@@ -79,11 +84,30 @@ class ChunkPrefetcher:
             self._held_bytes += size
             self._next += 1
 
-    def chunks_for(self, batch: int) -> dict[int, dict[str, np.ndarray]]:
-        """The loaded chunks batch ``batch`` needs (blocks until they are ready)."""
+    def chunks_for(
+        self, batch: int, stop: threading.Event | None = None
+    ) -> dict[int, dict[str, np.ndarray]] | None:
+        """The loaded chunks batch ``batch`` needs: blocks until they are ready, or returns None
+        as soon as ``stop`` is set (an abandoned epoch must not wait for its loads)."""
         needed = set(self._batch_chunks[batch].tolist())
         self._request_until(needed)
-        return {c: self._held[c].result() for c in needed}
+        timeout = parse_timedelta(dask.config.get("lakeio.load-timeout", "10 minutes"))
+        out = {}
+        for c in needed:
+            deadline = time.monotonic() + timeout
+            while True:
+                if stop is not None and stop.is_set():
+                    return None
+                try:
+                    out[c] = self._held[c].result(timeout=0.1)
+                    break
+                except FuturesTimeout:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(
+                            f"chunk {c} did not load within {timeout:.0f} s "
+                            "(lakeio.load-timeout); is the cluster alive?"
+                        ) from None
+        return out
 
     def done_with(self, batch: int) -> None:
         """Release the chunks whose last use was ``batch``, and request more ahead."""

@@ -24,6 +24,12 @@ class LakeIterableDataset(torch.utils.data.IterableDataset):
                 "as_iterable_dataset() runs in DataLoader worker processes: build the loader with "
                 "device=None and move batches yourself (DataLoader(pin_memory=True) helps)"
             )
+        if loader.cluster is not None:
+            raise ValueError(
+                "as_iterable_dataset() runs in DataLoader worker processes, where a Dask client "
+                "cannot work; a cluster loader already loads in parallel on the cluster — "
+                "iterate it directly"
+            )
         self.loader = loader
 
     def set_epoch(self, epoch: int) -> None:

@@ -202,3 +202,102 @@ def test_bad_cluster_arguments_are_clear_errors(small_lake):
         ds.loader(8, cluster=42)
     with pytest.raises(ValueError, match="decode must be one of trainer, worker"):
         ds.loader(8, cluster="local", decode="gpu")
+
+
+def test_each_task_result_crosses_the_network_once(tmp_path, client):
+    path, _ = _tiny_lake(tmp_path, client, chunks=40)
+    ds = lakeio.open_dataset(path)
+
+    def sent() -> int:
+        return sum(
+            client.run(lambda dask_worker: dask_worker.transfer_outgoing_bytes_total).values()
+        )
+
+    for decode in ("trainer", "worker"):
+        before_sent = sent()
+        with ds.loader(32, seed=1, cluster=client, decode=decode) as loader:
+            before = loader.stats()["workers"]
+            assert sum(len(lb) for _, lb in loader) == len(ds)
+            after = loader.stats()["workers"]
+        served = sum(after[w]["bytes"] - before[w]["bytes"] for w in after)
+        # one fetch per task straight from its worker: what left the workers is what they served
+        # (plus framing), not a copy per chunk of the group
+        assert served <= sent() - before_sent < 1.2 * served
+
+
+def test_ownership_does_not_depend_on_the_fields_a_loader_reads(small_lake, client):
+    from lakeio.cluster.loads import ClusterLoads, ClusterOptions, register_lake
+
+    path, _, _ = small_lake
+    ds = lakeio.open_dataset(path)
+    token = register_lake(client, ds)
+    order = list(range(len(ds.chunk_members())))
+    owners = []
+    for fields in (("images", "labels"), ("labels", "images"), ("labels",)):
+        loads = ClusterLoads(client, ds, token, fields, order, ClusterOptions(), budget=1 << 30)
+        owners.append(loads._owner)
+        loads.close()
+    assert owners[0] == owners[1] == owners[2]
+
+
+def test_abandoning_an_epoch_stops_its_threads_and_the_next_one_is_complete(small_lake, client):
+    path, _, _ = small_lake
+    ds = lakeio.open_dataset(path)
+    expected = _batches(ds.loader(16, seed=6))
+    with ds.loader(16, seed=6, cluster=client) as loader:
+        iterator = iter(loader)
+        next(iterator)
+        next(iterator)
+        iterator.close()  # what `break` does to the generator
+        deadline = time.monotonic() + 10
+        while any(
+            t.name.startswith(("lakeio-batcher", "lakeio-recv")) for t in threading.enumerate()
+        ):
+            assert time.monotonic() < deadline, [t.name for t in threading.enumerate()]
+            time.sleep(0.05)
+        _assert_same(_batches(loader), expected)
+
+
+def test_a_corrupt_chunk_reaches_the_training_loop_as_a_clear_error(tmp_path, client):
+    path, _ = _tiny_lake(tmp_path, client, chunks=12)
+    ds = lakeio.open_dataset(path)
+    ref = ds._chunk_table[0][5]
+    key = ds.source.key(ref.segment, "images", ref.chunk)
+    target = path / key
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    target.write_bytes(bytes(data))
+    for decode in ("trainer", "worker"):
+        fresh = lakeio.open_dataset(path)
+        with (
+            fresh.loader(8, seed=0, cluster=client, decode=decode) as loader,
+            pytest.raises(lakeio.CorruptChunkError, match="checksum mismatch"),
+        ):
+            for _ in loader:
+                pass
+
+
+def test_a_failed_loader_call_leaves_no_connection_behind(small_lake, cluster_address, client):
+    path, _, _ = small_lake
+    ds = lakeio.open_dataset(path)
+
+    def clients() -> int:
+        return client.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.clients))
+
+    before = clients()
+    for _ in range(3):
+        with pytest.raises(ValueError, match="not in the lake"):
+            ds.loader(8, fields=("nope",), cluster=cluster_address)
+    deadline = time.monotonic() + 10
+    while clients() != before:
+        assert time.monotonic() < deadline, (before, clients())
+        time.sleep(0.05)
+
+
+def test_a_cluster_loader_refuses_to_run_inside_dataloader_workers(small_lake, client):
+    path, _, _ = small_lake
+    with (
+        lakeio.open_dataset(path).loader(8, cluster=client) as loader,
+        pytest.raises(ValueError, match="cannot work"),
+    ):
+        loader.as_iterable_dataset()
