@@ -9,8 +9,9 @@ All in one run on the same lakes of natural photo crops (64x64 and 224x224, lz4)
 - cluster, N workers: ds.loader(..., cluster=client) on a LocalCluster of N single-threaded
                       worker processes, decode="trainer" (stored bytes shipped) and "worker"
 - ceiling:           a plain client.gather of the same number of same-size byte blocks from the
-                      same workers, 16 in flight like the loader, as bytes, one uint8 array or
-                      four arrays per task, best of 3 each (what Dask's transport delivers with nothing else to do)
+                      same workers, in waves of 16 (the next wave submitted while one is
+                      fetched), each wave fetched in parallel straight from the workers, as
+                      bytes, one uint8 array or four arrays per task, best of 3 each (what Dask's transport delivers with nothing else to do)
 
 Then the affinity experiment: a lake 1.5x one worker's memory budget on 2 workers, the second
 epoch's hit rate with affinity (each chunk always loaded by its owner) and without (Dask places
@@ -77,20 +78,25 @@ def gather_ceiling(
     client: Client, tasks: int, nbytes: int, in_flight: int, repeats: int = 3
 ) -> float:
     """Bytes/s of ``tasks`` tasks each returning ``nbytes`` (as bytes, one array or four arrays,
-    whichever is fastest), at most ``in_flight`` at once as the loader keeps them; best of
-    ``repeats``."""
+    whichever is fastest), in waves of ``in_flight``; best of ``repeats``."""
     workers = len(client.scheduler_info(n_workers=-1)["workers"])
     best = 0.0
     for kind in ("bytes", "array", "4 arrays"):
         client.gather(client.map(_block, [nbytes] * 4 * workers, [kind] * 4 * workers, pure=False))
         for _ in range(repeats):
             start = time.perf_counter()
-            pending = []
-            for _ in range(tasks):
-                pending.append(client.submit(_block, nbytes, kind, pure=False))
-                if len(pending) >= in_flight:
-                    pending.pop(0).result()
-            client.gather(pending)
+            submitted, wave = 0, []
+            while submitted < tasks or wave:
+                # the next wave is on its way while this one is fetched, in parallel from every
+                # worker and straight from them: at least as much concurrency as the loader has
+                ahead = [
+                    client.submit(_block, nbytes, kind, pure=False)
+                    for _ in range(min(in_flight, tasks - submitted))
+                ]
+                submitted += len(ahead)
+                if wave:
+                    client.gather(wave, direct=True)
+                wave = ahead
             best = max(best, tasks * nbytes / (time.perf_counter() - start))
     return best
 
@@ -135,16 +141,26 @@ def in_process_rate(path: str, batch: int) -> float:
     return rate
 
 
+AFFINITY_RUNS = [
+    # (label, lake size / one worker's memory budget, affinity, eviction)
+    ("affinity", 1.5, True, "plan"),
+    ("no affinity", 1.5, False, "plan"),
+    ("affinity, lake 3x a worker's budget, LRU", 3.0, True, "lru"),
+    ("affinity, lake 3x a worker's budget, plan-aware", 3.0, True, "plan"),
+]
+
+
 def affinity_case(work: str, client: Client) -> dict[str, dict]:
-    """Second-epoch hit rates on 2 workers for a lake 1.5x one worker's memory budget."""
+    """Second-epoch hit rates on 2 workers: a lake 1.5x one worker's memory budget with and
+    without affinity; and one 3x (more than the cluster holds) under LRU and plan-aware eviction."""
     path = make_lake(work, (64, 64), 6000, client, name="lake-affinity")
     probe = lakeio.open_dataset(path)
     total = len(probe.chunk_members()) * probe.chunk_nbytes(("images", "labels"))
-    budget = int(total / 1.5)
     out = {}
-    for affinity in (True, False):
+    for label, factor, affinity, eviction in AFFINITY_RUNS:
+        budget = int(total / factor)
         client.restart()  # empty every worker's memory tier
-        ds = lakeio.open_dataset(path, cache=lakeio.Cache(memory=budget))
+        ds = lakeio.open_dataset(path, cache=lakeio.Cache(memory=budget, eviction=eviction))
         with ds.loader(256, seed=0, cluster=client, decode="worker", affinity=affinity) as loader:
             loader.set_epoch(0)
             for _ in loader:
@@ -170,7 +186,7 @@ def affinity_case(work: str, client: Client) -> dict[str, dict]:
         hit_rate = delta["memory_hits"] / max(1, delta["memory_requests"])
         hit_time = delta["hit_seconds"] / max(1, delta["memory_hits"])
         miss_penalty = delta["miss_seconds"] / misses if misses else 0.0
-        out["affinity" if affinity else "no affinity"] = {
+        out[label] = {
             **delta,
             "hit_rate": hit_rate,
             "hit_time_ms": 1e3 * hit_time,

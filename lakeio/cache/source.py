@@ -116,14 +116,17 @@ class ChunkSource:
         """Verify and decode stored chunk bytes of ``field`` (e.g. received from a worker)."""
         return self._decode(field, raw, key)
 
-    def schedule(self, refs_and_times) -> None:
-        """Tell the memory tier when chunks are needed next: ((segment, chunk), time) pairs."""
+    def schedule(self, refs_and_times, stored: bool = False) -> None:
+        """Tell the memory tier when chunks are needed next: ((segment, chunk), time) pairs.
+
+        ``stored`` schedules the stored-bytes entries (`get_raw`) instead of the decoded ones."""
         if self.memory is None:
             return
+        prefix = "stored:" if stored else ""
         times = {}
         for (segment, chunk), when in refs_and_times:
             for field in self.manifest.fields:
-                times[self.loc.describe(self.key(segment, field, chunk))] = when
+                times[prefix + self.loc.describe(self.key(segment, field, chunk))] = when
         self.memory.schedule(times)
 
     def read_origin(self, segment: int, field: str, chunk: int) -> np.ndarray:

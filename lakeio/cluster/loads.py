@@ -16,6 +16,7 @@ import threading
 import uuid
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
+from math import inf
 
 import dask.config
 import numpy as np
@@ -80,6 +81,7 @@ class ClusterLoads:
         options: ClusterOptions,
         budget: int,
         threads: int = 4,
+        next_use: dict[int, float] | None = None,
     ) -> None:
         self.client = client
         self.dataset = dataset
@@ -88,6 +90,7 @@ class ClusterLoads:
         self.options = options
         self._refs = dataset._chunk_table[0]
         self._order = order
+        self._next_use = next_use
         self._position = {c: i for i, c in enumerate(order)}
         workers = _current_workers(client)
         self._workers = len(workers)
@@ -146,8 +149,9 @@ class ClusterLoads:
         placement = {}
         if self.options.affinity:
             placement = {"workers": [self._owner[chunk]], "allow_other_workers": True}
+        when = None if self._next_use is None else [self._next_use.get(c, inf) for c in group]
         task = self.client.submit(
-            load_chunks, self.token, refs, self.fields, self.options.decode,
+            load_chunks, self.token, refs, self.fields, self.options.decode, when,
             key=f"lakeio-load-{self._nonce}-{chunk}", pure=False, **placement,
         )  # fmt: skip
         self.tasks += 1

@@ -81,14 +81,22 @@ def _source(token: str) -> tuple[ChunkSource, dict[str, float]]:
 
 
 def load_chunks(
-    token: str, refs: list[tuple[int, int]], fields: tuple[str, ...], decode: str
+    token: str,
+    refs: list[tuple[int, int]],
+    fields: tuple[str, ...],
+    decode: str,
+    next_use: list[float] | None = None,
 ) -> dict[str, list]:
     """Chunks ``refs`` ((segment, chunk) pairs) of ``fields`` from this worker's tiers.
 
     ``decode="worker"`` returns decoded arrays, ``"trainer"`` the stored (compressed, checksummed)
     bytes for the trainer to verify and decode. One list entry per ref, per field.
+    ``next_use`` (in epochs, e.g. 3.25) says when each chunk is needed again: the worker's
+    plan-aware memory tier then evicts the chunk needed furthest ahead, as in process.
     """
     source, served = _source(token)
+    if next_use is not None:
+        source.schedule(zip(refs, next_use, strict=True), stored=decode != "worker")
     out: dict[str, list] = {f: [] for f in fields}
     nbytes = 0
     for segment, chunk in refs:

@@ -266,9 +266,12 @@ class Loader:
         from lakeio.cluster.loads import ClusterLoads
 
         token = self.cluster.token_for(self.dataset)
+        # when each chunk is needed again, in epochs: the workers' plan-aware eviction uses it
+        positions = self._next_epoch_positions(0)
+        next_use = {c: self.epoch + 1 + p / max(1, len(positions)) for c, p in positions.items()}
         loads = ClusterLoads(
             self.cluster.client, self.dataset, token, self.stream.fields, this_epoch,
-            self.cluster_options, budget, threads=self.stream.threads,
+            self.cluster_options, budget, threads=self.stream.threads, next_use=next_use,
         )  # fmt: skip
         return _CountingLoads(loads, self)
 

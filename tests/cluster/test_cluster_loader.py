@@ -301,3 +301,32 @@ def test_a_cluster_loader_refuses_to_run_inside_dataloader_workers(small_lake, c
         pytest.raises(ValueError, match="cannot work"),
     ):
         loader.as_iterable_dataset()
+
+
+def test_workers_evict_by_the_plan_when_the_cluster_cannot_hold_the_lake(tmp_path):
+    """Each worker caches half of what it owns; the order repeats. LRU keeps nothing useful,
+    the plan-aware tier keeps the chunks needed soonest (the trainer tells it when)."""
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
+        Client(cluster) as client,
+    ):
+        path, _ = _tiny_lake(tmp_path, client)
+        probe = lakeio.open_dataset(path)
+        total = len(probe.chunk_members()) * probe.chunk_nbytes(("images", "labels"))
+        hits = {}
+        for policy in ("lru", "plan"):
+            cache = lakeio.Cache(memory=total // 4, eviction=policy)
+            ds = lakeio.open_dataset(path, cache=cache)
+            with ds.loader(32, shuffle=False, cluster=client, decode="worker") as loader:
+                _batches(loader)
+                before = loader.stats()["workers"]
+                loader.set_epoch(1)
+                _batches(loader)
+                after = loader.stats()["workers"]
+            requests = sum(
+                after[w]["memory_requests"] - before[w]["memory_requests"] for w in after
+            )
+            got = sum(after[w]["memory_hits"] - before[w]["memory_hits"] for w in after)
+            hits[policy] = got / requests
+        assert hits["lru"] == 0.0  # a cyclic order larger than the cache: LRU always misses
+        assert hits["plan"] >= 0.3  # about the cached share: what is needed soonest stays
