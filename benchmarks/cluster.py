@@ -8,10 +8,11 @@ All in one run on the same lakes of natural photo crops (64x64 and 224x224, lz4)
 - in process:        ds.loader(...) without a cluster (the default path), memory tier warm
 - cluster, N workers: ds.loader(..., cluster=client) on a LocalCluster of N single-threaded
                       worker processes, decode="trainer" (stored bytes shipped) and "worker"
-- ceiling:           a plain client.gather of the same number of same-size byte blocks from the
-                      same workers, in waves of 16 (the next wave submitted while one is
-                      fetched), each wave fetched in parallel straight from the workers, as
-                      bytes, one uint8 array or four arrays per task, best of 3 each (what Dask's transport delivers with nothing else to do)
+- ceiling:           a plain client.gather of as many same-size blocks from the same workers:
+                      each block is the lake's own data shaped like a load result (stored
+                      bytes or decoded chunks), placed on every worker beforehand and echoed by
+                      a trivial task; waves of 16, fetched in parallel straight from the
+                      workers; best of 3 (what Dask's transport delivers with nothing else to do)
 
 Then the affinity experiment: a lake 1.5x one worker's memory budget on 2 workers, the second
 epoch's hit rate with affinity (each chunk always loaded by its owner) and without (Dask places
@@ -34,7 +35,6 @@ from lakeio.cluster.connect import warm_worker
 from lakeio.testing.images import photo_crops
 
 CASES = [((64, 64), 20000, 256), ((224, 224), 4000, 64)]
-_BLOCK: dict[tuple[int, str], object] = {}
 
 
 def make_lake(work: str, size: tuple[int, int], count: int, client: Client, name: str = "") -> str:
@@ -56,48 +56,52 @@ def warm_epoch_rate(loader) -> tuple[float, float]:
     return samples / elapsed, elapsed
 
 
-def _block(nbytes: int, kind: str = "bytes"):
-    """The same block every time on a worker (the ceiling measures transport, not memset): a
-    bytes object, a uint8 array or a list of 4 arrays, which Dask serialises differently."""
-    if (nbytes, kind) not in _BLOCK:
-        raw = os.urandom(nbytes)
-        if kind == "bytes":
-            _BLOCK[nbytes, kind] = raw
-        elif kind == "array":
-            _BLOCK[nbytes, kind] = np.frombuffer(raw, np.uint8).copy()
-        else:  # "4 arrays": the shape of a lakeio load result (a few chunk arrays per task)
-            quarter = nbytes // 4
-            _BLOCK[nbytes, kind] = [
-                np.frombuffer(raw[i * quarter : (i + 1) * quarter], np.uint8).copy()
-                for i in range(4)
-            ]
-    return _BLOCK[nbytes, kind]
+def _echo(payload):
+    return payload
+
+
+def real_payload(ds, decode: str, nbytes: int) -> dict[str, list]:
+    """About ``nbytes`` of the lake's own data, shaped as a load task's result: stored chunk
+    bytes (decode="trainer") or decoded chunks ("worker"). Content matters: on this machine
+    Dask moves random bytes at half the rate of natural-image bytes."""
+    out: dict[str, list] = {"images": [], "labels": []}
+    size = 0
+    refs = ds._chunk_table[0]
+    for ref in refs:
+        for field in out:
+            if decode == "trainer":
+                value = np.frombuffer(ds.source.get_raw(ref.segment, field, ref.chunk), np.uint8)
+            else:
+                value = np.array(ds.source.get(ref.segment, field, ref.chunk))
+            out[field].append(value)
+            size += value.nbytes
+        if size >= nbytes:
+            break
+    return out
 
 
 def gather_ceiling(
-    client: Client, tasks: int, nbytes: int, in_flight: int, repeats: int = 3
+    client: Client, payload: dict, nbytes: int, tasks: int, in_flight: int, repeats: int = 3
 ) -> float:
-    """Bytes/s of ``tasks`` tasks each returning ``nbytes`` (as bytes, one array or four arrays,
-    whichever is fastest), in waves of ``in_flight``; best of ``repeats``."""
-    workers = len(client.scheduler_info(n_workers=-1)["workers"])
+    """Bytes/s of ``tasks`` plain tasks each returning ``payload`` (``nbytes``, the lake's own
+    data, placed on every worker beforehand), in waves of ``in_flight``; best of ``repeats``."""
+    [on_workers] = client.scatter([payload], broadcast=True)
     best = 0.0
-    for kind in ("bytes", "array", "4 arrays"):
-        client.gather(client.map(_block, [nbytes] * 4 * workers, [kind] * 4 * workers, pure=False))
-        for _ in range(repeats):
-            start = time.perf_counter()
-            submitted, wave = 0, []
-            while submitted < tasks or wave:
-                # the next wave is on its way while this one is fetched, in parallel from every
-                # worker and straight from them: at least as much concurrency as the loader has
-                ahead = [
-                    client.submit(_block, nbytes, kind, pure=False)
-                    for _ in range(min(in_flight, tasks - submitted))
-                ]
-                submitted += len(ahead)
-                if wave:
-                    client.gather(wave, direct=True)
-                wave = ahead
-            best = max(best, tasks * nbytes / (time.perf_counter() - start))
+    for _ in range(repeats):
+        start = time.perf_counter()
+        submitted, wave = 0, []
+        while submitted < tasks or wave:
+            # the next wave is on its way while this one is fetched, in parallel from every
+            # worker and straight from them: at least as much concurrency as the loader has
+            ahead = [
+                client.submit(_echo, on_workers, pure=False)
+                for _ in range(min(in_flight, tasks - submitted))
+            ]
+            submitted += len(ahead)
+            if wave:
+                client.gather(wave, direct=True)
+            wave = ahead
+        best = max(best, tasks * nbytes / (time.perf_counter() - start))
     return best
 
 
@@ -115,9 +119,9 @@ def cluster_rates(path: str, batch: int, workers: int) -> dict[str, dict]:
                 stats = loader.stats()
                 tasks_per_epoch = stats["cluster_tasks"] / 2
             shipped = _shipped_bytes_per_epoch(ds, decode)
-            ceiling = gather_ceiling(
-                client, int(tasks_per_epoch), int(shipped / tasks_per_epoch), in_flight=16
-            )
+            payload = real_payload(ds, decode, int(shipped / tasks_per_epoch))
+            size = sum(a.nbytes for arrays in payload.values() for a in arrays)
+            ceiling = gather_ceiling(client, payload, size, int(tasks_per_epoch), in_flight=16)
             out[decode] = {
                 "rate": rate,
                 "bytes_per_s": shipped / elapsed,

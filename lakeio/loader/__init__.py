@@ -30,6 +30,7 @@ def make_loader(
     output: str = "tuple",
     prefetch_bytes: int | None = None,
     threads: int = 4,
+    prefetch_next_epoch: bool = True,
     cluster=None,
     decode: str = "trainer",
     affinity: bool = True,
@@ -42,6 +43,9 @@ def make_loader(
     initialised. ``drop_last`` cuts the epoch to whole global batches; otherwise the order is
     padded by repeating its first samples so every rank yields the same number of batches.
     ``normalize="lake"`` uses the per-channel mean and std stored by ``lakeio stats``.
+    ``prefetch_next_epoch``: when an epoch has been read to its end, start loading the first
+    chunks of the next one (the usual ``set_epoch(e + 1)``) while the training loop finishes;
+    another epoch (or none) next just drops that work.
     ``transform`` is called on each batch (a dict of tensors) after the device stage.
 
     ``cluster`` (a `distributed.Client`, a scheduler address, or ``"local"``) runs the chunk
@@ -61,7 +65,10 @@ def make_loader(
         raise ValueError(f"output must be 'tuple' or 'dict', not {output!r}")
     plan = PlanSpec(batch_size, shuffle, seed, shuffle_window, drop_last, rank, world_size)
     device_opts = DeviceOptions(device, layout, dtype, normalize)
-    stream = StreamOptions(tuple(fields), prefetch_bytes, threads, output=output)
+    stream = StreamOptions(
+        tuple(fields), prefetch_bytes, threads, output=output,
+        prefetch_next_epoch=prefetch_next_epoch,
+    )  # fmt: skip
     session = options = None
     if cluster is not None:
         from lakeio.cluster.loads import ClusterOptions

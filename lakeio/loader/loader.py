@@ -29,13 +29,16 @@ _DONE = object()
 @dataclass(frozen=True)
 class StreamOptions:
     """What to read and how far ahead: ``fields``; ``prefetch_bytes`` of decoded chunks held or in
-    flight (default: two shuffle windows); ``threads`` loading chunks; ``ahead`` batches ready."""
+    flight (default: two shuffle windows); ``threads`` loading chunks; ``ahead`` batches ready;
+    ``prefetch_next_epoch``: once an epoch's last batch is assembled, start loading the next
+    epoch's first chunks (so it starts without a pause)."""
 
     fields: tuple[str, ...] = ("images", "labels")
     prefetch_bytes: int | None = None
     threads: int = 4
     ahead: int = 2
     output: str = "tuple"
+    prefetch_next_epoch: bool = True
 
 
 def _distributed_rank_world(rank: int | None, world: int | None) -> tuple[int, int]:
@@ -80,9 +83,23 @@ class Loader:
         self.cluster = cluster  # a lakeio.cluster.session.ClusterSession, or None: in process
         self.cluster_options = cluster_options
         self.cluster_tasks = 0
+        self._spare = None  # (epoch, prefetch) started ahead for the epoch expected next
+        self._spare_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:  # sent to DataLoader workers: no threads, no lock
+        state = dict(self.__dict__)
+        state["_spare"] = None
+        del state["_spare_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._spare_lock = threading.Lock()
 
     def close(self) -> None:
-        """Release the cluster connection (and the LocalCluster, if this loader started one)."""
+        """Release the cluster connection (and the LocalCluster, if this loader started one)
+        and whatever was loading ahead for the next epoch."""
+        self._drop_spare()
         if self.cluster is not None:
             self.cluster.close()
             self.cluster = None
@@ -105,8 +122,7 @@ class Loader:
 
     def batches(self) -> list[np.ndarray]:
         """This rank's batches for the current epoch, as global sample indices."""
-        order = rank_order(self._members, self.plan, self.epoch)
-        return batch_slices(order, self.plan.batch_size)[: len(self)]
+        return self._batches_of(self.epoch)
 
     def _plan_key(self) -> dict[str, Any]:
         """The plan without the rank: every rank's state is the same, so rank 0 can save it."""
@@ -147,7 +163,7 @@ class Loader:
     def __iter__(self) -> Iterator:
         start, self._resume_at = self._resume_at, 0
         self._consumed = start
-        return self.iterate(self.batches()[start:])
+        return self._run(self.batches()[start:], self.epoch if start == 0 else None)
 
     def as_iterable_dataset(self):
         """This loader as a `torch.utils.data.IterableDataset` for a plain ``DataLoader(ds,
@@ -159,11 +175,17 @@ class Loader:
 
     def iterate(self, batches: list[np.ndarray]) -> Iterator:
         """Yield the given batches (global sample indices) through prefetch, batcher and device."""
+        return self._run(batches, None)
+
+    def _run(self, batches: list[np.ndarray], epoch: int | None) -> Iterator:
+        """Iterate ``batches``; ``epoch`` says they are that whole epoch, so the next epoch's
+        first chunks may be loaded as soon as this one's last batch is assembled."""
         ready: queue.Queue = queue.Queue(maxsize=max(1, self.stream.ahead))
         stop = threading.Event()
         producer = threading.Thread(
-            target=self._produce, args=(batches, ready, stop), name="lakeio-batcher", daemon=True
-        )
+            target=self._produce, args=(batches, ready, stop, epoch), name="lakeio-batcher",
+            daemon=True,
+        )  # fmt: skip
         producer.start()
         began = time.perf_counter()
         try:
@@ -205,11 +227,20 @@ class Loader:
         )
 
     def _produce(
-        self, batches: list[np.ndarray], ready: queue.Queue, stop: threading.Event
+        self,
+        batches: list[np.ndarray],
+        ready: queue.Queue,
+        stop: threading.Event,
+        epoch: int | None,
     ) -> None:
         prefetcher = loads = None
+        finished = False
         try:
-            prefetcher, loads, batch_chunks, row_of = self._start_prefetch(batches)
+            started = self._take_spare(epoch)
+            if started is None:
+                started = self._start_prefetch(batches, self.epoch)
+            prefetcher, loads, batch_chunks, row_of = started
+            ahead_pending = epoch is not None and self.stream.prefetch_next_epoch
             for i, indices in enumerate(batches):
                 if stop.is_set():
                     return
@@ -220,8 +251,13 @@ class Loader:
                 out = {f: t.numpy() for f, t in pinned.items()} if pinned else None
                 arrays = gather(self.stream.fields, batch_chunks[i], row_of[indices], chunks, out)
                 prefetcher.done_with(i)
+                if ahead_pending and prefetcher.fully_requested:
+                    # this epoch's tail is all in flight: half the budget goes to the next one
+                    self._start_spare(epoch + 1, prefetcher.budget // 2, len(prefetcher.order))
+                    ahead_pending = False
                 _put(ready, (arrays, pinned), stop)
             _put(ready, _DONE, stop)
+            finished = not stop.is_set()
         except BaseException as exc:  # surfaces in the consumer's thread
             _put(ready, exc, stop)
         finally:
@@ -229,17 +265,52 @@ class Loader:
                 prefetcher.close()
             if loads is not None:
                 loads.close()
+            if not finished:  # abandoned or failed: the next epoch is not a given any more
+                self._drop_spare()
 
-    def _start_prefetch(self, batches: list[np.ndarray]):
+    def _start_spare(self, epoch: int, budget: int, after: int) -> None:
+        """Start loading ``epoch``'s first chunks (up to ``budget`` bytes) for the iteration
+        expected next (most training loops go on with ``set_epoch(epoch)``), while this epoch's
+        tail is still being read: the next epoch starts without waiting for its first shuffle
+        window. Dropped if the next iteration is another epoch. ``after``: chunks of the current
+        epoch, so the memory tier's schedule counts the next epoch's uses after them."""
+        spare = self._start_prefetch(self._batches_of(epoch), epoch, after)
+        spare[0].warm(budget)
+        with self._spare_lock:
+            old, self._spare = self._spare, (epoch, spare)
+        if old is not None:
+            _close_started(old[1])
+
+    def _drop_spare(self) -> None:
+        spare = self._take_spare(None)
+        if spare is not None:
+            _close_started(spare)
+
+    def _take_spare(self, epoch: int | None):
+        """The prefetch started ahead for ``epoch``, if that is what was started; else None."""
+        with self._spare_lock:
+            spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        if spare[0] == epoch:
+            return spare[1]
+        _close_started(spare[1])
+        return None
+
+    def _batches_of(self, epoch: int) -> list[np.ndarray]:
+        order = rank_order(self._members, self.plan, epoch)
+        return batch_slices(order, self.plan.batch_size)[: len(self)]
+
+    def _start_prefetch(self, batches: list[np.ndarray], epoch: int, after: int = 0):
         ds, fields = self.dataset, self.stream.fields
         chunk_of, row_of = ds.sample_chunks()
         batch_chunks = [chunk_of[b] for b in batches]
         this_epoch, _ = first_and_last_use(batch_chunks)
         budget = self.stream.prefetch_bytes or 2 * self.plan.window * ds.chunk_nbytes(fields)
         if self.cluster is not None:
-            loads = self._cluster_loads(this_epoch, budget)
+            loads = self._cluster_loads(this_epoch, budget, epoch)
         else:
-            loads = ThreadLoads(self._scheduled_load(this_epoch), self.stream.threads)
+            loads = ThreadLoads(self._scheduled_load(this_epoch, epoch, after), self.stream.threads)
         prefetcher = ChunkPrefetcher(
             start=loads.start,
             chunk_bytes=lambda c: ds.chunk_nbytes(fields),
@@ -248,13 +319,16 @@ class Loader:
         )
         return prefetcher, loads, batch_chunks, row_of
 
-    def _scheduled_load(self, this_epoch: list[int]) -> Callable[[int], dict[str, np.ndarray]]:
-        """In-process loads that tell the memory tier when each chunk is needed next."""
+    def _scheduled_load(
+        self, this_epoch: list[int], epoch: int, after: int = 0
+    ) -> Callable[[int], dict[str, np.ndarray]]:
+        """In-process loads that tell the memory tier when each chunk is needed next (in chunk
+        uses from now; ``after`` uses of an epoch still being read come first)."""
         ds, fields = self.dataset, self.stream.fields
-        next_use = self._next_epoch_positions(len(this_epoch))
+        next_use = self._next_epoch_positions(after + len(this_epoch), epoch)
         # Plan-aware eviction: a chunk not yet loaded this epoch is next needed at its place in
         # this epoch; once loaded (the prefetcher holds it for this use), at its place in the next.
-        ds.schedule_chunks([*next_use.items(), *((c, t) for t, c in enumerate(this_epoch))])
+        ds.schedule_chunks([*next_use.items(), *((c, after + t) for t, c in enumerate(this_epoch))])
 
         def load(c: int) -> dict[str, np.ndarray]:
             ds.schedule_chunks([(c, next_use.get(c, math.inf))])
@@ -262,22 +336,23 @@ class Loader:
 
         return load
 
-    def _cluster_loads(self, this_epoch: list[int], budget: int):
+    def _cluster_loads(self, this_epoch: list[int], budget: int, epoch: int):
         from lakeio.cluster.loads import ClusterLoads
 
         token = self.cluster.token_for(self.dataset)
         # when each chunk is needed again, in epochs: the workers' plan-aware eviction uses it
-        positions = self._next_epoch_positions(0)
-        next_use = {c: self.epoch + 1 + p / max(1, len(positions)) for c, p in positions.items()}
+        positions = self._next_epoch_positions(0, epoch)
+        next_use = {c: epoch + 1 + p / max(1, len(positions)) for c, p in positions.items()}
         loads = ClusterLoads(
             self.cluster.client, self.dataset, token, self.stream.fields, this_epoch,
             self.cluster_options, budget, threads=self.stream.threads, next_use=next_use,
         )  # fmt: skip
         return _CountingLoads(loads, self)
 
-    def _next_epoch_positions(self, offset: int) -> dict[int, float]:
-        """When each chunk is first needed in the next epoch, counted after this one's chunks."""
-        order = rank_order(self._members, self.plan, self.epoch + 1)
+    def _next_epoch_positions(self, offset: int, epoch: int) -> dict[int, float]:
+        """When each chunk is first needed in the epoch after ``epoch``, counted after
+        ``epoch``'s own chunks (``offset`` of them)."""
+        order = rank_order(self._members, self.plan, epoch + 1)
         chunk_of, _ = self.dataset.sample_chunks()
         positions: dict[int, float] = {}
         for c in chunk_of[order].tolist():
@@ -312,6 +387,13 @@ class Loader:
         if self.stream.output == "dict":
             return out
         return tuple(out[f] for f in self.stream.fields)
+
+
+def _close_started(started) -> None:
+    """Close a (prefetcher, loads, …) tuple from `Loader._start_prefetch`."""
+    prefetcher, loads = started[0], started[1]
+    prefetcher.close()
+    loads.close()
 
 
 class _CountingLoads:

@@ -73,16 +73,31 @@ class ChunkPrefetcher:
         """Chunks in order of first use this epoch."""
         return self._order
 
-    def _request_until(self, needed: set[int]) -> None:
+    @property
+    def budget(self) -> int:
+        return self._budget
+
+    @property
+    def fully_requested(self) -> bool:
+        """Every chunk of the epoch has been requested (what is left is the epoch's tail)."""
+        return self._next >= len(self._order)
+
+    def _request_until(self, needed: set[int], budget: int | None = None) -> None:
+        budget = self._budget if budget is None else budget
         while self._next < len(self._order):
             chunk = self._order[self._next]
             size = self._chunk_bytes(chunk)
             must = bool(needed - self._held.keys())
-            if not must and self._held_bytes + size > self._budget:
+            if not must and self._held_bytes + size > budget:
                 return
             self._held[chunk] = self._start(chunk)
             self._held_bytes += size
             self._next += 1
+
+    def warm(self, budget: int | None = None) -> None:
+        """Start loading the first chunks now, up to ``budget`` bytes (default: the whole
+        budget), before any batch asks."""
+        self._request_until(set(), budget)
 
     def chunks_for(
         self, batch: int, stop: threading.Event | None = None

@@ -94,7 +94,8 @@ def test_chunk_source_survives_pickling_with_an_empty_memory_tier(small_lake):
 
 def _epoch_hit_rates(path, policy, budget, epochs=3):
     ds = lakeio.open_dataset(path, cache=Cache(memory=budget, eviction=policy))
-    loader = ds.loader(batch_size=16, seed=0, fields=("images",))
+    # no loading ahead across epochs: each epoch's hits are counted within that epoch
+    loader = ds.loader(batch_size=16, seed=0, fields=("images",), prefetch_next_epoch=False)
     rates = []
     for epoch in range(epochs):
         loader.set_epoch(epoch)

@@ -215,7 +215,8 @@ def test_each_task_result_crosses_the_network_once(tmp_path, client):
 
     for decode in ("trainer", "worker"):
         before_sent = sent()
-        with ds.loader(32, seed=1, cluster=client, decode=decode) as loader:
+        loader = ds.loader(32, seed=1, cluster=client, decode=decode, prefetch_next_epoch=False)
+        with loader:
             before = loader.stats()["workers"]
             assert sum(len(lb) for _, lb in loader) == len(ds)
             after = loader.stats()["workers"]
@@ -330,3 +331,27 @@ def test_workers_evict_by_the_plan_when_the_cluster_cannot_hold_the_lake(tmp_pat
             hits[policy] = got / requests
         assert hits["lru"] == 0.0  # a cyclic order larger than the cache: LRU always misses
         assert hits["plan"] >= 0.3  # about the cached share: what is needed soonest stays
+
+
+def test_the_next_epoch_loads_ahead_and_its_batches_are_still_the_plan(small_lake, client):
+    path, _, _ = small_lake
+    ds = lakeio.open_dataset(path)
+    with ds.loader(16, seed=3, cluster=client) as loader:
+        before = loader.stats()["workers"]
+        first = _batches(loader)
+        deadline = time.monotonic() + 10
+        while True:  # epoch 1's first chunks are loaded before anyone asks for them
+            now = loader.stats()["workers"]
+            served = sum(now[w]["chunks"] - before.get(w, {"chunks": 0})["chunks"] for w in now)
+            if served > len(ds.chunk_members()):  # more than epoch 0 needed
+                break
+            assert time.monotonic() < deadline, "nothing was loaded ahead"
+            time.sleep(0.05)
+        loader.set_epoch(1)
+        second = _batches(loader)
+        loader.set_epoch(5)  # not the epoch loaded ahead: that work is dropped, not used
+        sixth = _batches(loader)
+    for epoch, got in ((0, first), (1, second), (5, sixth)):
+        fresh = lakeio.open_dataset(path).loader(16, seed=3)
+        fresh.set_epoch(epoch)
+        _assert_same(got, _batches(fresh))

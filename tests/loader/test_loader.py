@@ -264,3 +264,26 @@ def test_iterable_dataset_refuses_a_device():
         from lakeio.loader.torch_dataset import LakeIterableDataset
 
         LakeIterableDataset(Fake())
+
+
+def test_the_next_epoch_is_loaded_ahead_in_process_and_dropped_when_unused(small_lake):
+    import time
+
+    path, _, _ = small_lake
+    ds = lakeio.open_dataset(path, cache=Cache(memory=0))  # every load reads the origin
+    loader = ds.loader(batch_size=16, seed=3, fields=("images",))
+    epoch0 = [b.numpy().copy() for (b,) in loader]
+    chunks = len(ds.chunk_members())
+    deadline = time.monotonic() + 10
+    while ds.stats()["origin_reads"] <= chunks:  # epoch 1's first chunks, before it is asked for
+        assert time.monotonic() < deadline, ds.stats()
+        time.sleep(0.02)
+    loader.set_epoch(4)  # not the epoch loaded ahead
+    epoch4 = [b.numpy().copy() for (b,) in loader]
+    for epoch, got in ((0, epoch0), (4, epoch4)):
+        fresh = lakeio.open_dataset(path).loader(batch_size=16, seed=3, fields=("images",))
+        fresh.set_epoch(epoch)
+        expected = [b.numpy() for (b,) in fresh]
+        assert len(got) == len(expected)
+        assert all(np.array_equal(g, e) for g, e in zip(got, expected, strict=True))
+    loader.close()
