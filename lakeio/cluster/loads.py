@@ -33,13 +33,14 @@ DECODE_MODES = ("trainer", "worker")
 class ClusterOptions:
     """How the cluster path loads: where decoding happens, task size, and how far ahead.
 
-    ``decode="trainer"`` ships stored (compressed) bytes and decodes here — fewer bytes on the
-    wire; ``"worker"`` ships decoded samples to spare the trainer's CPU. ``task_bytes`` is the
+    ``decode="worker"`` (default) ships decoded samples, sparing the trainer's CPU — what the
+    cluster is for; ``"trainer"`` ships stored (compressed) bytes and decodes here — fewer bytes
+    on the wire (1.07-1.3x on natural photos), more work for the trainer. ``task_bytes`` is the
     decoded size one task aims for; ``affinity=False`` lets Dask place loads anywhere (for
     comparison: then each worker caches whatever it happened to load).
     """
 
-    decode: str = "trainer"
+    decode: str = "worker"
     task_bytes: int = 16 << 20
     affinity: bool = True
 

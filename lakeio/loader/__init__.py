@@ -32,7 +32,7 @@ def make_loader(
     threads: int = 4,
     prefetch_next_epoch: bool = True,
     cluster=None,
-    decode: str = "trainer",
+    decode: str = "worker",
     affinity: bool = True,
 ) -> Loader:
     """Batches of ``dataset`` as torch tensors.
@@ -50,8 +50,8 @@ def make_loader(
 
     ``cluster`` (a `distributed.Client`, a scheduler address, or ``"local"``) runs the chunk
     loads as ``lakeio-load-…`` tasks on the Dask workers, each worker caching the chunks it owns
-    (same plan, order and state_dict as in process). ``decode="trainer"`` ships stored bytes and
-    decodes here; ``"worker"`` ships decoded samples. ``affinity=False`` lets Dask place loads
+    (same plan, order and state_dict as in process). ``decode="worker"`` (default) ships decoded
+    samples; ``"trainer"`` ships stored bytes and decodes here. ``affinity=False`` lets Dask place loads
     anywhere (for comparison). Close the loader (or use it in ``with``) to release the cluster.
     """
     rank, world_size = _distributed_rank_world(rank, world_size)
