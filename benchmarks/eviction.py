@@ -21,7 +21,8 @@ from lakeio.testing.images import photo_crops
 
 def epoch_hit_rates(url: str, policy: str, budget: int, epochs: int = 4) -> list[float]:
     ds = lakeio.open_dataset(url, cache=lakeio.Cache(memory=budget, eviction=policy))
-    loader = ds.loader(batch_size=256, seed=0)
+    # per-epoch hit rates: no loading of the next epoch's chunks inside this epoch's interval
+    loader = ds.loader(batch_size=256, seed=0, prefetch_next_epoch=False)
     rates = []
     for epoch in range(epochs):
         loader.set_epoch(epoch)
