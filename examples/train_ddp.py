@@ -60,6 +60,11 @@ def parse_args() -> argparse.Namespace:
     p.add_argument(
         "--stop-after", type=int, default=0, help="stop after N batches (to test resuming)"
     )
+    p.add_argument(
+        "--cluster",
+        help="load through this Dask scheduler (tcp://host:8786) or 'local'; each worker then "
+        "caches the chunks it owns (hit rates below are the workers')",
+    )
     return p.parse_args()
 
 
@@ -106,6 +111,18 @@ def evaluate(model: nn.Module, held: lakeio.Dataset, device: torch.device, norm)
     return correct / max(1, total)
 
 
+def _memory_figures(stats: dict) -> dict | None:
+    """The memory tier's requests and hits: this process's, or summed over the Dask workers
+    when the loader runs on a cluster (the trainer's own tier is then unused)."""
+    if "workers" not in stats:
+        return stats["cache"]["memory"]
+    workers = stats["workers"].values()
+    return {
+        "requests": sum(w["memory_requests"] for w in workers),
+        "hits": sum(w["memory_hits"] for w in workers),
+    }
+
+
 def _epoch_rate(before: dict | None, after: dict | None) -> float | None:
     """This epoch's hit rate of a tier (the loader's counters are cumulative)."""
     if not after:
@@ -147,6 +164,7 @@ def main() -> None:
         dtype=torch.float32,
         normalize=norm,
         device=device,
+        cluster=args.cluster,
     )
     first_epoch = 0
     if args.resume and args.checkpoint and os.path.exists(args.checkpoint):
@@ -197,7 +215,7 @@ def main() -> None:
         stopped = bool(args.stop_after and steps >= args.stop_after)
         if rank == 0:
             accuracy = evaluate(model, held, device, norm)
-            mem = _epoch_rate(before["cache"]["memory"], after["cache"]["memory"])
+            mem = _epoch_rate(*(_memory_figures(s) for s in (before, after)))
             disk = _epoch_rate(before["cache"]["disk"], after["cache"]["disk"])
             print(json.dumps({
                 "epoch": epoch, "loss": round(loss_total / max(1, n_batches), 4), "held_out_accuracy": round(accuracy, 4),
@@ -209,6 +227,7 @@ def main() -> None:
                 save(args.checkpoint, model, optimizer, epoch + 1, loader)
         if stopped:
             break
+    loader.close()
     del ddp, model
     gc.collect()
     if dist.is_initialized():

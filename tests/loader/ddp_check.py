@@ -9,15 +9,17 @@ import torch.distributed as dist
 import lakeio
 
 
-def main(lake: str, out: str) -> None:
+def main(lake: str, out: str, cluster: str | None = None) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     ds = lakeio.open_dataset(lake)
-    loader = ds.loader(batch_size=10, seed=7, fields=("labels", "paths"))  # rank/world from dist
+    # rank/world from dist; with a scheduler address, each rank is its own client of the cluster
+    loader = ds.loader(batch_size=10, seed=7, fields=("labels", "paths"), cluster=cluster)
     record = {"rank": rank, "world": dist.get_world_size(), "epochs": []}
     for epoch in range(2):
         loader.set_epoch(epoch)
         record["epochs"].append([list(paths) for _, paths in loader])
+    loader.close()
     with open(f"{out}/rank{rank}.json", "w") as fh:
         json.dump(record, fh)
     gc.collect()

@@ -21,8 +21,12 @@ def _torchrun(*args, timeout=240):
 
 
 @pytest.mark.timeout(300)
-def test_two_ranks_split_every_epoch_exactly_once_with_equal_batches(small_lake, tmp_path):
-    _torchrun(Path(__file__).with_name("ddp_check.py"), small_lake[0], tmp_path)
+@pytest.mark.parametrize("on_cluster", [False, True], ids=["in-process", "dask-cluster"])
+def test_two_ranks_split_every_epoch_exactly_once_with_equal_batches(
+    small_lake, tmp_path, cluster_address, on_cluster
+):
+    cluster = [cluster_address] if on_cluster else []  # two processes, two clients, one cluster
+    _torchrun(Path(__file__).with_name("ddp_check.py"), small_lake[0], tmp_path, *cluster)
     records = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["world"] for r in records] == [2, 2]
     for epoch in range(2):
@@ -83,3 +87,17 @@ def test_train_example_learns_and_resumes_mid_epoch(small_lake, tmp_path):
     assert (
         resumed[2]["epoch"] == 1 and resumed[2]["batches_per_rank"] == full[1]["batches_per_rank"]
     )
+
+
+@pytest.mark.timeout(300)
+def test_train_example_streams_through_a_dask_cluster(small_lake, cluster_address):
+    script = EXAMPLES / "train_ddp.py"
+    run = _torchrun(
+        script, small_lake[0], "--epochs", "2", "--batch-size", "16", "--cluster", cluster_address
+    )
+    log = _log(run)
+    assert [e["epoch"] for e in log] == [0, 1]
+    assert log[1]["loss"] < log[0]["loss"]
+    # the workers' memory tiers (summed) serve the second epoch: every chunk is cached by its owner
+    assert log[1]["memory_hit_rate"] == 1.0
+    assert "lakeio loading on the Dask cluster" in run.stdout
