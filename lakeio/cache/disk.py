@@ -1,25 +1,27 @@
 """The disk tier: compressed chunk bytes on local disk, shared by every process on the node.
 
 Backed by diskcache (SQLite index + files), which is safe across processes, so the DDP ranks of
-one machine share it. A per-key lock makes concurrent misses of the same chunk fetch it from the
-origin once. Values are raw bytes only (never pickles), in a folder only the user can write;
-SQLite does not work on NFS, so this belongs on local disk.
+one machine share it. A per-key lock (a kernel file lock per key stripe) makes concurrent misses
+of the same chunk fetch it from the origin once. Values are raw bytes only (never pickles), in a
+folder only the user can write; SQLite does not work on NFS, so this belongs on local disk.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import os
 import stat
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import diskcache
 
 from lakeio.cache.tier import TierStats
 from lakeio.errors import LakeError
 
-LOCK_PREFIX = "lakeio-lock:"
-LOCK_EXPIRE = 600  # seconds; longer than the slowest origin read lakeio waits for
+LOCK_STRIPES = 256  # lock files; keys share one by hash, so a clash only delays a fetch
 
 
 class DiskTier:
@@ -37,6 +39,8 @@ class DiskTier:
             eviction_policy="least-recently-stored",  # no index write on every read
             statistics=False,
         )
+        self._lock_dir = os.path.join(self.directory, "locks")
+        os.makedirs(self._lock_dir, mode=0o700, exist_ok=True)
         self._lock = threading.Lock()
         self._stats = TierStats()
         self.write_errors = 0
@@ -77,7 +81,7 @@ class DiskTier:
         value = self.get(key)
         if value is not None:
             return value, True
-        with diskcache.Lock(self._cache, LOCK_PREFIX + key, expire=LOCK_EXPIRE):
+        with self._fetch_lock(key):
             value = self._cache.get(key, default=None, retry=True)
             if isinstance(value, bytes):  # another process fetched it while we waited
                 return value, True
@@ -86,6 +90,25 @@ class DiskTier:
                 check(value)
             self._store(key, value)
             return value, False
+
+    @contextmanager
+    def _fetch_lock(self, key: str) -> Iterator[None]:
+        """An exclusive lock on ``key`` across the processes (and threads) of this node.
+
+        A kernel file lock (flock) on one of `LOCK_STRIPES` files: waiting costs nothing and a
+        process that dies releases it. (diskcache's own Lock is a row in SQLite taken by polling,
+        three write transactions per chunk, and under contention SQLite's busy handler sleeps:
+        a cold epoch ran on one core of two.) Each acquisition opens its own file description,
+        so threads of one process exclude each other as processes do.
+        """
+        stripe = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "big")
+        path = os.path.join(self._lock_dir, f"{stripe % LOCK_STRIPES:03d}.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
 
     def _store(self, key: str, value: bytes) -> None:
         """Store, but never fail a read because the cache could not keep a copy (disk full…)."""

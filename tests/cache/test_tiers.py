@@ -80,3 +80,40 @@ def test_disk_tier_refuses_a_folder_owned_by_someone_else(tmp_path):
     os.chown(theirs, 65534, 65534)
     with pytest.raises(LakeError, match="belongs to user id 65534"):
         DiskTier(theirs, 1 << 20)
+
+
+@pytest.mark.timeout(60)
+def test_a_process_killed_while_fetching_does_not_hold_up_the_others(tmp_path):
+    """The per-key fetch lock is the kernel's: a rank that dies mid-fetch releases it at once
+    (a lock row in SQLite would have stayed until it expired)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = tmp_path / "tier"
+    DiskTier(folder, 1 << 20)  # create the private folder
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys, time\n"
+            "from lakeio.cache.disk import DiskTier\n"
+            f"tier = DiskTier({str(folder)!r}, 1 << 20)\n"
+            "def slow_fetch():\n"
+            "    print('fetching', flush=True)\n"
+            "    time.sleep(120)\n"
+            "tier.get_or_fetch('chunk-7', slow_fetch)\n"
+        )],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "fetching"  # it holds the key's lock
+        tier = DiskTier(folder, 1 << 20)
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=10)
+        started = time.monotonic()
+        value, hit = tier.get_or_fetch("chunk-7", lambda: b"fetched")
+        assert (value, hit) == (b"fetched", False)
+        assert time.monotonic() - started < 5
+    finally:
+        if holder.poll() is None:
+            holder.kill()
