@@ -1,4 +1,5 @@
-"""The lakeio demo: build a small real image set, ingest it on a local Dask cluster, train on it.
+"""The lakeio demo: build a small real image set, ingest it on a local Dask cluster, compute its
+statistics there, and train on it.
 
 Run with `make demo` (which sets up .venv first) or `python examples/demo.py [OUT_DIR]`.
 
@@ -68,6 +69,10 @@ def main(out: str = "demo-output") -> int:
     lakeio_cli(["info", lake])
     print(f"\n$ lakeio verify {lake}")
     status = lakeio_cli(["verify", lake, "--quiet"])
+    if status:
+        return status
+    print(f"\n$ lakeio stats {lake} --workers 2")
+    status = lakeio_cli(["stats", lake, "--workers", "2"])  # training normalises with these
     if status:
         return status
     return train(lake)

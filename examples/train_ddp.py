@@ -152,7 +152,8 @@ def main() -> None:
     ds = lakeio.open_dataset(args.lake, cache=cache, storage_options=options)
     train, held = ds.split(args.held_out, seed=args.seed)
     h, w, c = ds.manifest.fields["images"].shape
-    norm = ((0.5,) * c, (0.25,) * c)
+    # the lake's own per-channel mean/std when `lakeio stats` stored them, else a generic guess
+    norm = "lake" if ds.manifest.stats.get("images") else ((0.5,) * c, (0.25,) * c)
     model = SmallCNN(c, h, w, len(ds.classes)).to(device)
     ddp = nn.parallel.DistributedDataParallel(model) if dist.is_initialized() else model
     optimizer = torch.optim.Adam(ddp.parameters(), lr=args.lr)

@@ -229,6 +229,8 @@ def _add_stats(sub) -> None:
     p.add_argument("--scheduler", metavar="ADDRESS", help="an existing Dask scheduler")
     p.add_argument("--workers", type=_positive_int, metavar="N",
                    help="local cluster size when no --scheduler (default: one per core)")  # fmt: skip
+    p.add_argument("--force", action="store_true",
+                   help="recompute even if the lake's latest version already carries them")  # fmt: skip
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
         "--storage-option", action="append", default=[], metavar="KEY=VALUE", help=SO_HELP
@@ -243,13 +245,17 @@ def _run_stats(args) -> int:
     options = _storage_options(args.storage_option)
     stats = compute_stats(
         args.dest, cluster=args.scheduler, workers=args.workers, storage_options=options,
-        echo=None if args.json else print,
+        force=args.force, echo=None if args.json else print,
     )  # fmt: skip
     if args.json:
         print(json.dumps(stats, indent=1))
         return 0
     classes = open_dataset(args.dest, storage_options=options).classes
     images = stats["images"]
+    if stats.get("up_to_date"):
+        print(
+            f"statistics already stored in version {stats['stored_in_version']} (--force recomputes)"
+        )
     print(
         f"images: {stats['samples']:,} samples, {images['pixels_per_channel']:,} pixels per channel"
     )
@@ -260,9 +266,10 @@ def _run_stats(args) -> int:
     for i, count in enumerate(counts):
         name = classes[i] if i < len(classes) else str(i)
         print(f"  {name}: {count:,} ({100 * count / max(1, sum(counts)):.1f}%)")
-    print(
-        f'stored in the lake as version {stats["stored_in_version"]}; use normalize="lake" in loaders'
-    )
+    if not stats.get("up_to_date"):
+        print(
+            f'stored in the lake as version {stats["stored_in_version"]}; use normalize="lake" in loaders'
+        )
     return 0
 
 

@@ -112,3 +112,17 @@ def test_stats_of_a_grayscale_lake(tmp_path, client):
     assert stats["images"]["mean"][0] == pytest.approx(pixels.mean(), rel=1e-12)
     assert stats["images"]["std"][0] == pytest.approx(pixels.std(), rel=1e-9)
     assert stats["images"]["pixels_per_channel"] == pixels.size
+
+
+def test_rerunning_stats_changes_nothing_unless_forced(stats_lake, client, capsys):
+    path, _, _ = stats_lake
+    first = compute_stats(path, cluster=client, echo=None)
+    again = compute_stats(path, cluster=client, echo=None)
+    assert again["up_to_date"] and again["stored_in_version"] == first["stored_in_version"]
+    assert again["images"] == first["images"]
+    assert lakeio.open_dataset(path).version == first["stored_in_version"]
+    assert main(["stats", str(path), "--scheduler", client.scheduler.address]) == 0
+    assert "already stored in version" in capsys.readouterr().out
+    forced = compute_stats(path, cluster=client, force=True, echo=None)
+    assert forced["stored_in_version"] == first["stored_in_version"] + 1
+    assert forced["images"] == first["images"]
