@@ -96,6 +96,7 @@ def evaluate(model: nn.Module, held: lakeio.Dataset, device: torch.device, norm)
     loader = held.loader(
         256,
         shuffle=False,
+        prefetch_next_epoch=False,  # read once: nothing to load ahead for
         layout="NCHW",
         dtype=torch.float32,
         normalize=norm,

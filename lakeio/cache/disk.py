@@ -8,6 +8,7 @@ folder only the user can write; SQLite does not work on NFS, so this belongs on 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -103,12 +104,16 @@ class DiskTier:
         """
         stripe = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "big")
         path = os.path.join(self._lock_dir, f"{stripe % LOCK_STRIPES:03d}.lock")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        with _open_lock_files:  # no fork between open and registering the descriptor
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            _lock_fds.add(fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
-            os.close(fd)  # closing releases the lock
+            with _open_lock_files:
+                _lock_fds.discard(fd)
+                os.close(fd)  # the last descriptor of the file closed releases the lock
 
     def _store(self, key: str, value: bytes) -> None:
         """Store, but never fail a read because the cache could not keep a copy (disk full…)."""
@@ -137,6 +142,32 @@ class DiskTier:
 
     def close(self) -> None:
         self._cache.close()
+
+
+# An flock belongs to the open file, which a fork() shares with the child: a child made while a
+# fetch holds a lock (a DataLoader worker, say) would keep it held after the parent let go. The
+# child closes its copies of every lock descriptor right after the fork.
+_lock_fds: set[int] = set()
+_open_lock_files = threading.Lock()
+
+
+def _close_inherited_lock_fds() -> None:
+    for fd in _lock_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _lock_fds.clear()
+
+
+def _release_after_fork() -> None:
+    if _open_lock_files.locked():
+        _open_lock_files.release()
+
+
+os.register_at_fork(
+    before=_open_lock_files.acquire,
+    after_in_parent=_open_lock_files.release,
+    after_in_child=lambda: (_close_inherited_lock_fds(), _release_after_fork()),
+)
 
 
 class _BytesOnlyDisk(diskcache.Disk):

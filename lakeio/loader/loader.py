@@ -85,6 +85,7 @@ class Loader:
         self.cluster_tasks = 0
         self._spare = None  # (epoch, prefetch) started ahead for the epoch expected next
         self._spare_lock = threading.Lock()
+        self._closed = False
 
     def __getstate__(self) -> dict[str, Any]:  # sent to DataLoader workers: no threads, no lock
         state = dict(self.__dict__)
@@ -99,6 +100,8 @@ class Loader:
     def close(self) -> None:
         """Release the cluster connection (and the LocalCluster, if this loader started one)
         and whatever was loading ahead for the next epoch."""
+        with self._spare_lock:
+            self._closed = True
         self._drop_spare()
         if self.cluster is not None:
             self.cluster.close()
@@ -233,14 +236,14 @@ class Loader:
         stop: threading.Event,
         epoch: int | None,
     ) -> None:
-        prefetcher = loads = None
+        prefetcher = loads = spare = None
         finished = False
         try:
             started = self._take_spare(epoch)
             if started is None:
                 started = self._start_prefetch(batches, self.epoch)
-            prefetcher, loads, batch_chunks, row_of = started
-            ahead_pending = epoch is not None and self.stream.prefetch_next_epoch
+            prefetcher, loads, batch_chunks, row_of, after = started
+            ahead = epoch is not None and self.stream.prefetch_next_epoch
             for i, indices in enumerate(batches):
                 if stop.is_set():
                     return
@@ -251,13 +254,17 @@ class Loader:
                 out = {f: t.numpy() for f, t in pinned.items()} if pinned else None
                 arrays = gather(self.stream.fields, batch_chunks[i], row_of[indices], chunks, out)
                 prefetcher.done_with(i)
-                if ahead_pending and prefetcher.fully_requested:
-                    # this epoch's tail is all in flight: half the budget goes to the next one
-                    self._start_spare(epoch + 1, prefetcher.budget // 2, len(prefetcher.order))
-                    ahead_pending = False
+                if ahead and prefetcher.fully_requested:
+                    # this epoch's tail is all requested: what it frees of the budget goes to
+                    # the next epoch's first chunks, so both together stay within the budget
+                    if spare is None:
+                        spare = self._start_spare(epoch + 1, after + len(prefetcher.order))
+                        ahead = spare is not None
+                    if spare is not None:
+                        spare.warm(prefetcher.budget - prefetcher.held_bytes)
                 _put(ready, (arrays, pinned), stop)
+            finished = True
             _put(ready, _DONE, stop)
-            finished = not stop.is_set()
         except BaseException as exc:  # surfaces in the consumer's thread
             _put(ready, exc, stop)
         finally:
@@ -268,18 +275,28 @@ class Loader:
             if not finished:  # abandoned or failed: the next epoch is not a given any more
                 self._drop_spare()
 
-    def _start_spare(self, epoch: int, budget: int, after: int) -> None:
-        """Start loading ``epoch``'s first chunks (up to ``budget`` bytes) for the iteration
-        expected next (most training loops go on with ``set_epoch(epoch)``), while this epoch's
-        tail is still being read: the next epoch starts without waiting for its first shuffle
-        window. Dropped if the next iteration is another epoch. ``after``: chunks of the current
-        epoch, so the memory tier's schedule counts the next epoch's uses after them."""
-        spare = self._start_prefetch(self._batches_of(epoch), epoch, after)
-        spare[0].warm(budget)
+    def _start_spare(self, epoch: int, after: int):
+        """Start a prefetch for ``epoch``, the iteration expected next (most training loops go on
+        with ``set_epoch(epoch)``), while this epoch's tail is still read: the next epoch then
+        starts without waiting for its first shuffle window. Dropped if the next iteration is
+        another epoch. ``after``: chunk uses scheduled before it, so the memory tier's plan
+        counts the next epoch's uses after this one's. Returns its prefetcher, or None."""
+        try:
+            spare = self._start_prefetch(self._batches_of(epoch), epoch, after)
+        except Exception:  # e.g. a cluster without workers: the next epoch will say so itself
+            return None
         with self._spare_lock:
-            old, self._spare = self._spare, (epoch, spare)
+            if self._closed:
+                old, spare_kept = None, None
+            else:
+                old, self._spare = self._spare, (epoch, spare)
+                spare_kept = spare
         if old is not None:
             _close_started(old[1])
+        if spare_kept is None:  # the loader was closed meanwhile
+            _close_started(spare)
+            return None
+        return spare[0]
 
     def _drop_spare(self) -> None:
         spare = self._take_spare(None)
@@ -317,7 +334,7 @@ class Loader:
             batch_chunks=batch_chunks,
             budget=budget,
         )
-        return prefetcher, loads, batch_chunks, row_of
+        return prefetcher, loads, batch_chunks, row_of, after
 
     def _scheduled_load(
         self, this_epoch: list[int], epoch: int, after: int = 0

@@ -78,6 +78,11 @@ class ChunkPrefetcher:
         return self._budget
 
     @property
+    def held_bytes(self) -> int:
+        """Bytes of the chunks requested and not yet released."""
+        return self._held_bytes
+
+    @property
     def fully_requested(self) -> bool:
         """Every chunk of the epoch has been requested (what is left is the epoch's tail)."""
         return self._next >= len(self._order)

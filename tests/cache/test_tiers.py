@@ -117,3 +117,58 @@ def test_a_process_killed_while_fetching_does_not_hold_up_the_others(tmp_path):
     finally:
         if holder.poll() is None:
             holder.kill()
+
+
+def _same_stripe(key: str, prefix: str) -> str:
+    """Another key whose fetch lock is the same lock file as ``key``'s."""
+    import hashlib
+
+    from lakeio.cache.disk import LOCK_STRIPES
+
+    def stripe(k: str) -> int:
+        digest = hashlib.blake2b(k.encode(), digest_size=4).digest()
+        return int.from_bytes(digest, "big") % LOCK_STRIPES
+
+    return next(f"{prefix}{i}" for i in range(100_000) if stripe(f"{prefix}{i}") == stripe(key))
+
+
+@pytest.mark.timeout(60)
+def test_a_fork_during_a_fetch_leaves_no_lock_behind(tmp_path):
+    """A process forked while a load thread holds a fetch lock (a DataLoader worker, say) must
+    neither keep that lock held for the parent nor block on it itself."""
+    import threading
+    import time
+
+    tier = DiskTier(tmp_path / "tier", 1 << 20)
+    inside = threading.Event()
+
+    def slow_fetch() -> bytes:
+        inside.set()
+        time.sleep(1.0)
+        return b"A"
+
+    fetching = threading.Thread(target=tier.get_or_fetch, args=("chunk-1", slow_fetch))
+    fetching.start()
+    inside.wait()
+    child_key, parent_key = _same_stripe("chunk-1", "c"), _same_stripe("chunk-1", "p")
+    pid = os.fork()
+    if pid == 0:  # the child: the same lock file, after the parent's fetch is over
+        ok = False
+        try:
+            time.sleep(1.5)
+            done = threading.Event()
+            threading.Thread(
+                target=lambda: (tier.get_or_fetch(child_key, lambda: b"B"), done.set()),
+                daemon=True,
+            ).start()
+            ok = done.wait(5)
+        finally:
+            os._exit(0 if ok else 1)
+    fetching.join()
+    done = threading.Event()
+    threading.Thread(
+        target=lambda: (tier.get_or_fetch(parent_key, lambda: b"C"), done.set()), daemon=True
+    ).start()
+    assert done.wait(3), "the parent waited on a lock the child inherited"
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0, "the child blocked on the inherited lock"
