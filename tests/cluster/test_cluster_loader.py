@@ -126,7 +126,9 @@ def test_affinity_makes_two_workers_memory_one_cache(tmp_path):
         total = len(ds0.chunk_members()) * ds0.chunk_nbytes(("images", "labels"))
         budget = int(0.75 * total)
         ds = lakeio.open_dataset(path, cache=lakeio.Cache(memory=budget))
-        with ds.loader(32, seed=1, cluster=client, decode="worker") as loader:
+        # no loading ahead: epoch 2's requests are counted within epoch 2
+        loader = ds.loader(32, seed=1, cluster=client, decode="worker", prefetch_next_epoch=False)
+        with loader:
             _batches(loader)
             before = loader.stats()["workers"]
             loader.set_epoch(1)
@@ -318,7 +320,11 @@ def test_workers_evict_by_the_plan_when_the_cluster_cannot_hold_the_lake(tmp_pat
         for policy in ("lru", "plan"):
             cache = lakeio.Cache(memory=total // 4, eviction=policy)
             ds = lakeio.open_dataset(path, cache=cache)
-            with ds.loader(32, shuffle=False, cluster=client, decode="worker") as loader:
+            # no loading ahead: epoch 2's requests are counted within epoch 2
+            loader = ds.loader(
+                32, shuffle=False, cluster=client, decode="worker", prefetch_next_epoch=False
+            )
+            with loader:
                 _batches(loader)
                 before = loader.stats()["workers"]
                 loader.set_epoch(1)
