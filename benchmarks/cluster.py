@@ -75,7 +75,7 @@ def real_payload(ds, decode: str, nbytes: int) -> dict[str, list]:
     for ref in refs:
         for field in out:
             if decode == "trainer":
-                value = np.frombuffer(ds.source.get_raw(ref.segment, field, ref.chunk), np.uint8)
+                value = ds.source.get_raw(ref.segment, field, ref.chunk)
             else:
                 value = np.array(ds.source.get(ref.segment, field, ref.chunk))
             out[field].append(value)

@@ -102,8 +102,7 @@ class DiskTier:
         a cold epoch ran on one core of two.) Each acquisition opens its own file description,
         so threads of one process exclude each other as processes do.
         """
-        stripe = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "big")
-        path = os.path.join(self._lock_dir, f"{stripe % LOCK_STRIPES:03d}.lock")
+        path = os.path.join(self._lock_dir, f"{lock_stripe(key):03d}.lock")
         with _open_lock_files:  # no fork between open and registering the descriptor
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
             _lock_fds.add(fd)
@@ -142,6 +141,12 @@ class DiskTier:
 
     def close(self) -> None:
         self._cache.close()
+
+
+def lock_stripe(key: str) -> int:
+    """Which of the `LOCK_STRIPES` lock files guards fetches of ``key``."""
+    digest = hashlib.blake2b(key.encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") % LOCK_STRIPES
 
 
 # An flock belongs to the open file, which a fork() shares with the child: a child made while a

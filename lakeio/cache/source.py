@@ -22,6 +22,8 @@ from lakeio.format.location import Location
 from lakeio.format.manifest import Manifest
 from lakeio.format.segment import chunk_key
 
+STORED_PREFIX = "stored:"  # memory-tier keys of stored (not decoded) chunk bytes
+
 
 class ChunkSource:
     """Decoded chunks of a lake's fields, served from the cheapest tier that has them."""
@@ -58,39 +60,33 @@ class ChunkSource:
 
     def get(self, segment: int, field: str, chunk: int) -> np.ndarray:
         """The decoded chunk (full chunk length; rows past the segment's end are padding)."""
-        started = time.perf_counter()
         key = self.key(segment, field, chunk)
         cache_key = self.loc.describe(key)
+        return self._serve(cache_key, lambda: self._load(field, key, cache_key))
+
+    def get_raw(self, segment: int, field: str, chunk: int) -> np.ndarray:
+        """The chunk's stored bytes (compressed, checksum included) as a read-only uint8 array,
+        verified, from the cheapest tier.
+
+        For a trainer that decodes itself (cluster loading with ``decode="trainer"``): the memory
+        tier then holds stored bytes, which cost less memory and less network than decoded ones.
+        """
+        key = self.key(segment, field, chunk)
+        cache_key = STORED_PREFIX + self.loc.describe(key)
+        return self._serve(cache_key, lambda: np.frombuffer(self._load_stored(key), np.uint8))
+
+    def _serve(self, cache_key: str, load) -> np.ndarray:
+        """The memory tier's copy of ``cache_key``, or ``load()`` kept there; counts and times it."""
+        started = time.perf_counter()
         value = self.memory.get(cache_key) if self.memory is not None else None
         hit = value is not None
         if not hit:
-            value = self._load(field, key, cache_key)
+            value = load()
             if self.memory is not None:
                 self.memory.put(cache_key, value)
         self._add("hit_seconds" if hit else "miss_seconds", time.perf_counter() - started)
         self._add("requests", 1)
         return value
-
-    def get_raw(self, segment: int, field: str, chunk: int) -> bytes:
-        """The chunk's stored bytes (compressed, checksum included), verified, from the cheapest tier.
-
-        For a trainer that decodes itself (cluster loading with ``decode="trainer"``): the memory
-        tier then holds stored bytes, which cost less memory and less network than decoded ones.
-        """
-        started = time.perf_counter()
-        key = self.key(segment, field, chunk)
-        cache_key = "stored:" + self.loc.describe(key)
-        value = self.memory.get(cache_key) if self.memory is not None else None
-        hit = value is not None
-        if value is None:
-            raw = self._load_stored(key)
-            if self.memory is not None:
-                self.memory.put(cache_key, np.frombuffer(raw, dtype=np.uint8))
-        else:
-            raw = value.base if isinstance(value.base, bytes) else value.tobytes()
-        self._add("hit_seconds" if hit else "miss_seconds", time.perf_counter() - started)
-        self._add("requests", 1)
-        return raw
 
     def _load_stored(self, key: str) -> bytes:
         if self.disk is None:
@@ -122,7 +118,7 @@ class ChunkSource:
         ``stored`` schedules the stored-bytes entries (`get_raw`) instead of the decoded ones."""
         if self.memory is None:
             return
-        prefix = "stored:" if stored else ""
+        prefix = STORED_PREFIX if stored else ""
         times = {}
         for (segment, chunk), when in refs_and_times:
             for field in self.manifest.fields:

@@ -14,7 +14,6 @@ import time
 from dataclasses import replace
 from typing import Any
 
-import numpy as np
 from distributed import WorkerPlugin, get_worker
 
 from lakeio.cache.config import Cache
@@ -105,9 +104,9 @@ def load_chunks(
                 value = source.get(segment, field, chunk)
                 nbytes += int(getattr(value, "nbytes", 0))
             else:
-                # as a uint8 array: Dask ships arrays without a copy on either side (bytes
+                # a uint8 array: Dask ships arrays without a copy on either side (bytes
                 # objects are rebuilt by copying), and the trainer checksums it in place
-                value = np.frombuffer(source.get_raw(segment, field, chunk), dtype=np.uint8)
+                value = source.get_raw(segment, field, chunk)
                 nbytes += value.nbytes
             out[field].append(value)
     with _lock:

@@ -121,15 +121,11 @@ def test_a_process_killed_while_fetching_does_not_hold_up_the_others(tmp_path):
 
 def _same_stripe(key: str, prefix: str) -> str:
     """Another key whose fetch lock is the same lock file as ``key``'s."""
-    import hashlib
+    from lakeio.cache.disk import lock_stripe
 
-    from lakeio.cache.disk import LOCK_STRIPES
-
-    def stripe(k: str) -> int:
-        digest = hashlib.blake2b(k.encode(), digest_size=4).digest()
-        return int.from_bytes(digest, "big") % LOCK_STRIPES
-
-    return next(f"{prefix}{i}" for i in range(100_000) if stripe(f"{prefix}{i}") == stripe(key))
+    return next(
+        f"{prefix}{i}" for i in range(100_000) if lock_stripe(f"{prefix}{i}") == lock_stripe(key)
+    )
 
 
 @pytest.mark.timeout(60)

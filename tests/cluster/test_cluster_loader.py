@@ -115,6 +115,21 @@ def _tiny_lake(tmp_path, client, chunks: int = 64, chunk_samples: int = 8):
     return path, images
 
 
+def _second_epoch_figures(ds, **options) -> dict[str, int]:
+    """The workers' memory requests, hits and origin reads during epoch 2 alone, summed.
+
+    Loading ahead is turned off so that none of epoch 2's loads land in epoch 1's interval."""
+    loader = ds.loader(32, prefetch_next_epoch=False, **options)
+    names = ("memory_requests", "memory_hits", "origin_reads")
+    with loader:
+        _batches(loader)
+        before = loader.stats()["workers"]
+        loader.set_epoch(1)
+        _batches(loader)
+        after = loader.stats()["workers"]
+    return {n: sum(after[w][n] - before[w][n] for w in after) for n in names}
+
+
 def test_affinity_makes_two_workers_memory_one_cache(tmp_path):
     """A lake larger than one worker's memory tier but not two: epoch 2 reads nothing."""
     with (
@@ -126,20 +141,11 @@ def test_affinity_makes_two_workers_memory_one_cache(tmp_path):
         total = len(ds0.chunk_members()) * ds0.chunk_nbytes(("images", "labels"))
         budget = int(0.75 * total)
         ds = lakeio.open_dataset(path, cache=lakeio.Cache(memory=budget))
-        # no loading ahead: epoch 2's requests are counted within epoch 2
-        loader = ds.loader(32, seed=1, cluster=client, decode="worker", prefetch_next_epoch=False)
-        with loader:
-            _batches(loader)
-            before = loader.stats()["workers"]
-            loader.set_epoch(1)
-            _batches(loader)
-            after = loader.stats()["workers"]
+        second = _second_epoch_figures(ds, seed=1, cluster=client, decode="worker")
         assert budget < total  # no single worker could hold the lake
-        origin_reads = sum(after[w]["origin_reads"] - before[w]["origin_reads"] for w in after)
-        requests = sum(after[w]["memory_requests"] - before[w]["memory_requests"] for w in after)
-        hits = sum(after[w]["memory_hits"] - before[w]["memory_hits"] for w in after)
-        assert origin_reads == 0
-        assert requests > 0 and hits == requests
+        assert second["origin_reads"] == 0
+        assert second["memory_requests"] > 0
+        assert second["memory_hits"] == second["memory_requests"]
 
 
 def test_owner_moves_only_the_chunks_of_a_leaving_worker():
@@ -320,21 +326,8 @@ def test_workers_evict_by_the_plan_when_the_cluster_cannot_hold_the_lake(tmp_pat
         for policy in ("lru", "plan"):
             cache = lakeio.Cache(memory=total // 4, eviction=policy)
             ds = lakeio.open_dataset(path, cache=cache)
-            # no loading ahead: epoch 2's requests are counted within epoch 2
-            loader = ds.loader(
-                32, shuffle=False, cluster=client, decode="worker", prefetch_next_epoch=False
-            )
-            with loader:
-                _batches(loader)
-                before = loader.stats()["workers"]
-                loader.set_epoch(1)
-                _batches(loader)
-                after = loader.stats()["workers"]
-            requests = sum(
-                after[w]["memory_requests"] - before[w]["memory_requests"] for w in after
-            )
-            got = sum(after[w]["memory_hits"] - before[w]["memory_hits"] for w in after)
-            hits[policy] = got / requests
+            second = _second_epoch_figures(ds, shuffle=False, cluster=client, decode="worker")
+            hits[policy] = second["memory_hits"] / second["memory_requests"]
         assert hits["lru"] == 0.0  # a cyclic order larger than the cache: LRU always misses
         assert hits["plan"] >= 0.3  # about the cached share: what is needed soonest stays
 
