@@ -1,10 +1,9 @@
 """Loading through a Dask cluster: what it delivers into the trainer, against what it could.
 
-Run: .venv/bin/python benchmarks/cluster.py [--scale 1.0] [--out FILE]
+Run: .venv/bin/python benchmarks/cluster.py [--scale 1.0] [--rounds 3] [--out FILE]
 
 All in one run on the same lakes of natural photo crops (64x64 and 224x224, lz4), warm epochs
-(the median of epochs 2-4: every worker's memory tier holds its chunks), shuffled, uint8 tensors
-in the trainer:
+(every worker's memory tier holds its chunks), shuffled, uint8 tensors in the trainer:
 
 - in process:        ds.loader(...) without a cluster (the default path), memory tier warm
 - cluster, N workers: ds.loader(..., cluster=client) on a LocalCluster of N single-threaded
@@ -13,7 +12,12 @@ in the trainer:
                       each block is the lake's own data shaped like a load result (stored
                       bytes or decoded chunks), placed on every worker beforehand and echoed by
                       a trivial task; waves of 16, fetched in parallel straight from the
-                      workers; best of 3 (what Dask's transport delivers with nothing else to do)
+                      workers (what Dask's transport delivers with nothing else to do)
+
+Loader and ceiling are timed over the same bytes (several epochs back to back, a second or
+more: one epoch here is a fraction of a second, at the mercy of one hiccup), alternating, for
+``--rounds`` rounds; the tables give medians, and the CPU seconds each spent per GB delivered
+in the trainer's process and in the workers.
 
 Then the affinity experiment: a lake 1.5x one worker's memory budget on 2 workers, the second
 epoch's hit rate with affinity (each chunk always loaded by its owner) and without (Dask places
@@ -25,6 +29,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import tempfile
 import time
 
@@ -47,18 +52,25 @@ def make_lake(work: str, size: tuple[int, int], count: int, client: Client, name
     return path
 
 
-def warm_epoch_rate(loader, warm_epochs: int = 3) -> tuple[float, float]:
-    """Images/s of the warm epochs (the first warms the caches): the median of ``warm_epochs``
-    (one epoch here is a fraction of a second, so a single one is at the mercy of a hiccup),
-    and that epoch's seconds."""
-    runs = []
-    for epoch in range(1 + warm_epochs):
+EPOCHS_TIMED = 8  # per round: ~1-3 s of loading on these lakes
+
+
+def epochs_rate(loader, first: int, epochs: int = EPOCHS_TIMED) -> tuple[int, float]:
+    """Samples and seconds of ``epochs`` warm epochs back to back, from epoch ``first``."""
+    samples = 0
+    start = time.perf_counter()
+    for epoch in range(first, first + epochs):
         loader.set_epoch(epoch)
-        start = time.perf_counter()
-        samples = sum(len(labels) for _, labels in loader)
-        if epoch:
-            runs.append((samples / (time.perf_counter() - start), time.perf_counter() - start))
-    return sorted(runs)[len(runs) // 2]
+        samples += sum(len(labels) for _, labels in loader)
+    return samples, time.perf_counter() - start
+
+
+def cpu_seconds(client: Client | None = None) -> tuple[float, float]:
+    """CPU seconds used so far by this process and by the client's workers."""
+    here = sum(os.times()[:2])
+    if client is None:
+        return here, 0.0
+    return here, sum(client.run(lambda: sum(os.times()[:2])).values())
 
 
 def _echo(payload):
@@ -66,13 +78,12 @@ def _echo(payload):
 
 
 def real_payload(ds, decode: str, nbytes: int) -> dict[str, list]:
-    """About ``nbytes`` of the lake's own data, shaped as a load task's result: stored chunk
-    bytes (decode="trainer") or decoded chunks ("worker"). Content matters: on this machine
-    Dask moves random bytes at half the rate of natural-image bytes."""
+    """About ``nbytes`` of the lake's own data, shaped as a load task's result: a list of
+    decoded (decode="worker") or stored ("trainer") chunks per field. Content matters: on this
+    machine Dask moved random bytes at a quarter of the rate of natural-image bytes."""
     out: dict[str, list] = {"images": [], "labels": []}
     size = 0
-    refs = ds._chunk_table[0]
-    for ref in refs:
+    for ref in ds._chunk_table[0]:
         for field in out:
             if decode == "trainer":
                 value = ds.source.get_raw(ref.segment, field, ref.chunk)
@@ -85,32 +96,23 @@ def real_payload(ds, decode: str, nbytes: int) -> dict[str, list]:
     return out
 
 
-def gather_ceiling(
-    client: Client, payload: dict, nbytes: int, tasks: int, in_flight: int, repeats: int = 3
-) -> float:
-    """Bytes/s of ``tasks`` plain tasks each returning ``payload`` (``nbytes``, the lake's own
-    data, placed on every worker beforehand), in waves of ``in_flight``; best of ``repeats``."""
-    [on_workers] = client.scatter([payload], broadcast=True)
-    best = 0.0
-    for _ in range(repeats):
-        start = time.perf_counter()
-        submitted, wave = 0, []
-        while submitted < tasks or wave:
-            # the next wave is on its way while this one is fetched, in parallel from every
-            # worker and straight from them: at least as much concurrency as the loader has
-            ahead = [
-                client.submit(_echo, on_workers, pure=False)
-                for _ in range(min(in_flight, tasks - submitted))
-            ]
-            submitted += len(ahead)
-            if wave:
-                client.gather(wave, direct=True)
-            wave = ahead
-        best = max(best, tasks * nbytes / (time.perf_counter() - start))
-    return best
+def gather_ceiling(client: Client, on_workers, tasks: int, in_flight: int = 16) -> None:
+    """``tasks`` plain tasks each returning the payload ``on_workers`` (placed on every worker
+    beforehand), in waves of ``in_flight``, each wave fetched while the next one runs."""
+    submitted, wave = 0, []
+    while submitted < tasks or wave:
+        ahead = [
+            client.submit(_echo, on_workers, pure=False)
+            for _ in range(min(in_flight, tasks - submitted))
+        ]
+        submitted += len(ahead)
+        if wave:
+            client.gather(wave, direct=True)
+        wave = ahead
 
 
-def cluster_rates(path: str, batch: int, workers: int) -> dict[str, dict]:
+def cluster_rates(path: str, batch: int, workers: int, rounds: int) -> dict[str, dict]:
+    """Loader and ceiling, alternating for ``rounds`` rounds of the same bytes each: medians."""
     out = {}
     with (
         LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0") as cluster,
@@ -119,22 +121,51 @@ def cluster_rates(path: str, batch: int, workers: int) -> dict[str, dict]:
         client.run(warm_worker)
         ds = lakeio.open_dataset(path, cache=lakeio.Cache(memory="8GB"))
         for decode in ("trainer", "worker"):
+            shipped = _shipped_bytes_per_epoch(ds, decode) * EPOCHS_TIMED
+            runs = []
             with ds.loader(batch, seed=0, cluster=client, decode=decode) as loader:
-                rate, elapsed = warm_epoch_rate(loader)
-                stats = loader.stats()
-                tasks_per_epoch = stats["cluster_tasks"] / 4  # the warm-up epoch and three
-            shipped = _shipped_bytes_per_epoch(ds, decode)
-            payload = real_payload(ds, decode, int(shipped / tasks_per_epoch))
-            size = sum(a.nbytes for arrays in payload.values() for a in arrays)
-            ceiling = gather_ceiling(client, payload, size, int(tasks_per_epoch), in_flight=16)
+                epochs_rate(loader, 0, 1)  # fills every worker's memory tier
+                tasks = loader.stats()["cluster_tasks"] * EPOCHS_TIMED
+                payload = real_payload(ds, decode, int(shipped / tasks))
+                [on_workers] = client.scatter([payload], broadcast=True, hash=False)
+                for r in range(rounds):
+                    cpu0 = cpu_seconds(client)
+                    start = time.perf_counter()
+                    gather_ceiling(client, on_workers, tasks)
+                    ceiling_s = time.perf_counter() - start
+                    cpu1 = cpu_seconds(client)
+                    samples, loader_s = epochs_rate(loader, 1 + r * EPOCHS_TIMED)
+                    cpu2 = cpu_seconds(client)
+                    ceiling_bytes = tasks * sum(_nbytes(v) for v in payload.values())
+                    runs.append(
+                        {
+                            "rate": samples / loader_s,
+                            "bytes_per_s": shipped / loader_s,
+                            "ceiling_bytes_per_s": ceiling_bytes / ceiling_s,
+                            "ratio": (shipped / loader_s) / (ceiling_bytes / ceiling_s),
+                            "loader_cpu": ((cpu2[0] - cpu1[0]) / shipped * 1e9,
+                                           (cpu2[1] - cpu1[1]) / shipped * 1e9),
+                            "ceiling_cpu": ((cpu1[0] - cpu0[0]) / ceiling_bytes * 1e9,
+                                            (cpu1[1] - cpu0[1]) / ceiling_bytes * 1e9),
+                        }
+                    )  # fmt: skip
+                del on_workers
             out[decode] = {
-                "rate": rate,
-                "bytes_per_s": shipped / elapsed,
-                "ceiling_bytes_per_s": ceiling,
-                "task_mb": shipped / tasks_per_epoch / 1e6,
-                "tasks": tasks_per_epoch,
+                **{k: _median([run[k] for run in runs]) for k in runs[0]},
+                "ratios": [run["ratio"] for run in runs],
+                "task_mb": shipped / tasks / 1e6,
             }
     return out
+
+
+def _median(values: list):
+    if isinstance(values[0], tuple):
+        return tuple(statistics.median(v) for v in zip(*values, strict=True))
+    return statistics.median(values)
+
+
+def _nbytes(arrays: list) -> int:
+    return sum(a.nbytes for a in arrays)
 
 
 def _shipped_bytes_per_epoch(ds, decode: str) -> float:
@@ -144,10 +175,15 @@ def _shipped_bytes_per_epoch(ds, decode: str) -> float:
     return sum(s.stored_bytes for s in m.segments)  # labels and paths included: close enough
 
 
-def in_process_rate(path: str, batch: int) -> float:
+def in_process_rate(path: str, batch: int, rounds: int) -> float:
     ds = lakeio.open_dataset(path, cache=lakeio.Cache(memory="8GB"))
-    rate, _ = warm_epoch_rate(ds.loader(batch, seed=0))
-    return rate
+    loader = ds.loader(batch, seed=0)
+    epochs_rate(loader, 0, 1)
+    rates = []
+    for r in range(rounds):
+        samples, seconds = epochs_rate(loader, 1 + r * EPOCHS_TIMED)
+        rates.append(samples / seconds)
+    return statistics.median(rates)
 
 
 AFFINITY_RUNS = [
@@ -215,12 +251,17 @@ def affinity_case(work: str, client: Client) -> dict[str, dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the image counts")
+    parser.add_argument("--rounds", type=int, default=3, help="loader/ceiling rounds (median)")
     parser.add_argument("--out", help="also write the markdown tables here")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="lakeio-cluster-bench-")
     lines = [
-        "| lake | loader | img/s (warm) | / in process | MB/s into trainer | ceiling MB/s | / ceiling | MB per task |",
+        "| lake | loader | img/s (warm) | / in process | MB/s into trainer | ceiling MB/s | / ceiling (each round) | MB per task |",
         "|---|---|---|---|---|---|---|---|",
+    ]
+    cpu = [
+        "| lake | decode | trainer CPU s/GB: loader | ceiling | workers CPU s/GB: loader | ceiling |",
+        "|---|---|---|---|---|---|",
     ]
     scaling = [
         "| lake | decode | 1 worker img/s | 2 workers img/s | speedup S | efficiency E |",
@@ -237,15 +278,20 @@ def main() -> None:
             ]
         for size, batch, path in lakes:
             name = f"{size[0]}x{size[1]}"
-            local = in_process_rate(path, batch)
+            local = in_process_rate(path, batch, args.rounds)
             lines.append(f"| {name} | in process | {local:,.0f} | 1.00 | | | | |")
-            by_workers = {w: cluster_rates(path, batch, w) for w in (1, 2)}
+            by_workers = {w: cluster_rates(path, batch, w, args.rounds) for w in (1, 2)}
             for decode, r in by_workers[2].items():
+                each = ", ".join(f"{x:.0%}" for x in r["ratios"])
                 lines.append(
                     f"| {name} | cluster, 2 workers, decode={decode} | {r['rate']:,.0f} | "
                     f"{r['rate'] / local:.2f} | {r['bytes_per_s'] / 1e6:,.0f} | "
                     f"{r['ceiling_bytes_per_s'] / 1e6:,.0f} | "
-                    f"{r['bytes_per_s'] / r['ceiling_bytes_per_s']:.0%} | {r['task_mb']:.1f} |"
+                    f"**{r['ratio']:.0%}** ({each}) | {r['task_mb']:.1f} |"
+                )
+                cpu.append(
+                    f"| {name} | {decode} | {r['loader_cpu'][0]:.2f} | {r['ceiling_cpu'][0]:.2f} | "
+                    f"{r['loader_cpu'][1]:.2f} | {r['ceiling_cpu'][1]:.2f} |"
                 )
                 one = by_workers[1][decode]["rate"]
                 speedup = r["rate"] / one
@@ -272,7 +318,16 @@ def main() -> None:
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = "\n".join(lines) + "\n\n" + "\n".join(scaling) + "\n\n" + "\n".join(aff_lines) + "\n"
+    text = (
+        "\n".join(lines)
+        + "\n\n"
+        + "\n".join(cpu)
+        + "\n\n"
+        + "\n".join(scaling)
+        + "\n\n"
+        + "\n".join(aff_lines)
+        + "\n"
+    )
     print(text)
     if args.out:
         with open(args.out, "w") as fh:

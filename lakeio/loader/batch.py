@@ -17,8 +17,9 @@ def gather(
     """Rows ``rows`` of chunks ``chunk_ids`` (one pair per sample) for each field, in batch order.
 
     Large samples are copied one by one straight into place (fancy indexing would copy them
-    twice); small ones with one fancy-index copy per chunk. ``out`` may supply the
-    destination arrays (e.g. pinned buffers); they must hold at least ``len(rows)`` samples.
+    twice); small ones with one ``take`` per chunk, the batch positions of every chunk found
+    with one sort. ``out`` may supply the destination arrays (e.g. pinned buffers); they must
+    hold at least ``len(rows)`` samples.
     """
     n = len(rows)
     result: dict[str, np.ndarray] = {}
@@ -38,8 +39,15 @@ def gather(
             for i, (chunk, row) in enumerate(zip(chunk_list, row_list, strict=True)):
                 dest[i] = arrays[chunk][row]
             continue
-        if groups is None:  # small samples: one fancy-index copy per chunk beats a Python loop
-            groups = [(c, np.flatnonzero(chunk_ids == c)) for c in np.unique(chunk_ids).tolist()]
+        if groups is None:  # small samples: one copy per chunk beats a Python loop
+            groups = _positions_by_chunk(chunk_ids)
         for chunk, positions in groups:
-            dest[positions] = chunks[chunk][field][rows[positions]]
+            dest[positions] = chunks[chunk][field].take(rows[positions], axis=0)
     return result
+
+
+def _positions_by_chunk(chunk_ids: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Batch positions grouped by chunk, each group in batch order (one stable sort)."""
+    order = np.argsort(chunk_ids, kind="stable")
+    cuts = np.flatnonzero(np.diff(chunk_ids[order])) + 1
+    return [(int(chunk_ids[group[0]]), group) for group in np.split(order, cuts)]
