@@ -1,8 +1,8 @@
-"""The trainer side of cluster loading: chunk loads as Dask tasks, a few MB each, on their owners.
+"""The trainer side of cluster loading: chunk loads as Dask tasks, tens of MB each, on their owners.
 
 The loader's prefetcher asks for chunks in the order the epoch needs them (`start`). The first
 request for a chunk submits one ``lakeio-load-…`` task for it and for the next few chunks of
-the order that the same worker owns, so each task carries several MB and the per-task overhead
+the order that the same worker owns, so each task carries tens of MB and the per-task overhead
 stays small. A task is pinned to its chunk's owner (rendezvous hashing) but may run elsewhere
 if that worker is gone: a dead worker costs a retry, never a sample, because batches are still
 assembled here from the plan — each chunk's rows are taken exactly once, whichever worker
@@ -36,12 +36,13 @@ class ClusterOptions:
     ``decode="worker"`` (default) ships decoded samples, sparing the trainer's CPU — what the
     cluster is for; ``"trainer"`` ships stored (compressed) bytes and decodes here — fewer bytes
     on the wire (1.07-1.3x on natural photos), more work for the trainer. ``task_bytes`` is the
-    decoded size one task aims for; ``affinity=False`` lets Dask place loads anywhere (for
+    decoded size one task aims for (64 MB moved 25-40% more into the trainer than 16 MB on a
+    2-core machine, docs/benchmarks.md); ``affinity=False`` lets Dask place loads anywhere (for
     comparison: then each worker caches whatever it happened to load).
     """
 
     decode: str = "worker"
-    task_bytes: int = 16 << 20
+    task_bytes: int = 64 << 20
     affinity: bool = True
 
     def __post_init__(self) -> None:
