@@ -11,16 +11,20 @@ All in one run on the same lakes of natural photo crops (64x64 and 224x224, lz4)
 - ceiling:           a plain client.gather of as many same-size blocks from the same workers:
                       each block is the lake's own data shaped like a load result (stored
                       bytes or decoded chunks), placed on every worker beforehand and echoed by
-                      a trivial task; waves of 16, fetched in parallel straight from the
-                      workers (what Dask's transport delivers with nothing else to do)
+                      a trivial task, fetched straight from the workers, each wave while the
+                      next runs, with 2, 4, 8 or 16 tasks in flight: the ceiling is the best
+                      setting (what Dask's transport delivers with nothing else to do)
 
-Loader and ceiling are timed over the same bytes (several epochs back to back, a second or
-more: one epoch here is a fraction of a second, at the mercy of one hiccup), alternating, for
-``--rounds`` rounds; the tables give medians, and the CPU seconds each spent per GB delivered
-in the trainer's process and in the workers.
+Loader and ceiling are timed over the same bytes (8 epochs back to back, 1-5 s: one epoch here
+is a fraction of a second, at the mercy of one hiccup), for ``--rounds`` rounds, which of the
+two goes first alternating; the tables give medians (the ceiling: the best setting's median),
+each round's ratio, and the CPU seconds spent per GB delivered in the trainer's process and in
+the workers. The ratio depends on the task size (the ceiling's blocks are the loader's tasks),
+so it compares loader and transport, not task sizes: compare those by MB/s.
 
 ``--link GBIT`` measures loader and ceiling over a loopback shaped to GBIT Gbit/s (as between
-two machines, where the network rather than the CPU is the limit).
+two machines, where the network rather than the CPU is the limit). One token bucket shapes all
+loopback traffic, the scheduler's messages included.
 
 Then the affinity experiment: a lake 1.5x one worker's memory budget on 2 workers, the second
 epoch's hit rate with affinity (each chunk always loaded by its owner) and without (Dask places
@@ -31,8 +35,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import tempfile
@@ -57,16 +63,25 @@ def make_lake(work: str, size: tuple[int, int], count: int, client: Client, name
     return path
 
 
-EPOCHS_TIMED = 8  # per round: ~1-3 s of loading on these lakes
+EPOCHS_TIMED = 8  # per round: ~1-5 s of loading on these lakes
 
 
 def epochs_rate(loader, first: int, epochs: int = EPOCHS_TIMED) -> tuple[int, float]:
-    """Samples and seconds of ``epochs`` warm epochs back to back, from epoch ``first``."""
+    """Samples and seconds of ``epochs`` warm epochs back to back, from epoch ``first``.
+
+    Each epoch's first chunks load while the one before ends (the loader's default), except
+    after the last: loading an epoch nobody times would move bytes the rate does not count."""
+    ahead = loader.stream.prefetch_next_epoch
     samples = 0
     start = time.perf_counter()
-    for epoch in range(first, first + epochs):
-        loader.set_epoch(epoch)
-        samples += sum(len(labels) for _, labels in loader)
+    try:
+        for epoch in range(first, first + epochs):
+            if epoch == first + epochs - 1:
+                loader.stream = dataclasses.replace(loader.stream, prefetch_next_epoch=False)
+            loader.set_epoch(epoch)
+            samples += sum(len(labels) for _, labels in loader)
+    finally:
+        loader.stream = dataclasses.replace(loader.stream, prefetch_next_epoch=ahead)
     return samples, time.perf_counter() - start
 
 
@@ -119,24 +134,39 @@ def gather_ceiling(client: Client, on_workers, tasks: int, in_flight: int) -> No
         wave = ahead
 
 
-def best_ceiling(client: Client, on_workers, tasks: int, nbytes: int) -> dict:
-    """The fastest of `gather_ceiling` over `CEILING_IN_FLIGHT` (too few in flight waits on
-    latency, too many crowds memory): its bytes/s, CPU seconds per GB, and tasks in flight."""
-    best: dict = {"bytes_per_s": 0.0}
+def ceiling_round(client: Client, on_workers, tasks: int, nbytes: int) -> dict[int, tuple]:
+    """One timing of `gather_ceiling` at each of `CEILING_IN_FLIGHT` (too few in flight wait on
+    latency, too many crowd memory): tasks in flight → (bytes/s, CPU seconds per GB here and
+    in the workers)."""
+    out = {}
     for in_flight in CEILING_IN_FLIGHT:
         cpu0 = cpu_seconds(client)
         start = time.perf_counter()
         gather_ceiling(client, on_workers, tasks, in_flight)
         rate = nbytes / (time.perf_counter() - start)
         cpu1 = cpu_seconds(client)
-        if rate > best["bytes_per_s"]:
-            cpu = tuple((b - a) / nbytes * 1e9 for a, b in zip(cpu0, cpu1, strict=True))
-            best = {"bytes_per_s": rate, "cpu": cpu, "in_flight": in_flight}
-    return best
+        out[in_flight] = (
+            rate,
+            tuple((b - a) / nbytes * 1e9 for a, b in zip(cpu0, cpu1, strict=True)),
+        )
+    return out
+
+
+def loader_round(ds, batch: int, client: Client, decode: str, first: int, nbytes: float) -> dict:
+    """One timing of the cluster loader (a fresh one, closed afterwards so that nothing of it
+    runs during the ceiling's timing): images/s, bytes/s, CPU seconds per GB."""
+    with ds.loader(batch, seed=0, cluster=client, decode=decode) as loader:
+        cpu0 = cpu_seconds(client)
+        samples, seconds = epochs_rate(loader, first)
+        cpu1 = cpu_seconds(client)
+    cpu = tuple((b - a) / nbytes * 1e9 for a, b in zip(cpu0, cpu1, strict=True))
+    return {"rate": samples / seconds, "bytes_per_s": nbytes / seconds, "cpu": cpu}
 
 
 def cluster_rates(path: str, batch: int, workers: int, rounds: int) -> dict[str, dict]:
-    """Loader and ceiling, alternating for ``rounds`` rounds of the same bytes each: medians."""
+    """Loader and ceiling over the same bytes, ``rounds`` rounds (which goes first alternates).
+    The ceiling is the best tasks-in-flight setting by its median over the rounds; ratios are
+    each round's loader, and the loader's median, against that median."""
     out = {}
     with (
         LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0") as cluster,
@@ -152,32 +182,31 @@ def cluster_rates(path: str, batch: int, workers: int, rounds: int) -> dict[str,
             payload = real_payload(ds, decode, int(shipped / tasks))
             ceiling_bytes = tasks * sum(_nbytes(v) for v in payload.values())
             [on_workers] = client.scatter([payload], broadcast=True, hash=False)
-            runs = []
+            loads, ceilings = [], []
             for r in range(rounds):
-                # nothing else runs meanwhile: each round's loader is closed before the ceiling
-                # (a loader left open would load its next epoch in the background)
-                ceiling = best_ceiling(client, on_workers, tasks, ceiling_bytes)
-                with ds.loader(batch, seed=0, cluster=client, decode=decode) as loader:
-                    cpu1 = cpu_seconds(client)
-                    samples, loader_s = epochs_rate(loader, 1 + r * EPOCHS_TIMED)
-                    cpu2 = cpu_seconds(client)
-                runs.append(
-                    {
-                        "rate": samples / loader_s,
-                        "bytes_per_s": shipped / loader_s,
-                        "ceiling_bytes_per_s": ceiling["bytes_per_s"],
-                        "ratio": (shipped / loader_s) / ceiling["bytes_per_s"],
-                        "loader_cpu": ((cpu2[0] - cpu1[0]) / shipped * 1e9,
-                                       (cpu2[1] - cpu1[1]) / shipped * 1e9),
-                        "ceiling_cpu": ceiling["cpu"],
-                        "in_flight": ceiling["in_flight"],
-                    }
-                )  # fmt: skip
+                first = 1 + r * EPOCHS_TIMED
+                if r % 2:
+                    loads.append(loader_round(ds, batch, client, decode, first, shipped))
+                ceilings.append(ceiling_round(client, on_workers, tasks, ceiling_bytes))
+                if not r % 2:
+                    loads.append(loader_round(ds, batch, client, decode, first, shipped))
             del on_workers
+            medians = {
+                k: (_median([c[k][0] for c in ceilings]), _median([c[k][1] for c in ceilings]))
+                for k in CEILING_IN_FLIGHT
+            }
+            in_flight = max(medians, key=lambda k: medians[k][0])
+            ceiling, ceiling_cpu = medians[in_flight]
+            loader_bps = _median([run["bytes_per_s"] for run in loads])
             out[decode] = {
-                **{k: _median([run[k] for run in runs]) for k in runs[0]},
-                "ratios": [run["ratio"] for run in runs],
-                "in_flights": [run["in_flight"] for run in runs],
+                "rate": _median([run["rate"] for run in loads]),
+                "bytes_per_s": loader_bps,
+                "ceiling_bytes_per_s": ceiling,
+                "ratio": loader_bps / ceiling,
+                "ratios": [run["bytes_per_s"] / ceiling for run in loads],
+                "in_flight": in_flight,
+                "loader_cpu": _median([run["cpu"] for run in loads]),
+                "ceiling_cpu": ceiling_cpu,
                 "task_mb": shipped / tasks / 1e6,
             }
     return out
@@ -202,12 +231,12 @@ def _shipped_bytes_per_epoch(ds, decode: str) -> float:
 
 def in_process_rate(path: str, batch: int, rounds: int) -> float:
     ds = lakeio.open_dataset(path, cache=lakeio.Cache(memory="8GB"))
-    loader = ds.loader(batch, seed=0)
-    epochs_rate(loader, 0, 1)
-    rates = []
-    for r in range(rounds):
-        samples, seconds = epochs_rate(loader, 1 + r * EPOCHS_TIMED)
-        rates.append(samples / seconds)
+    with ds.loader(batch, seed=0) as loader:
+        epochs_rate(loader, 0, 1)
+        rates = []
+        for r in range(rounds):
+            samples, seconds = epochs_rate(loader, 1 + r * EPOCHS_TIMED)
+            rates.append(samples / seconds)
     return statistics.median(rates)
 
 
@@ -276,20 +305,38 @@ def affinity_case(work: str, client: Client) -> dict[str, dict]:
 @contextlib.contextmanager
 def link_limit(gbit: float | None):
     """Emulate a network link of ``gbit`` Gbit/s between the trainer and the workers: shape
-    the loopback interface (tc token bucket; needs root) and restore it on the way out. On one
-    machine the loopback moves several GB/s and costs CPU on both ends; between machines the
-    link is usually the limit (10 GbE: 1.25 GB/s). None: the loopback as it is."""
+    the loopback interface (tc token bucket; needs root) and restore it on the way out (also on
+    SIGTERM and SIGHUP). On one machine the loopback moves several GB/s and costs CPU on both
+    ends; between machines the link is usually the limit (10 GbE: 1.25 GB/s). None: the
+    loopback as it is."""
     if gbit is None:
         yield
         return
-    if os.geteuid() != 0 or shutil.which("tc") is None:
-        raise SystemExit("--link needs root and tc (iproute2) to shape the loopback interface")
-    shape = ["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", f"{gbit}gbit"]
+    undo = ["tc", "qdisc", "del", "dev", "lo", "root"]
+    shape = ["tc", "qdisc", "replace", "dev", "lo", "root", "tbf", "rate", f"{gbit}gbit"]
     subprocess.run([*shape, "burst", "4mb", "latency", "50ms"], check=True)
+    print(f"loopback shaped to {gbit:g} Gbit/s; if this run is killed, undo with: {' '.join(undo)}")
+    handlers = {sig: signal.signal(sig, _exit_on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], check=False)
+        subprocess.run(undo, check=False)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(f"stopped by signal {signum}")
+
+
+def _check_link(gbit: float | None) -> None:
+    """Refuse a --link that cannot work before any lake is built."""
+    if gbit is None:
+        return
+    if gbit <= 0:
+        raise SystemExit(f"--link must be a positive rate in Gbit/s, not {gbit}")
+    if os.geteuid() != 0 or shutil.which("tc") is None:
+        raise SystemExit("--link needs root and tc (iproute2) to shape the loopback interface")
 
 
 def main() -> None:
@@ -303,9 +350,10 @@ def main() -> None:
     )  # fmt: skip
     parser.add_argument("--out", help="also write the markdown tables here")
     args = parser.parse_args()
+    _check_link(args.link)
     work = tempfile.mkdtemp(prefix="lakeio-cluster-bench-")
     lines = [
-        "| lake | loader | img/s (warm) | / in process | MB/s into trainer | ceiling MB/s (best tasks in flight) | / ceiling (each round) | MB per task |",
+        "| lake | loader | img/s (warm) | / in process | MB/s into trainer | ceiling MB/s (tasks in flight) | / ceiling (each round) | MB per task |",
         "|---|---|---|---|---|---|---|---|",
     ]
     cpu = [
@@ -332,15 +380,14 @@ def main() -> None:
             with link_limit(args.link):
                 by_workers = {
                     w: cluster_rates(path, batch, w, args.rounds)
-                    for w in ((2,) if args.link else (1, 2))
+                    for w in ((2,) if args.link is not None else (1, 2))
                 }
             for decode, r in by_workers[2].items():
                 each = ", ".join(f"{x:.0%}" for x in r["ratios"])
                 lines.append(
                     f"| {name} | cluster, 2 workers, decode={decode} | {r['rate']:,.0f} | "
                     f"{r['rate'] / local:.2f} | {r['bytes_per_s'] / 1e6:,.0f} | "
-                    f"{r['ceiling_bytes_per_s'] / 1e6:,.0f} "
-                    f"({'/'.join(str(k) for k in r['in_flights'])}) | "
+                    f"{r['ceiling_bytes_per_s'] / 1e6:,.0f} ({r['in_flight']}) | "
                     f"**{r['ratio']:.0%}** ({each}) | {r['task_mb']:.1f} |"
                 )
                 cpu.append(
@@ -355,7 +402,7 @@ def main() -> None:
                     f"| {name} | {decode} | {one:,.0f} | {r['rate']:,.0f} | {speedup:.2f} | {speedup / 2:.2f} |"
                 )
             print("\n".join(lines[-3:]), flush=True)
-        if args.link:
+        if args.link is not None:
             text = "\n".join(lines) + "\n\n" + "\n".join(cpu) + "\n"
             print(text)
             if args.out:

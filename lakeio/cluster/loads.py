@@ -36,8 +36,8 @@ class ClusterOptions:
     ``decode="worker"`` (default) ships decoded samples, sparing the trainer's CPU — what the
     cluster is for; ``"trainer"`` ships stored (compressed) bytes and decodes here — fewer bytes
     on the wire (1.07-1.3x on natural photos), more work for the trainer. ``task_bytes`` is the
-    decoded size one task aims for (64 MB moved 25-40% more into the trainer than 16 MB on a
-    2-core machine, docs/benchmarks.md); ``affinity=False`` lets Dask place loads anywhere (for
+    decoded size one task aims for (64 MB moved 15-40% more into the trainer than 16 MB with
+    2 workers on a 2-core machine, docs/benchmarks.md); ``affinity=False`` lets Dask place loads anywhere (for
     comparison: then each worker caches whatever it happened to load).
     """
 
@@ -100,7 +100,8 @@ class ClusterLoads:
             {c: owner(self._chunk_name(c), workers) for c in order} if options.affinity else {}
         )
         chunk_bytes = max(1, dataset.chunk_nbytes(fields))
-        # Several MB per task, but no task may hold more than a share of the prefetch budget.
+        # Tens of MB per task, but no task may hold more than a share of the prefetch budget
+        # (with many workers the share, not task_bytes, sets the size).
         share = budget // (2 * self._workers * chunk_bytes)
         self._group = max(1, min(64, options.task_bytes // chunk_bytes, share))
         self._pending: dict[int, Future] = {}  # chunk → its result, for chunks already submitted

@@ -16,9 +16,9 @@ def gather(
 ) -> dict[str, np.ndarray]:
     """Rows ``rows`` of chunks ``chunk_ids`` (one pair per sample) for each field, in batch order.
 
-    Large samples are copied one by one straight into place (fancy indexing would copy them
-    twice); small ones with one ``take`` per chunk, the batch positions of every chunk found
-    with one sort. ``out`` may supply the destination arrays (e.g. pinned buffers); they must
+    Large samples are copied one by one straight into place (a ``take`` would copy them twice:
+    into a temporary, then into place); small ones with one ``take`` per chunk, the batch
+    positions of every chunk found with one sort. ``out`` may supply the destination arrays (e.g. pinned buffers); they must
     hold at least ``len(rows)`` samples.
     """
     n = len(rows)
@@ -48,6 +48,8 @@ def gather(
 
 def _positions_by_chunk(chunk_ids: np.ndarray) -> list[tuple[int, np.ndarray]]:
     """Batch positions grouped by chunk, each group in batch order (one stable sort)."""
+    if chunk_ids.size == 0:
+        return []
     order = np.argsort(chunk_ids, kind="stable")
     cuts = np.flatnonzero(np.diff(chunk_ids[order])) + 1
     return [(int(chunk_ids[group[0]]), group) for group in np.split(order, cuts)]

@@ -46,6 +46,26 @@ def test_gather_puts_each_sample_in_its_place(case):
             assert np.shares_memory(got[field], out[field])
 
 
+def test_empty_batch_gives_empty_arrays():
+    chunks = {3: {"images": np.zeros((ROWS, 4, 4, 3), np.uint8), "labels": np.arange(ROWS)}}
+    got = gather(("images", "labels"), np.array([], np.int64), np.array([], np.int64), chunks)
+    assert got["images"].shape == (0, 4, 4, 3) and got["labels"].shape == (0,)
+
+
+def test_string_fields_and_strided_destination():
+    """Object arrays (e.g. source paths) and a destination that is a strided view."""
+    chunks = {
+        np.uint64(7): {"paths": np.array([f"a/{i}.jpg" for i in range(ROWS)], dtype=object)},
+        np.uint64(2): {"paths": np.array([f"b/{i}.jpg" for i in range(ROWS)], dtype=object)},
+    }
+    chunk_ids = np.array([7, 2, 7, 7, 2], dtype=np.uint64)
+    rows = np.array([0, 6, 3, 0, 1])
+    backing = np.empty(10, dtype=object)
+    got = gather(("paths",), chunk_ids, rows, chunks, {"paths": backing[::2]})
+    assert got["paths"].tolist() == ["a/0.jpg", "b/6.jpg", "a/3.jpg", "a/0.jpg", "b/1.jpg"]
+    assert backing[::2].tolist() == got["paths"].tolist()
+
+
 def test_both_copy_paths_are_exercised():
     """The strategy's sample sizes straddle the per-sample threshold (else one path goes untested)."""
     assert 8 * 8 * 3 < PER_SAMPLE_COPY_BYTES <= 128 * 128 * 3
