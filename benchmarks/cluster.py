@@ -85,12 +85,14 @@ def epochs_rate(loader, first: int, epochs: int = EPOCHS_TIMED) -> tuple[int, fl
     return samples, time.perf_counter() - start
 
 
-def cpu_seconds(client: Client | None = None) -> tuple[float, float]:
+def cpu_seconds(client: Client) -> tuple[float, float]:
     """CPU seconds used so far by this process and by the client's workers."""
-    here = sum(os.times()[:2])
-    if client is None:
-        return here, 0.0
-    return here, sum(client.run(lambda: sum(os.times()[:2])).values())
+    return sum(os.times()[:2]), sum(client.run(lambda: sum(os.times()[:2])).values())
+
+
+def cpu_per_gb(before: tuple, after: tuple, nbytes: float) -> tuple[float, ...]:
+    """CPU seconds per GB between two `cpu_seconds` readings, here and in the workers."""
+    return tuple((b - a) / nbytes * 1e9 for a, b in zip(before, after, strict=True))
 
 
 def _echo(payload):
@@ -145,10 +147,7 @@ def ceiling_round(client: Client, on_workers, tasks: int, nbytes: int) -> dict[i
         gather_ceiling(client, on_workers, tasks, in_flight)
         rate = nbytes / (time.perf_counter() - start)
         cpu1 = cpu_seconds(client)
-        out[in_flight] = (
-            rate,
-            tuple((b - a) / nbytes * 1e9 for a, b in zip(cpu0, cpu1, strict=True)),
-        )
+        out[in_flight] = (rate, cpu_per_gb(cpu0, cpu1, nbytes))
     return out
 
 
@@ -159,8 +158,11 @@ def loader_round(ds, batch: int, client: Client, decode: str, first: int, nbytes
         cpu0 = cpu_seconds(client)
         samples, seconds = epochs_rate(loader, first)
         cpu1 = cpu_seconds(client)
-    cpu = tuple((b - a) / nbytes * 1e9 for a, b in zip(cpu0, cpu1, strict=True))
-    return {"rate": samples / seconds, "bytes_per_s": nbytes / seconds, "cpu": cpu}
+    return {
+        "rate": samples / seconds,
+        "bytes_per_s": nbytes / seconds,
+        "cpu": cpu_per_gb(cpu0, cpu1, nbytes),
+    }
 
 
 def cluster_rates(path: str, batch: int, workers: int, rounds: int) -> dict[str, dict]:
@@ -402,46 +404,38 @@ def main() -> None:
                     f"| {name} | {decode} | {one:,.0f} | {r['rate']:,.0f} | {speedup:.2f} | {speedup / 2:.2f} |"
                 )
             print("\n".join(lines[-3:]), flush=True)
-        if args.link is not None:
-            text = "\n".join(lines) + "\n\n" + "\n".join(cpu) + "\n"
-            print(text)
-            if args.out:
-                with open(args.out, "w") as fh:
-                    fh.write(text)
-            return
-        with (
-            LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as c,
-            Client(c) as client,
-        ):
-            client.run(warm_worker)
-            affinity = affinity_case(work, client)
-        aff_lines = [
-            "| placement | lake MB | budget MB per worker | epoch-2 requests | hits | hit rate | miss rate | origin reads | hit time ms | miss penalty ms | avg access time ms | img/s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for name, a in affinity.items():
-            aff_lines.append(
-                f"| {name} | {a['lake_mb']:.1f} | {a['budget_mb']:.1f} | {a['memory_requests']} | "
-                f"{a['memory_hits']} | {a['hit_rate']:.2f} | {1 - a['hit_rate']:.2f} | "
-                f"{a['origin_reads']} | {a['hit_time_ms']:.3f} | {a['miss_penalty_ms']:.2f} | "
-                f"{a['aat_ms']:.3f} | {a['rate']:,.0f} |"
-            )
+        tables = [lines, cpu]
+        if args.link is None:
+            tables += [scaling, affinity_table(work)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    text = (
-        "\n".join(lines)
-        + "\n\n"
-        + "\n".join(cpu)
-        + "\n\n"
-        + "\n".join(scaling)
-        + "\n\n"
-        + "\n".join(aff_lines)
-        + "\n"
-    )
+    text = "\n\n".join("\n".join(table) for table in tables) + "\n"
     print(text)
     if args.out:
         with open(args.out, "w") as fh:
             fh.write(text)
+
+
+def affinity_table(work: str) -> list[str]:
+    """The affinity experiment (`affinity_case`) on a fresh 2-worker cluster, as table rows."""
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as c,
+        Client(c) as client,
+    ):
+        client.run(warm_worker)
+        affinity = affinity_case(work, client)
+    rows = [
+        "| placement | lake MB | budget MB per worker | epoch-2 requests | hits | hit rate | miss rate | origin reads | hit time ms | miss penalty ms | avg access time ms | img/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, a in affinity.items():
+        rows.append(
+            f"| {name} | {a['lake_mb']:.1f} | {a['budget_mb']:.1f} | {a['memory_requests']} | "
+            f"{a['memory_hits']} | {a['hit_rate']:.2f} | {1 - a['hit_rate']:.2f} | "
+            f"{a['origin_reads']} | {a['hit_time_ms']:.3f} | {a['miss_penalty_ms']:.2f} | "
+            f"{a['aat_ms']:.3f} | {a['rate']:,.0f} |"
+        )
+    return rows
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ class ClusterOptions:
     cluster is for; ``"trainer"`` ships stored (compressed) bytes and decodes here — fewer bytes
     on the wire (1.07-1.3x on natural photos), more work for the trainer. ``task_bytes`` is the
     decoded size one task aims for (64 MB moved 15-40% more into the trainer than 16 MB with
-    2 workers on a 2-core machine, docs/benchmarks.md); ``affinity=False`` lets Dask place loads anywhere (for
-    comparison: then each worker caches whatever it happened to load).
+    2 workers on a 2-core machine, docs/benchmarks.md); ``affinity=False`` lets Dask place
+    loads anywhere (for comparison: then each worker caches whatever it happened to load).
     """
 
     decode: str = "worker"

@@ -18,8 +18,8 @@ def gather(
 
     Large samples are copied one by one straight into place (a ``take`` would copy them twice:
     into a temporary, then into place); small ones with one ``take`` per chunk, the batch
-    positions of every chunk found with one sort. ``out`` may supply the destination arrays (e.g. pinned buffers); they must
-    hold at least ``len(rows)`` samples.
+    positions of every chunk found with one sort. ``out`` may supply the destination arrays
+    (e.g. pinned buffers); they must hold at least ``len(rows)`` samples.
     """
     n = len(rows)
     result: dict[str, np.ndarray] = {}
