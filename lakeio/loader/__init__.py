@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import torch
 
-from lakeio.loader.device import DeviceOptions
+from lakeio.loader.device import Accelerator, CudaAccelerator, DeviceOptions
 from lakeio.loader.loader import Loader, StreamOptions, _distributed_rank_world
 from lakeio.loader.plan import PlanSpec
 
@@ -84,4 +84,12 @@ def make_loader(
         raise
 
 
-__all__ = ["DeviceOptions", "Loader", "PlanSpec", "StreamOptions", "make_loader"]
+__all__ = [
+    "Accelerator",
+    "CudaAccelerator",
+    "DeviceOptions",
+    "Loader",
+    "PlanSpec",
+    "StreamOptions",
+    "make_loader",
+]

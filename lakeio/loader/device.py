@@ -2,12 +2,14 @@
 
 On CUDA the batch is gathered into pinned host memory and copied with ``non_blocking=True``;
 NCHW conversion, the cast to float and normalisation then run on the device. On the CPU the
-same code path runs without pinning (the CPU build cannot pin memory).
+same code path runs without pinning (the CPU build cannot pin memory). The calls that need the
+GPU sit behind one small seam, `Accelerator`, so the pinned branch runs in tests without one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -15,15 +17,46 @@ import torch
 LAYOUTS = ("NHWC", "NCHW")
 
 
+class Accelerator(Protocol):
+    """The hardware calls of the pinned path: whether it applies, pinned buffers, the copy."""
+
+    def available(self, device: torch.device) -> bool:
+        """True when batches for ``device`` go through pinned host memory and `copy`."""
+
+    def pinned_empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """An uninitialised host tensor the copy can read asynchronously."""
+
+    def copy(self, host: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``host`` (from `pinned_empty`) on ``device``; the buffer may be reused afterwards."""
+
+
+@dataclass(frozen=True)
+class CudaAccelerator:
+    """CUDA through page-locked memory, the default. The copy is handed the pinned tensor
+    itself, so torch's caching host allocator records it and does not hand the memory out
+    again before the transfer has finished."""
+
+    def available(self, device: torch.device) -> bool:
+        return device.type == "cuda" and torch.cuda.is_available()  # the CPU build cannot pin
+
+    def pinned_empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        return torch.empty(shape, dtype=dtype, pin_memory=True)
+
+    def copy(self, host: torch.Tensor, device: torch.device) -> torch.Tensor:
+        return host.to(device, non_blocking=True)
+
+
 @dataclass(frozen=True)
 class DeviceOptions:
     """Where and how batches arrive: ``device`` (None = CPU), image ``layout`` and ``dtype``,
-    and ``normalize=(mean, std)`` per channel in 0..1 units (float dtypes only)."""
+    and ``normalize=(mean, std)`` per channel in 0..1 units (float dtypes only).
+    ``accelerator`` makes the pinned host buffers and the copy (default: CUDA's)."""
 
     device: str | torch.device | None = None
     layout: str = "NHWC"
     dtype: torch.dtype = torch.uint8
     normalize: tuple | None = None
+    accelerator: Accelerator = CudaAccelerator()
 
     def __post_init__(self) -> None:
         if self.layout not in LAYOUTS:
@@ -35,12 +68,13 @@ class DeviceOptions:
 
 
 class DeviceStage:
-    """Turns gathered numpy arrays into tensors on the device."""
+    """Turns gathered host arrays (numpy, or pinned tensors) into tensors on the device."""
 
     def __init__(self, opts: DeviceOptions, channels: int) -> None:
         self.opts = opts
         self.device = torch.device(opts.device) if opts.device is not None else torch.device("cpu")
-        self.pinned = self.device.type == "cuda" and torch.cuda.is_available()
+        self.accelerator = opts.accelerator
+        self.pinned = self.accelerator.available(self.device)
         self._mean = self._std = None
         if opts.normalize is not None:
             mean, std = (torch.as_tensor(v, dtype=opts.dtype) for v in opts.normalize)
@@ -50,18 +84,18 @@ class DeviceStage:
             self._mean = mean.reshape(shape).to(self.device)
             self._std = std.reshape(shape).to(self.device)
 
-    def host_buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        """A destination for gathering: pinned memory when copying to CUDA, plain memory otherwise."""
+    def host_buffer(self, shape: tuple[int, ...], dtype: np.dtype) -> torch.Tensor:
+        """A tensor to gather into (through its ``.numpy()`` view): pinned when the stage pins.
+        Hand the tensor itself to `images`/`tensor`, not the view."""
+        torch_dtype = torch.from_numpy(np.empty(0, dtype)).dtype
         if self.pinned:
-            return torch.empty(
-                shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=True
-            ).numpy()
-        return np.empty(shape, dtype=dtype)
+            return self.accelerator.pinned_empty(shape, torch_dtype)
+        return torch.empty(shape, dtype=torch_dtype)
 
-    def images(self, array: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(array)
-        if self.device.type != "cpu":
-            x = x.to(self.device, non_blocking=self.pinned)
+    def images(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """A batch of HWC images on the device, in the layout and dtype asked for. The copy
+        moves uint8 (4x smaller than float32); permute, cast and normalise run on the device."""
+        x = self.tensor(array)
         if self.opts.layout == "NCHW":
             x = x.permute(0, 3, 1, 2)
         if self.opts.dtype != torch.uint8:
@@ -73,5 +107,9 @@ class DeviceStage:
         return x
 
     def tensor(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """``array`` on the device: through the accelerator when pinning, else a plain move
+        (none on the CPU, where the tensor shares the gathered array's memory)."""
         x = array if isinstance(array, torch.Tensor) else torch.from_numpy(array)
-        return x.to(self.device, non_blocking=self.pinned) if self.device.type != "cpu" else x
+        if self.pinned:
+            return self.accelerator.copy(x, self.device)
+        return x.to(self.device) if self.device.type != "cpu" else x

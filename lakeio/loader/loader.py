@@ -250,7 +250,7 @@ class Loader:
                 chunks = prefetcher.chunks_for(i, stop)
                 if chunks is None:  # the consumer went away mid-epoch
                     return
-                pinned = self._pinned_buffers(len(indices))
+                pinned = self._pinned_buffers(len(indices))  # travels with the batch to the copy
                 out = {f: t.numpy() for f, t in pinned.items()} if pinned else None
                 arrays = gather(self.stream.fields, batch_chunks[i], row_of[indices], chunks, out)
                 prefetcher.done_with(i)
@@ -389,7 +389,9 @@ class Loader:
             if m.fields[f].dtype != "str"
         }
 
-    def _to_output(self, arrays: dict[str, np.ndarray], pinned: dict | None):
+    def _to_output(self, arrays: dict[str, np.ndarray], pinned: dict[str, torch.Tensor] | None):
+        """The batch as the training loop gets it; pinned fields are copied from their tensors
+        (``arrays`` holds only numpy views of them) and str fields become lists."""
         out: dict[str, Any] = {}
         for field, array in arrays.items():
             source = pinned[field] if pinned and field in pinned else array

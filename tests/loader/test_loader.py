@@ -9,6 +9,7 @@ import torch
 
 import lakeio
 from lakeio.cache.config import Cache
+from lakeio.loader.device import CudaAccelerator
 
 
 def _ids(paths):
@@ -226,6 +227,7 @@ def test_cuda_batches_match_the_cpu_path(small_lake):
     }
     cpu = [x for x, _ in ds.loader(**common)]
     gpu_loader = ds.loader(device="cuda", **common)
+    assert isinstance(gpu_loader._device.accelerator, CudaAccelerator)  # the real one
     assert gpu_loader._device.pinned
     gpu = [x for x, _ in gpu_loader]
     assert all(g.is_cuda for g in gpu)
