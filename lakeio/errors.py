@@ -51,5 +51,18 @@ class SourceError(IngestError):
         return (type(self), (self.path, self.reason))
 
 
+class SourceReadError(IngestError):
+    """A source file that could not be read (network, permissions, a vanished file): the task
+    fails, so the file is never mistaken for a bad image and a rerun reads it again."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+    def __reduce__(self):  # keep (path, reason) across process boundaries (Dask workers)
+        return (type(self), (self.path, self.reason))
+
+
 class CommitConflictError(LakeError, RuntimeError):
     """Another writer committed a manifest version first; re-read and retry."""

@@ -18,7 +18,13 @@ from distributed import Client, as_completed
 from tqdm.auto import tqdm
 
 from lakeio.cluster.connect import dask_client
-from lakeio.errors import CommitConflictError, IngestError, LakeNotFoundError, SourceError
+from lakeio.errors import (
+    CommitConflictError,
+    IngestError,
+    LakeNotFoundError,
+    SourceError,
+    SourceReadError,
+)
 from lakeio.format.location import Location
 from lakeio.format.manifest import Manifest, SegmentEntry, commit_manifest, read_manifest
 from lakeio.format.root import ensure_root_group, publish_root_summary
@@ -223,6 +229,12 @@ def _run_tasks(
                 raise IngestError(
                     f"{exc.path}: {exc.reason} (--on-error fail: nothing was committed, "
                     "the lake is unchanged)"
+                ) from None
+            except SourceReadError as exc:
+                client.cancel(list(futures))
+                raise IngestError(
+                    f"{exc.path}: {exc.reason}. Nothing was committed and the lake is unchanged; "
+                    "segments already written are kept, so rerunning the same command resumes"
                 ) from None
             bar.update(len(tasks[i]))
     return results

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from lakeio.errors import SourceError
+from lakeio.errors import SourceError, SourceReadError
 from lakeio.format.location import Location
 from lakeio.format.manifest import FieldInfo
 from lakeio.format.segment import read_segment_summary, write_segment
@@ -48,8 +48,8 @@ def _read_source(task: SegmentTask, i: int, out: np.ndarray) -> tuple[np.ndarray
         item = task.files[i]
         try:
             data = task.src.read_bytes(item.path)
-        except OSError as exc:
-            raise SourceError(item.path, f"cannot read file ({exc.strerror or exc})") from None
+        except OSError as exc:  # the reader's trouble, not the image's: never a reject
+            raise SourceReadError(item.path, f"cannot read file ({exc.strerror or exc})") from None
         return decode_image(data, item.path, task.decode, out), item.label, item.path, len(data)
     name = task.names[i]
     image = conform_array(task.images[i], name, task.decode)

@@ -1,0 +1,75 @@
+"""Transient read faults while ingesting: retried or failed, never an image lost as a "reject"."""
+
+import dask.config
+import pytest
+from distributed import Client
+
+import lakeio
+from lakeio.errors import IngestError, LakeNotFoundError
+from lakeio.testing.faults import FAULTS
+from lakeio.testing.images import write_image_folder
+
+FAULTY = (3, 17, 58)  # files whose reads fail
+
+
+@pytest.fixture(scope="module")
+def jpeg_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faulty-src")
+    written = write_image_folder(root, 80, size=(32, 32), fmt="jpg", seed=4)
+    return root, [rel for rel, _, _ in written]
+
+
+@pytest.fixture(scope="module")
+def threads():
+    """An in-process cluster: its workers share this process's fault ledger."""
+    with Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None) as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def _no_faults_left():
+    FAULTS.reset()
+    yield
+    FAULTS.reset()
+
+
+def _lake_paths(lake) -> list[str]:
+    return sorted(lakeio.open_dataset(lake).to_dask()["paths"].compute())
+
+
+def _ingest(root, dest, client, **kw):
+    return lakeio.ingest(
+        f"faulty://{root}", dest, cluster=client, on_error="skip", progress=False, echo=None, **kw
+    )
+
+
+def test_faults_within_the_read_deadline_are_retried_and_nothing_is_lost(
+    jpeg_folder, tmp_path, threads
+):
+    root, files = jpeg_folder
+    for i in FAULTY:
+        FAULTS.arm(files[i], times=2)
+    summary = _ingest(root, tmp_path / "lake", threads)
+    assert FAULTS.injected == 2 * len(FAULTY)
+    assert (summary.written, summary.rejected) == (80, 0)
+    assert _lake_paths(tmp_path / "lake") == sorted(files)
+
+
+def test_an_outage_fails_the_ingest_and_the_rerun_ingests_every_image(
+    jpeg_folder, tmp_path, threads
+):
+    root, files = jpeg_folder
+    for i in FAULTY:
+        FAULTS.arm(files[i], times=10**9)  # down until cleared
+    with dask.config.set({"lakeio.read.deadline": 0.2}), pytest.raises(IngestError) as err:
+        _ingest(root, tmp_path / "lake", threads)
+    assert any(files[i] in str(err.value) for i in FAULTY), err.value
+    assert "cannot read" in str(err.value) and "resumes" in str(err.value)
+    assert FAULTS.injected >= len(FAULTY)
+    with pytest.raises(LakeNotFoundError):
+        lakeio.open_dataset(tmp_path / "lake")  # nothing committed
+    FAULTS.clear()  # the network is back
+    summary = _ingest(root, tmp_path / "lake", threads)
+    assert not summary.up_to_date
+    assert (summary.written, summary.rejected) == (80, 0)
+    assert _lake_paths(tmp_path / "lake") == sorted(files)
