@@ -11,7 +11,6 @@ import posixpath
 import time
 import uuid
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 import fsspec
@@ -35,12 +34,18 @@ class Location:
     def __reduce__(self):  # drop cached filesystem objects when pickling
         return (Location, (self.url, self.storage_options))
 
-    @cached_property
+    @property
     def _fs_and_root(self) -> tuple[fsspec.AbstractFileSystem, str]:
-        fs, root = fsspec.core.url_to_fs(
-            self.url, **_bounded_retries(self.url, self.storage_options)
-        )
-        return fs, root.rstrip("/")
+        """The filesystem, built once per process: a forked child (a DataLoader worker) must not
+        use its parent's, whose event loop and connections stayed behind in the parent."""
+        cached = self.__dict__.get("_fs_cache")
+        if cached is None or cached[0] != os.getpid():
+            fs, root = fsspec.core.url_to_fs(
+                self.url, **_bounded_retries(self.url, self.storage_options)
+            )
+            cached = (os.getpid(), fs, root.rstrip("/"))
+            self.__dict__["_fs_cache"] = cached  # a frozen dataclass: set without __setattr__
+        return cached[1], cached[2]
 
     @property
     def fs(self) -> fsspec.AbstractFileSystem:
@@ -82,7 +87,9 @@ class Location:
         if self.is_local:
             with open(self.path(key), "rb") as fh:
                 return fh.read(size)
-        return self.fs.cat_file(self.path(key), start=0, end=size)
+        return with_retries(
+            lambda: self.fs.cat_file(self.path(key), start=0, end=size), self.describe(key)
+        )
 
     def write(self, key: str, data: bytes | list) -> int:
         """Write an object whole and durably (temp file, fsync, rename on disk; one PUT elsewhere).
@@ -213,10 +220,28 @@ def with_retries(read, what: str):
         attempts += 1
         try:
             return read()
-        except (FileNotFoundError, PermissionError, IsADirectoryError):
-            raise  # not transient
-        except Exception as exc:  # network errors come in many types (OSError, botocore, aiohttp)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
             if time.monotonic() + delay > deadline:
                 raise ReadError(f"{what}: read failed after {attempts} attempts: {exc!r}") from exc
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+# Packages whose own exception types (not subclasses of OSError) report network trouble.
+_NETWORK_PACKAGES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "http")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether retrying ``exc`` may help: network and I/O errors, not a missing object, a denied
+    one, or a programming error (a retry loop must never hide a bug, e.g. a filesystem used
+    across a fork raising ``RuntimeError``)."""
+    if isinstance(exc, _PERMANENT):
+        return False
+    if isinstance(exc, (OSError, TimeoutError)):
+        return True
+    return any(
+        (cls.__module__ or "").split(".")[0] in _NETWORK_PACKAGES for cls in type(exc).__mro__
+    )

@@ -6,7 +6,7 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 
 from lakeio.errors import ReadError
-from lakeio.format.location import Location
+from lakeio.format.location import Location, with_retries
 
 
 class FlakyFileSystem(MemoryFileSystem):
@@ -49,3 +49,15 @@ def test_missing_objects_are_not_retried():
     loc = Location.of("flaky://lake-c")
     with pytest.raises(FileNotFoundError):
         loc.read_bytes("nothing-here")
+
+
+def test_programming_errors_are_raised_at_once_not_retried():
+    calls = []
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("This class is not fork-safe")
+
+    with dask.config.set({"lakeio.read.deadline": 30}), pytest.raises(RuntimeError, match="fork"):
+        with_retries(broken, "s3://bucket/lake/c.0")
+    assert len(calls) == 1
