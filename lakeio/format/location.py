@@ -147,6 +147,8 @@ class Location:
             _local_write(self.path(key), data, exclusive=True)
             return
         path = self.path(key)
+        if self.protocol in ("s3", "s3a"):
+            _require_exclusive_s3fs()
         try:  # conditional PUT (If-None-Match) where the filesystem supports it, e.g. s3fs
             self.fs.pipe_file(path, data, mode="create")
             return
@@ -170,6 +172,27 @@ class Location:
             return zarr.storage.LocalStore(self.path(key))
         url = posixpath.join(self.url, key) if key else self.url
         return zarr.storage.FsspecStore.from_url(url, storage_options=self.storage_options or None)
+
+
+S3FS_EXCLUSIVE = (2024, 12)  # the first s3fs whose pipe_file(mode="create") is a conditional PUT
+
+
+def _require_exclusive_s3fs() -> None:
+    """Refuse s3fs releases that drop ``mode="create"`` silently (2024.6-2024.11): with them two
+    concurrent commits would both "win" and one would be lost."""
+    import s3fs
+
+    from lakeio.errors import LakeError
+
+    try:
+        release = tuple(int(p) for p in s3fs.__version__.split(".")[:2])
+    except ValueError:  # a development build: trust it
+        return
+    if release < S3FS_EXCLUSIVE:
+        raise LakeError(
+            f"s3fs {s3fs.__version__} cannot create an object exclusively, so concurrent commits "
+            "could overwrite each other; upgrade it: pip install 's3fs>=2024.12'"
+        )
 
 
 def _local_write(path: str, data: bytes, *, exclusive: bool) -> None:

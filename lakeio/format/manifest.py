@@ -250,10 +250,18 @@ def commit_manifest(loc: Location, manifest: Manifest) -> Manifest:
         )
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     final = replace(manifest, version=version, created=created)
+    payload = final.to_json()
     try:
-        loc.create_exclusive(manifest_key(version), final.to_json())
+        loc.create_exclusive(manifest_key(version), payload)
     except FileExistsError:
         raise CommitConflictError(
             f"{loc.describe()}: another writer committed version {version} first"
         ) from None
+    # A store that ignores the exclusive create (or a proxy in front of one) would let a later
+    # writer replace this version unseen: read it back, and call a replaced one a conflict.
+    if loc.read_bytes(manifest_key(version)) != payload:
+        raise CommitConflictError(
+            f"{loc.describe(manifest_key(version))}: another writer replaced this version "
+            "right after it was written (the store does not honour exclusive creates)"
+        )
     return final

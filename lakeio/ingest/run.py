@@ -8,6 +8,7 @@ lake as it was, and rerunning the same command reuses every segment already writ
 from __future__ import annotations
 
 import os
+import random
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -43,7 +44,7 @@ from lakeio.ingest.sources import (
 )
 from lakeio.ingest.tasks import SegmentTask, run_segment_task
 
-COMMIT_RETRIES = 5
+COMMIT_RETRIES = 10  # appends racing on one lake: each conflict means another one landed
 
 
 def ingest(
@@ -254,14 +255,15 @@ def _commit(dest, base, layout, tasks, results, mode, event) -> Manifest:
         for r in results
     )
     event = {**event, "segments": [t.segment_id for t in tasks]}
+    classes = layout.classes
     for _ in range(COMMIT_RETRIES):
         keep = base.segments if (base is not None and mode == "append") else ()
-        keep = tuple(_pad_counts(s, len(layout.classes)) for s in keep)
+        keep = tuple(_pad_counts(s, len(classes)) for s in (*keep, *new))
         candidate = Manifest(
             fields=layout.fields,
-            classes=layout.classes,
+            classes=classes,
             chunk_samples=layout.chunk_samples,
-            segments=(*keep, *new),
+            segments=keep,
             version=base.version if base is not None else 0,
             history=(*(base.history if base is not None else ()), event),
             stats={},  # statistics describe the samples they were computed on: `lakeio stats` again
@@ -271,10 +273,23 @@ def _commit(dest, base, layout, tasks, results, mode, event) -> Manifest:
         except CommitConflictError:
             if mode != "append":
                 raise
+            time.sleep(random.uniform(0, 0.05))  # racing writers: do not collide in lockstep
             base = read_manifest(dest)
-            if base.classes != layout.classes[: len(base.classes)]:
-                raise
+            classes = _merged_classes(dest, base.classes, classes)
     raise IngestError(f"{dest.describe()}: gave up committing after {COMMIT_RETRIES} conflicts")
+
+
+def _merged_classes(dest: Location, theirs: tuple, ours: tuple) -> tuple:
+    """The class list after a concurrent append committed first: each append may add classes
+    after the lake's, so one list must extend the other; else labels would mean two things."""
+    longer, shorter = (theirs, ours) if len(theirs) >= len(ours) else (ours, theirs)
+    if longer[: len(shorter)] != shorter:
+        raise IngestError(
+            f"{dest.describe()}: another append committed first with classes {list(theirs)}, "
+            f"which give label numbers other names than this append's {list(ours)}; nothing of "
+            "this append was committed: rerun it to append onto the new version"
+        )
+    return longer
 
 
 def _pad_counts(entry: SegmentEntry, width: int) -> SegmentEntry:
