@@ -80,7 +80,8 @@ def _add_ingest(sub) -> None:
         type=_positive_int,
         help="workers of the local Dask cluster (default: one per core)",
     )
-    p.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786)")
+    p.add_argument("--scheduler", help="address of an existing Dask scheduler (tcp://host:8786); "
+                   "with workers on other machines, DEST must be shared storage (s3://…)")  # fmt: skip
     p.add_argument("--on-error", choices=("skip", "fail"), default="skip",
                    help="skip bad images into the report (default) or stop at the first")  # fmt: skip
     mode = p.add_mutually_exclusive_group()

@@ -29,6 +29,7 @@ from lakeio.errors import (
 from lakeio.format.location import Location
 from lakeio.format.manifest import Manifest, SegmentEntry, commit_manifest, read_manifest
 from lakeio.format.root import ensure_root_group, publish_root_summary
+from lakeio.format.segment import read_segment_summary, segment_key
 from lakeio.ingest import plan
 from lakeio.ingest.layout import Layout, decide_layout
 from lakeio.ingest.options import MODES, IngestOptions
@@ -88,6 +89,7 @@ def ingest(
         _check_mode(dest_loc, base, mode)
         results = _run_tasks(client, tasks, opts, progress)
     _refuse_empty_result(results)
+    _check_segments_visible(dest_loc, results)
     ensure_root_group(dest_loc)
     manifest = _commit(dest_loc, base, layout, tasks, results, mode, _event(source, opts, mode))
     publish_root_summary(dest_loc, manifest)
@@ -101,6 +103,25 @@ def _refuse_empty_result(results: list[dict]) -> None:
         shown = "; ".join(f"{p}: {why}" for p, why in rejects[:3])
         raise IngestError(
             f"all {len(rejects)} images were rejected, nothing was committed (first: {shown})"
+        )
+
+
+def _check_segments_visible(dest: Location, results: list[dict]) -> None:
+    """Every segment the workers wrote must be readable from here before it is committed: a
+    worker on another machine writing to a local path writes to its own disk."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = [r["segment_id"] for r in results]
+    with ThreadPoolExecutor(max_workers=16) as pool:  # one small read each; overlap on stores
+        found = list(pool.map(lambda sid: read_segment_summary(dest, sid) is not None, ids))
+    missing = [sid for sid, ok in zip(ids, found, strict=True) if not ok]
+    if missing:
+        raise IngestError(
+            f"{dest.describe()}: {len(missing)} of {len(ids)} segments the workers wrote are not "
+            f"visible from this machine (first: {segment_key(missing[0])}); nothing was "
+            "committed. Workers write where they run: an ingest on several machines needs a "
+            "destination they all share (an object store URL such as s3://bucket/lake.lake, or "
+            "a shared filesystem mounted at the same path everywhere)"
         )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,9 +20,25 @@ def _dask_cli() -> list[str]:
     return [str(Path(sys.executable).with_name("dask"))]
 
 
+def _isolated(command: list[str], private_dirs: tuple[str, ...]) -> list[str]:
+    """``command`` in a mount namespace of its own with a fresh tmpfs over each of
+    ``private_dirs``: what it writes there, no other process sees (a machine of its own, as far
+    as those paths go). Needs root, as tests here run."""
+    if not private_dirs:
+        return command
+    mounts = " && ".join(f"mount -t tmpfs tmpfs {shlex.quote(d)}" for d in private_dirs)
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+            f'{mounts} && exec "$@"', "sh", *command]  # fmt: skip
+
+
 @contextmanager
-def process_cluster(n_workers: int = 2, timeout: float = 60.0) -> Iterator[str]:
-    """Start a scheduler and ``n_workers`` single-threaded worker processes; yield the address."""
+def process_cluster(
+    n_workers: int = 2, timeout: float = 60.0, private_dirs: tuple[str, ...] = ()
+) -> Iterator[str]:
+    """Start a scheduler and ``n_workers`` single-threaded worker processes; yield the address.
+
+    ``private_dirs``: folders each worker sees as its own empty tmpfs, to stand in for workers
+    on other machines writing to their local disks."""
     dask = _dask_cli()
     with tempfile.TemporaryDirectory(prefix="lakeio-cluster-") as tmp:
         scheduler_file = os.path.join(tmp, "scheduler.json")
@@ -40,13 +57,9 @@ def process_cluster(n_workers: int = 2, timeout: float = 60.0) -> Iterator[str]:
         try:
             address = _wait_for_address(scheduler_file, procs[0], timeout)
             for i in range(n_workers):
-                procs.append(
-                    subprocess.Popen(
-                        [*dask, "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
-                         "--no-dashboard", "--name", f"lakeio-test-{i}", "--local-directory", tmp],
-                        **common,
-                    )
-                )  # fmt: skip
+                worker = [*dask, "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
+                          "--no-dashboard", "--name", f"lakeio-test-{i}", "--local-directory", tmp]  # fmt: skip
+                procs.append(subprocess.Popen(_isolated(worker, private_dirs), **common))
             _wait_for_workers(address, n_workers, timeout)
             yield address
         finally:
