@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 
 from lakeio.dataset import Dataset
+from lakeio.format.paths import display_path, source_path
 from lakeio.ingest.report import human_bytes
 
 
@@ -57,7 +58,7 @@ def format_info(info: dict[str, Any]) -> str:
         )
     lines.append(f"classes   {len(info['classes'])}")
     for name, count in info["classes"].items():
-        lines.append(f"  {name:<20} {count}")
+        lines.append(f"  {display_path(source_path(name)):<20} {count}")  # no NUL on a terminal
     ratio = f"{info['ratio']:.2f}x" if info["ratio"] else "n/a"
     lines.append(
         f"bytes     {human_bytes(info['stored_bytes'])} stored, "

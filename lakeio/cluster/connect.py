@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ast
 import os
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import dask.config
 from distributed import Client, LocalCluster
+
+from lakeio.errors import LakeError
 
 
 def default_workers() -> int:
@@ -38,6 +42,8 @@ def dask_client(
             _announce(client, echo)
             yield client
         return
+    if processes:
+        _refuse_unguarded_script()
     n = workers or default_workers()
     with (
         LocalCluster(
@@ -52,6 +58,62 @@ def dask_client(
         client.run(warm_worker)  # imports happen at start-up, not inside the first tasks
         _announce(client, echo)
         yield client
+
+
+def _refuse_unguarded_script() -> None:
+    """Worker processes start by re-importing the ``__main__`` script; called from its top level
+    outside ``if __name__ == "__main__":``, each would start a cluster of its own and die with
+    "Nanny failed to start". Say so in one line instead, before any process starts."""
+    line = unguarded_script_line()
+    if line is not None:
+        raise LakeError(
+            f"{line}: lakeio starts Dask worker processes here, and they re-import this script; "
+            'put the call under `if __name__ == "__main__":` (or inside a function called from '
+            "there), or pass cluster= an existing Client or scheduler address"
+        )
+
+
+def unguarded_script_line() -> str | None:
+    """``"script.py:LINE"`` when this call comes from the top-level code of the ``__main__``
+    script, outside an ``if __name__ == "__main__":`` block; None otherwise (a guarded call,
+    ``python -c``, a notebook, or a script that cannot be read)."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    frame = sys._getframe(1)
+    line = None
+    while frame is not None:  # the outermost frame running the script's own top-level code
+        if (
+            frame.f_globals is getattr(main, "__dict__", None)
+            and frame.f_code.co_name == "<module>"
+        ):
+            line = frame.f_lineno
+        frame = frame.f_back
+    if path is None or line is None:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            tree = ast.parse(fh.read())
+    except (OSError, SyntaxError, ValueError):
+        return None
+    guarded = any(
+        isinstance(node, ast.If)
+        and _is_main_test(node.test)
+        and node.lineno <= line <= node.end_lineno
+        for node in tree.body
+    )
+    return None if guarded else f"{path}:{line}"
+
+
+def _is_main_test(test: ast.expr) -> bool:
+    """``__name__ == "__main__"`` (either way round)."""
+    if not (
+        isinstance(test, ast.Compare) and len(test.ops) == 1 and isinstance(test.ops[0], ast.Eq)
+    ):
+        return False
+    sides = [test.left, test.comparators[0]]
+    names = [s.id for s in sides if isinstance(s, ast.Name)]
+    values = [s.value for s in sides if isinstance(s, ast.Constant)]
+    return names == ["__name__"] and values == ["__main__"]
 
 
 def warm_worker() -> None:

@@ -2,34 +2,62 @@
 
 The manifest is the source of truth; the root group's attributes carry a best-effort copy of
 the committed segment list so that someone with only zarr-python can find the live data.
+Every folder between the root and a segment (``segments/``) is a Zarr group too, so
+``zarr.open_group(lake)["segments"].members(max_depth=None)`` walks every segment's arrays.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+
 from lakeio.format.location import Location
-from lakeio.format.manifest import FORMAT_VERSION, MANIFEST_DIR, Manifest
+from lakeio.format.manifest import FORMAT_VERSION, MANIFEST_DIR, SEGMENT_DIR, Manifest
 
 ROOT_ATTR = "lakeio"
+# The document zarr writes for a group without attributes; it never changes, so any number of
+# writers may create it at once.
+EMPTY_GROUP = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode()
 
 
 def ensure_root_group(loc: Location) -> None:
-    """Create the root group (with the format marker) if it is not there yet."""
+    """Make ``loc`` a Zarr hierarchy down to the segments: the root group (with the format
+    marker) and the ``segments/`` group, each created only if it is not there yet."""
     import zarr
 
-    if loc.exists("zarr.json"):
+    if not loc.exists("zarr.json"):
+        zarr.open_group(
+            loc.zarr_store(),
+            mode="a",
+            zarr_format=3,
+            attributes={ROOT_ATTR: {"format_version": FORMAT_VERSION, "manifests": MANIFEST_DIR}},
+        )
+    ensure_group(loc, SEGMENT_DIR)
+
+
+def ensure_group(loc: Location, key: str) -> None:
+    """Create an empty Zarr group at ``key`` unless a ``zarr.json`` is already there.
+
+    One existence check when it is there (every later commit); an exclusive create when it is
+    not, so a racing writer's copy (the same bytes) is kept, and an existing one, perhaps with
+    attributes someone added, is never rewritten.
+    """
+    marker = f"{key}/zarr.json"
+    if loc.exists(marker):
         return
-    zarr.open_group(
-        loc.zarr_store(),
-        mode="a",
-        zarr_format=3,
-        attributes={ROOT_ATTR: {"format_version": FORMAT_VERSION, "manifests": MANIFEST_DIR}},
-    )
+    with contextlib.suppress(FileExistsError):  # another writer made it since the check
+        loc.create_exclusive(marker, EMPTY_GROUP)
 
 
 def publish_root_summary(loc: Location, manifest: Manifest) -> None:
-    """Copy the committed version's segment list into the root attributes (not authoritative)."""
+    """Copy the committed version's segment list into the root attributes (not authoritative).
+
+    Every commit ends here, so a lake written before ``segments/`` was a group becomes one the
+    next time anything (an ingest, ``lakeio stats``) commits to it.
+    """
     import zarr
 
+    ensure_group(loc, SEGMENT_DIR)
     group = zarr.open_group(loc.zarr_store(), mode="a", zarr_format=3)
     group.attrs[ROOT_ATTR] = {
         "format_version": FORMAT_VERSION,

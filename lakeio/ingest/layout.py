@@ -69,7 +69,9 @@ def probe_folder(client: Client, src: Location, scan: FolderScan, opts: DecodeOp
     """Header facts for every file, probed in parallel on the cluster (None where unreadable)."""
     paths = [f.path for f in scan.files]
     listing = "\n".join(f"{f.path}\0{f.size}\0{f.stamp}" for f in scan.files)
-    tag = hashlib.blake2b(f"{src.describe()}\n{listing}".encode(), digest_size=8).hexdigest()
+    # surrogateescape: file names need not be UTF-8
+    text = f"{src.describe()}\n{listing}".encode("utf-8", "surrogateescape")
+    tag = hashlib.blake2b(text, digest_size=8).hexdigest()
     workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {})))
     batch = max(PROBE_BATCH, math.ceil(len(paths) / (2 * workers)))  # ~10 µs a file: few tasks
     futures = [

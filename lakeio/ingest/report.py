@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from lakeio.format.location import Location
 from lakeio.format.manifest import META_DIR
+from lakeio.format.paths import display_path, source_path
 
 
 def human_bytes(n: float) -> str:
@@ -46,9 +47,11 @@ class IngestSummary:
         return (self.written + self.rejected) / self.seconds if self.seconds > 0 else 0.0
 
     def lines(self) -> list[str]:
+        """The summary as printed lines; names that are not UTF-8 show as ``\\xff`` escapes."""
+        dest = display_path(self.dest)
         if self.up_to_date:
             return [
-                f"{self.dest}: already up to date (version {self.version}, "
+                f"{dest}: already up to date (version {self.version}, "
                 f"{self.lake_samples} samples); nothing was changed."
             ]
         resumed = (
@@ -57,10 +60,10 @@ class IngestSummary:
             else ""
         )
         return [
-            f"committed {self.dest} version {self.version}: {self.lake_samples} samples in the lake",
+            f"committed {dest} version {self.version}: {self.lake_samples} samples in the lake",
             f"  images written   {self.written}{resumed}",
             f"  images rejected  {self.rejected}"
-            + (f"  (report: {self.report})" if self.report else ""),
+            + (f"  (report: {display_path(self.report)})" if self.report else ""),
             f"  files ignored    {self.ignored}",
             f"  bytes in         {human_bytes(self.source_bytes)}",
             f"  bytes decoded    {human_bytes(self.decoded_bytes)}",
@@ -71,16 +74,21 @@ class IngestSummary:
 
 
 def report_lines(rejects: list[dict], ignored, empty_classes) -> list[str]:
-    rows = [json.dumps({"kind": "rejected", **r}, ensure_ascii=False) for r in rejects]
+    """JSON lines of what was left out; ``path`` is for people (``\\xff`` escapes for bytes that
+    are not UTF-8), so every line is valid UTF-8 and valid JSON."""
+    rows = [_row({"kind": "rejected", **r}) for r in rejects]
+    rows += [_row({"kind": "ignored", "path": p, "reason": why}) for p, why in ignored]
     rows += [
-        json.dumps({"kind": "ignored", "path": p, "reason": why}, ensure_ascii=False)
-        for p, why in ignored
-    ]
-    rows += [
-        json.dumps({"kind": "empty-class", "path": c, "reason": "class folder has no images"})
+        _row(
+            {"kind": "empty-class", "path": source_path(c), "reason": "class folder has no images"}
+        )
         for c in empty_classes
     ]
     return rows
+
+
+def _row(row: dict) -> str:
+    return json.dumps({**row, "path": display_path(row["path"])}, ensure_ascii=False)
 
 
 def write_report(

@@ -28,6 +28,7 @@ from lakeio.errors import (
 )
 from lakeio.format.location import Location
 from lakeio.format.manifest import Manifest, SegmentEntry, commit_manifest, read_manifest
+from lakeio.format.paths import display_path, stored_path
 from lakeio.format.root import ensure_root_group, publish_root_summary
 from lakeio.format.segment import read_segment_summary, segment_key
 from lakeio.ingest import plan
@@ -78,8 +79,10 @@ def ingest(
     base = _latest_or_none(dest_loc)
     lake = base if mode == "append" else None  # only an append inherits the lake's layout
     src_loc, resolved = _resolve_source(source, labels, classes, lake, source_options)
-    local_memory = "memory" in (dest_loc.protocol, src_loc.protocol if src_loc else "")
-    with dask_client(cluster, workers=workers, processes=not local_memory, echo=echo) as client:
+    # In-memory sources (arrays, iterables, a loaded .npy) need no worker processes: threads
+    # resize and compress without shipping the arrays, and a script needs no __main__ guard.
+    in_process = src_loc is None or "memory" in (dest_loc.protocol, src_loc.protocol)
+    with dask_client(cluster, workers=workers, processes=not in_process, echo=echo) as client:
         started = time.perf_counter()  # the work, not the cluster's start-up
         layout = decide_layout(client, resolved, src_loc, opts, lake)
         tasks = _plan_tasks(resolved, src_loc, dest_loc, layout, opts)
@@ -185,10 +188,14 @@ def _plan_tasks(
     for index, rows in enumerate(ranges):
         if isinstance(resolved, FolderScan):
             files = resolved.files[rows.start : rows.stop]
-            head = [f"{src_loc.describe()}\n".encode()]  # where from, as well as what
+            # surrogateescape: names that are not UTF-8 hash as their raw bytes, others as before
+            head = [f"{src_loc.describe()}\n".encode("utf-8", "surrogateescape")]
             content = [
                 *head,
-                *(f"{f.path}\0{f.label}\0{f.size}\0{f.stamp}\n".encode() for f in files),
+                *(
+                    f"{f.path}\0{f.label}\0{f.size}\0{f.stamp}\n".encode("utf-8", "surrogateescape")
+                    for f in files
+                ),
             ]
             sid = plan.segment_id(digest, index, content)
             tasks.append(SegmentTask(sid, src=src_loc, files=files, **common))
@@ -255,7 +262,8 @@ def _run_tasks(
             except SourceReadError as exc:
                 client.cancel(list(futures))
                 raise IngestError(
-                    f"{exc.path}: {exc.reason}. Nothing was committed and the lake is unchanged; "
+                    f"{display_path(exc.path)}: {exc.reason}. Nothing was committed and the lake "
+                    "is unchanged; "
                     "segments already written are kept, so rerunning the same command resumes"
                 ) from None
             bar.update(len(tasks[i]))
@@ -320,6 +328,7 @@ def _pad_counts(entry: SegmentEntry, width: int) -> SegmentEntry:
 
 def _event(source, opts: IngestOptions, mode: str) -> dict:
     where = os.fspath(source) if isinstance(source, (str, os.PathLike)) else type(source).__name__
+    where = stored_path(where)  # a folder name that is not UTF-8 must still fit the manifest
     return {
         "op": "ingest",
         "mode": mode,

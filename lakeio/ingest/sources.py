@@ -15,6 +15,7 @@ import numpy as np
 
 from lakeio.errors import IngestError
 from lakeio.format.location import Location
+from lakeio.format.paths import stored_path
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 ARRAY_EXTENSIONS = (".npy", ".npz")
@@ -56,14 +57,29 @@ def _stamp(info: dict) -> str:
     return ""
 
 
-def scan_image_folder(src: Location, extra_classes: tuple[str, ...] = ()) -> FolderScan:
-    """List ``src`` as an ImageFolder; ``extra_classes`` are kept first (classes of a lake appended to)."""
+def _list_tree(src: Location) -> dict[str, dict]:
+    """Every entry under ``src`` with its details, or one error that says what stopped the listing."""
     try:
         entries = src.fs.find(src.root, withdirs=True, detail=True)
     except FileNotFoundError:
         raise IngestError(f"{src.describe()}: source folder not found") from None
+    except UnicodeDecodeError as exc:  # e.g. a zip entry flagged UTF-8 whose name is not
+        raise IngestError(
+            f"{src.describe()}: the listing holds a name that claims to be UTF-8 but is not "
+            f"({exc}); re-create the archive, or unpack it and ingest the folder"
+        ) from None
     if not src.fs.isdir(src.root):
         raise IngestError(f"{src.describe()}: not a folder, .npy or .npz file")
+    return entries
+
+
+def scan_image_folder(src: Location, extra_classes: tuple[str, ...] = ()) -> FolderScan:
+    """List ``src`` as an ImageFolder; ``extra_classes`` are kept first (classes of a lake appended to).
+
+    Class names are the class folders' names in `lakeio.format.paths.stored_path` form, so a
+    folder name that is not valid UTF-8 still fits the manifest's JSON, without loss.
+    """
+    entries = _list_tree(src)
     prefix = src.root.rstrip("/") + "/"
     class_dirs, candidates, ignored = set(), [], []
     for full, info in entries.items():
@@ -77,14 +93,15 @@ def scan_image_folder(src: Location, extra_classes: tuple[str, ...] = ()) -> Fol
             continue
         if info.get("type") == "directory":
             if len(parts) == 1:
-                class_dirs.add(parts[0])
+                class_dirs.add(stored_path(parts[0]))  # class names go into JSON: valid UTF-8
             continue
         if len(parts) == 1:
             ignored.append((relative, "file outside any class folder"))
         elif not relative.lower().endswith(IMAGE_EXTENSIONS):
             ignored.append((relative, "not an image extension"))
         else:
-            candidates.append((parts[0], relative, int(info.get("size") or 0), _stamp(info)))
+            size = int(info.get("size") or 0)
+            candidates.append((stored_path(parts[0]), relative, size, _stamp(info)))
     if not class_dirs:
         raise IngestError(
             f"{src.describe()}: no class folders found; expected the ImageFolder layout "

@@ -6,6 +6,7 @@ run got that far), it returns the stored summary instead of decoding again.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import numpy as np
 from lakeio.errors import SourceError, SourceReadError
 from lakeio.format.location import Location
 from lakeio.format.manifest import FieldInfo
+from lakeio.format.paths import display_path, stored_path
 from lakeio.format.segment import read_segment_summary, write_segment
 from lakeio.ingest.decode import DecodeOptions, conform_array, decode_image
 from lakeio.ingest.sources import SourceFile
@@ -49,11 +51,33 @@ def _read_source(task: SegmentTask, i: int, out: np.ndarray) -> tuple[np.ndarray
         try:
             data = task.src.read_bytes(item.path)
         except OSError as exc:  # the reader's trouble, not the image's: never a reject
+            if _broken_link(task.src, item.path):  # the folder's content: no rerun mends it
+                raise SourceError(item.path, "broken symbolic link (no target)") from None
             raise SourceReadError(item.path, f"cannot read file ({exc.strerror or exc})") from None
-        return decode_image(data, item.path, task.decode, out), item.label, item.path, len(data)
+        return _decode(data, item.path, task.decode, out), item.label, item.path, len(data)
     name = task.names[i]
     image = conform_array(task.images[i], name, task.decode)
     return image, int(task.labels[i]), name, image.nbytes
+
+
+def _decode(data: bytes, path: str, opts: DecodeOptions, out: np.ndarray) -> np.ndarray:
+    """`decode_image`, with any decoder failure turned into a `SourceError` naming the file:
+    hostile bytes may trip a codec plugin in ways it does not report as a decode error."""
+    try:
+        return decode_image(data, path, opts, out)
+    except (SourceError, MemoryError):
+        raise
+    except Exception as exc:
+        raise SourceError(
+            path, f"image could not be decoded ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+def _broken_link(src: Location, path: str) -> bool:
+    if not src.is_local:
+        return False
+    full = src.path(path)
+    return os.path.islink(full) and not os.path.exists(full)
 
 
 _local = threading.local()
@@ -88,15 +112,18 @@ def run_segment_task(task: SegmentTask) -> dict[str, Any]:
                     f"from the lake's {shape[1]}x{shape[0]}x{shape[2]}; pass --size HxW to resize",
                 )
         except SourceError as exc:
+            shown = display_path(exc.path)  # a name that is not UTF-8 prints as \xff escapes
             if not task.skip_errors:
-                raise
-            rejects.append([exc.path, exc.reason])
+                if shown == exc.path:
+                    raise
+                raise SourceError(shown, exc.reason) from exc
+            rejects.append([shown, exc.reason])
             continue
         slot = images[len(labels)]
         if not np.shares_memory(image, slot):  # the fast JPEG path may have decoded in place
             slot[...] = image
         labels.append(label)
-        paths.append(path)
+        paths.append(stored_path(path))  # lossless and valid UTF-8 (lakeio.format.paths)
         source_bytes += nbytes
     kept = len(labels)
     columns = {

@@ -118,7 +118,7 @@ def test_bad_inputs_become_report_lines_and_never_reach_the_lake(tmp_path, clien
     assert "truncated or corrupt" in rejected["astronaut/truncated.jpg"]
     assert "exceeds the limit" in rejected["astronaut/bomb.png"]
     assert "aspect ratio" in rejected["astronaut/sliver.png"]
-    assert "cannot read file" in rejected["astronaut/dangling.png"]
+    assert "broken symbolic link" in rejected["astronaut/dangling.png"]
     ignored = {r["path"] for r in rows if r["kind"] == "ignored"}
     assert {"astronaut/.hidden.png", ".DS_Store", "coffee/readme.txt"} <= ignored
     assert [r["path"] for r in rows if r["kind"] == "empty-class"] == ["empty_class"]
