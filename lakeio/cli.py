@@ -27,19 +27,28 @@ def _positive_int(text: str) -> int:
     return value
 
 
+# Option names that hold credentials or names: always strings, so a key "20240101" stays one.
+_SECRET_WORDS = ("key", "secret", "token", "password", "user", "profile", "account", "client_id")
+
+
+def _is_secret(name: str) -> bool:
+    return any(word in name.lower() for word in _SECRET_WORDS)
+
+
 def _storage_options(pairs: Sequence[str]) -> dict:
-    """``KEY=VALUE`` pairs → a dict; dotted keys nest, values parse as JSON where they can."""
+    """``KEY=VALUE`` pairs → a dict; dotted keys nest, values parse as JSON where they can
+    (``anon=true``, ``default_block_size=5242880``), except credentials, which stay text."""
     options: dict = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise LakeError(f"--storage-option {pair!r}: expected KEY=VALUE")
+        *parents, leaf = key.split(".")
         try:
-            parsed = json.loads(value)
+            parsed = value if _is_secret(leaf) else json.loads(value)
         except ValueError:
             parsed = value
         target = options
-        *parents, leaf = key.split(".")
         for part in parents:
             target = target.setdefault(part, {})
         target[leaf] = parsed

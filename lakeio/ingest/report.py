@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from lakeio.errors import IngestError
 from lakeio.format.location import Location
 from lakeio.format.manifest import META_DIR
 from lakeio.format.paths import display_path, source_path
@@ -91,23 +92,26 @@ def _row(row: dict) -> str:
     return json.dumps({**row, "path": display_path(row["path"])}, ensure_ascii=False)
 
 
-def write_report(
-    dest: Location, version: int, rows: list[str], extra_path: str | None
-) -> str | None:
-    """Store the report next to the manifest (and at ``extra_path`` if given); returns where."""
+def write_report(dest: Location, version: int, rows: list[str]) -> str | None:
+    """Store the report next to the manifest of ``version``; returns where (None if empty)."""
     if not rows:
         return None
-    data = ("\n".join(rows) + "\n").encode()
     key = f"{META_DIR}/reports/ingest-v{version:08d}.jsonl"
-    dest.write_atomic(key, data)
-    if extra_path:
-        _write_local(extra_path, data)
-        return extra_path
+    dest.write_atomic(key, _payload(rows))
     return dest.describe(key)
 
 
-def _write_local(path: str, data: bytes) -> None:
-    import fsspec
+def write_extra_report(where: Location, rows: list[str]) -> None:
+    """Write the report where ``--report`` asked (with the ingest's storage options), even
+    when empty, so a script reading it finds the file."""
+    try:
+        where.write_atomic("", _payload(rows))
+    except Exception as exc:  # credentials, network, permissions: the cause is in the message
+        raise IngestError(
+            f"--report {where.describe()}: cannot write the report ({type(exc).__name__}: "
+            f"{exc}); nothing was committed, the lake is unchanged"
+        ) from exc
 
-    with fsspec.open(path, "wb") as fh:
-        fh.write(data)
+
+def _payload(rows: list[str]) -> bytes:
+    return "".join(row + "\n" for row in rows).encode()

@@ -34,7 +34,7 @@ from lakeio.format.segment import read_segment_summary, segment_key
 from lakeio.ingest import plan
 from lakeio.ingest.layout import Layout, decide_layout
 from lakeio.ingest.options import MODES, IngestOptions
-from lakeio.ingest.report import IngestSummary, report_lines, write_report
+from lakeio.ingest.report import IngestSummary, report_lines, write_extra_report, write_report
 from lakeio.ingest.sources import (
     ArraySource,
     FolderScan,
@@ -93,10 +93,14 @@ def ingest(
         results = _run_tasks(client, tasks, opts, progress)
     _refuse_empty_result(results)
     _check_segments_visible(dest_loc, results)
+    rows = _report_rows(resolved, results)
+    if report:  # before the commit: a report that cannot be written must not follow a commit
+        write_extra_report(Location.of(report, storage_options), rows)
     ensure_root_group(dest_loc)
     manifest = _commit(dest_loc, base, layout, tasks, results, mode, _event(source, opts, mode))
     publish_root_summary(dest_loc, manifest)
-    return _summarize(dest_loc, manifest, resolved, results, report, started)
+    where = write_report(dest_loc, manifest.version, rows)
+    return _summarize(dest_loc, manifest, resolved, results, report or where, started)
 
 
 def _refuse_empty_result(results: list[dict]) -> None:
@@ -347,12 +351,16 @@ def _up_to_date_summary(dest: Location, base: Manifest, started: float) -> Inges
     )  # fmt: skip
 
 
-def _summarize(dest, manifest, resolved, results, report_path, started) -> IngestSummary:
+def _report_rows(resolved, results: list[dict]) -> list[str]:
     rejects = [{"path": p, "reason": why} for r in results for p, why in r["rejects"]]
     scan = resolved if isinstance(resolved, FolderScan) else None
+    return report_lines(rejects, scan.ignored if scan else (), scan.empty_classes if scan else ())
+
+
+def _summarize(dest, manifest, resolved, results, where, started) -> IngestSummary:
+    scan = resolved if isinstance(resolved, FolderScan) else None
     ignored = scan.ignored if scan else ()
-    rows = report_lines(rejects, ignored, scan.empty_classes if scan else ())
-    where = write_report(dest, manifest.version, rows, report_path)
+    rejects = [p for r in results for p, _ in r["rejects"]]
     return IngestSummary(
         dest=dest.describe(),
         version=manifest.version,

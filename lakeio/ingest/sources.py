@@ -49,6 +49,12 @@ def _is_hidden(relative: str) -> bool:
     return any(part.startswith(".") for part in relative.split("/"))
 
 
+def _is_folder_marker(name: str, info: dict) -> bool:
+    """An empty ``cls/`` object that object-store consoles create for a "folder": the folder
+    itself is listed too, so the marker is neither an image nor a file to report."""
+    return name.endswith("/") and not int(info.get("size") or 0)
+
+
 def _stamp(info: dict) -> str:
     """What changes when a file's content does: mtime on disks, ETag / LastModified on stores."""
     for key in ("mtime", "ETag", "etag", "LastModified", "last_modified", "updated", "md5Hash"):
@@ -84,7 +90,7 @@ def scan_image_folder(src: Location, extra_classes: tuple[str, ...] = ()) -> Fol
     class_dirs, candidates, ignored = set(), [], []
     for full, info in entries.items():
         relative = full[len(prefix) :] if full.startswith(prefix) else full
-        if not relative:
+        if not relative or _is_folder_marker(full, info):
             continue
         parts = relative.split("/")
         if _is_hidden(relative):

@@ -132,10 +132,16 @@ class Loader:
         return {k: v for k, v in asdict(self.plan).items() if k != "rank"}
 
     def state_dict(self) -> dict[str, Any]:
-        """Where the iteration stands: resume with `load_state_dict` in a new process."""
+        """Where the iteration stands: resume with `load_state_dict` in a new process.
+
+        Once an epoch's last batch is out, the state is the next epoch's start, so a checkpoint
+        taken at the end of an epoch resumes with the next one, not with an empty replay."""
+        epoch, done = self.epoch, self._consumed
+        if done >= len(self):
+            epoch, done = epoch + 1, 0
         return {
-            "epoch": self.epoch,
-            "batches_done": self._consumed,
+            "epoch": epoch,
+            "batches_done": done,
             "samples": len(self.dataset),
             "plan": self._plan_key(),
         }

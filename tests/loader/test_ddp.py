@@ -87,6 +87,15 @@ def test_train_example_learns_and_resumes_mid_epoch(small_lake, tmp_path):
     assert (
         resumed[2]["epoch"] == 1 and resumed[2]["batches_per_rank"] == full[1]["batches_per_rank"]
     )
+    # the checkpoint now holds the end of epoch 1: a third epoch starts afresh, no empty replay
+    extended = _log(
+        _torchrun(
+            script, lake, "--epochs", "3", "--batch-size", "16", "--checkpoint", ckpt, "--resume"
+        )
+    )
+    assert extended[0] == {"resumed": True, "epoch": 2, "batches_done": 0}
+    assert [e["epoch"] for e in extended[1:]] == [2]
+    assert extended[1]["batches_per_rank"] == full[0]["batches_per_rank"]
 
 
 @pytest.mark.timeout(300)

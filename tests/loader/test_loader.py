@@ -244,6 +244,23 @@ def test_state_saved_right_after_set_epoch_starts_that_epoch(small_lake):
     assert loader.state_dict()["batches_done"] == 0 and loader.state_dict()["epoch"] == 1
 
 
+def test_state_saved_after_an_epochs_last_batch_resumes_with_the_next_epoch(small_lake):
+    ds = lakeio.open_dataset(small_lake[0])
+    loader = ds.loader(batch_size=50, seed=1, fields=("paths",))
+    loader.set_epoch(3)
+    for _ in loader:
+        pass
+    state = loader.state_dict()
+    assert (state["epoch"], state["batches_done"]) == (4, 0)
+    resumed = ds.loader(batch_size=50, seed=1, fields=("paths",))
+    resumed.load_state_dict(state)
+    resumed.set_epoch(state["epoch"])  # what a training loop does next: no effect on the resume
+    fresh = ds.loader(batch_size=50, seed=1, fields=("paths",))
+    fresh.set_epoch(4)
+    assert [p for (p,) in resumed] == [p for (p,) in fresh]
+    assert len(fresh) == 5
+
+
 def test_a_failing_read_reaches_the_training_loop_as_an_error(small_lake, tmp_path):
     import shutil
 
