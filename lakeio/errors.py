@@ -22,13 +22,19 @@ class LakeNotFoundError(FormatError, FileNotFoundError):
 class CorruptChunkError(LakeError, OSError):
     """A stored chunk that is missing, fails its checksum, or does not decode to its shape."""
 
-    def __init__(self, key: str, reason: str) -> None:
-        super().__init__(f"corrupt chunk {key}: {reason}")
+    def __init__(self, key: str, reason: str, lake: str = "") -> None:
+        where = f" of lake {lake}" if lake else ""
+        super().__init__(f"corrupt chunk {key}{where}: {reason}")
         self.key = key
         self.reason = reason
+        self.lake = lake
 
-    def __reduce__(self):  # keep (key, reason) across process boundaries (Dask workers)
-        return (type(self), (self.key, self.reason))
+    def of_lake(self, lake: str) -> CorruptChunkError:
+        """The same error naming the lake too (raised where the chunk's lake is known)."""
+        return self if self.lake else CorruptChunkError(self.key, self.reason, lake)
+
+    def __reduce__(self):  # keep (key, reason, lake) across process boundaries (Dask workers)
+        return (type(self), (self.key, self.reason, self.lake))
 
 
 class ReadError(LakeError, OSError):
@@ -39,29 +45,25 @@ class IngestError(LakeError, RuntimeError):
     """An ingest that cannot start or must stop; the message names the file and the cause."""
 
 
-class SourceError(IngestError):
+class SourceFileError(IngestError):
+    """A problem with one source file; ``path`` and ``reason`` survive Dask's pickling."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+    def __reduce__(self):  # keep (path, reason) across process boundaries (Dask workers)
+        return (type(self), (self.path, self.reason))
+
+
+class SourceError(SourceFileError):
     """One source image that cannot be ingested (a reject when --on-error skip)."""
 
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
 
-    def __reduce__(self):  # keep (path, reason) across process boundaries (Dask workers)
-        return (type(self), (self.path, self.reason))
-
-
-class SourceReadError(IngestError):
+class SourceReadError(SourceFileError):
     """A source file that could not be read (network, permissions, a vanished file): the task
     fails, so the file is never mistaken for a bad image and a rerun reads it again."""
-
-    def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
-        self.path = path
-        self.reason = reason
-
-    def __reduce__(self):  # keep (path, reason) across process boundaries (Dask workers)
-        return (type(self), (self.path, self.reason))
 
 
 class CommitConflictError(LakeError, RuntimeError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 _UNITS = {
@@ -10,7 +11,8 @@ _UNITS = {
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
     "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40,
 }  # fmt: skip
-_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+_PATTERN = re.compile(r"\s*([0-9]{1,30}(?:\.[0-9]{1,30})?)\s*([a-zA-Z]{0,3})\s*")
+MAX_SIZE = 2**60  # one exbibyte: more than any memory or disk, and safely inside int64
 
 
 def parse_size(value: int | float | str | None, name: str = "size") -> int | None:
@@ -20,11 +22,13 @@ def parse_size(value: int | float | str | None, name: str = "size") -> int | Non
     if isinstance(value, bool):
         raise ValueError(f"{name}: expected a size such as '8GB', got {value!r}")
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"{name}: size must be >= 0, got {value}")
+        if not math.isfinite(value) or not 0 <= value <= MAX_SIZE:
+            raise ValueError(f"{name}: size must be within 0..{MAX_SIZE} bytes, got {value}")
         return int(value)
-    match = _PATTERN.match(str(value))
+    text = value if isinstance(value, str) else str(value)
+    match = _PATTERN.fullmatch(text)
     unit = match.group(2).lower() if match else None
     if not match or unit not in _UNITS:
-        raise ValueError(f"{name}: {value!r} is not a size such as '512MB', '8GiB' or 1000000")
-    return int(float(match.group(1)) * _UNITS[unit])
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise ValueError(f"{name}: {shown!r} is not a size such as '512MB', '8GiB' or 1000000")
+    return parse_size(float(match.group(1)) * _UNITS[unit], name)

@@ -6,6 +6,7 @@ values the manifest rules out (labels outside the class list). Fields must align
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -13,7 +14,15 @@ import numpy as np
 
 from lakeio.dataset import Dataset
 from lakeio.errors import CorruptChunkError
-from lakeio.format.segment import chunk_count, read_segment_summary
+from lakeio.format.segment import (
+    SUMMARY_ATTR,
+    SUMMARY_CHECKSUM,
+    chunk_count,
+    field_document,
+    group_document,
+    read_segment_summary,
+    summary_checksum,
+)
 
 
 @dataclass
@@ -60,26 +69,73 @@ def _check_labels(chunk: np.ndarray, valid_rows: int, classes: int, key: str) ->
 
 
 def _check_segment_summary(ds: Dataset, s: int, report: VerifyReport) -> None:
-    """Each field's stored length must equal the manifest's sample count for the segment."""
-    import json
+    """Every zarr.json of the segment must be what lakeio wrote: the group's completion summary
+    (checksummed, and agreeing with the manifest) and each field's array metadata."""
+    seg, m = ds.manifest.segments[s], ds.manifest
+    for key, problem in (
+        (f"{seg.key}/zarr.json", _group_problem(ds, seg)),
+        *(
+            (f"{seg.key}/{name}/zarr.json", _array_problem(ds, seg, name, info))
+            for name, info in m.fields.items()
+        ),
+    ):
+        if problem:
+            report.problems.append((key, problem))
 
-    seg = ds.manifest.segments[s]
-    if read_segment_summary(ds.loc, seg.id) is None:
-        report.problems.append((f"{seg.key}/zarr.json", "segment is not marked complete"))
-    for name in ds.manifest.fields:
-        key = f"{seg.key}/{name}/zarr.json"
-        try:
-            shape = json.loads(ds.loc.read_bytes(key))["shape"]
-        except (FileNotFoundError, ValueError, KeyError) as exc:
-            report.problems.append((key, f"array metadata unreadable ({exc!r})"))
-            continue
-        if shape[0] != seg.samples:
-            report.problems.append(
-                (
-                    key,
-                    f"{shape[0]} samples, but the manifest says {seg.samples} (fields misaligned)",
-                )
-            )
+
+def _group_problem(ds: Dataset, seg) -> str | None:
+    raw = _read_metadata(ds, f"{seg.key}/zarr.json")
+    if isinstance(raw, str):
+        return raw
+    summary = read_segment_summary(ds.loc, seg.id)
+    if summary is None:
+        return "segment is not marked complete (no readable lakeio_segment summary)"
+    stored = summary.get(SUMMARY_CHECKSUM)
+    if stored is not None and stored != summary_checksum(summary):
+        return f"summary checksum mismatch (stored {stored}, computed {summary_checksum(summary)})"
+    if summary.get("samples") != seg.samples:
+        return f"{summary.get('samples')} samples, but the manifest says {seg.samples}"
+    body = {k: v for k, v in summary.items() if k != SUMMARY_CHECKSUM}
+    expected = group_document(body) if stored is not None else _legacy_group(summary)
+    if raw != expected:
+        return "bytes differ from the document lakeio wrote (its content parses the same)"
+    return None
+
+
+def _legacy_group(summary: dict) -> bytes:
+    """A segment written before summaries carried a checksum, as it was written then."""
+    group = {"zarr_format": 3, "node_type": "group", "attributes": {SUMMARY_ATTR: summary}}
+    return json.dumps(group, indent=2, ensure_ascii=False).encode()
+
+
+def _array_problem(ds: Dataset, seg, name: str, info) -> str | None:
+    raw = _read_metadata(ds, f"{seg.key}/{name}/zarr.json")
+    if isinstance(raw, str):
+        return raw
+    expected = field_document(name, info, ds.manifest.chunk_samples, seg.samples)
+    if raw == expected:
+        return None
+    try:
+        found = json.loads(raw)
+    except ValueError as exc:
+        return f"array metadata is not JSON ({exc})"
+    if found.get("shape", [None])[0] != seg.samples:
+        return f"{found.get('shape')} samples, but the manifest says {seg.samples} (misaligned)"
+    if found != json.loads(expected):
+        changed = sorted(k for k in {*found, *json.loads(expected)}
+                         if found.get(k) != json.loads(expected).get(k))  # fmt: skip
+        return f"array metadata differs from what lakeio wrote in {changed}"
+    return "bytes differ from the document lakeio wrote (its content parses the same)"
+
+
+def _read_metadata(ds: Dataset, key: str) -> bytes | str:
+    """The file's bytes, or a problem saying why there are none."""
+    try:
+        return ds.loc.read_bytes(key)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable ({exc})"
 
 
 def count_chunks(ds: Dataset) -> int:

@@ -4,6 +4,11 @@ Backed by diskcache (SQLite index + files), which is safe across processes, so t
 one machine share it. A per-key lock (a kernel file lock per key stripe) makes concurrent misses
 of the same chunk fetch it from the origin once. Values are raw bytes only (never pickles), in a
 folder only the user can write; SQLite does not work on NFS, so this belongs on local disk.
+
+The tier only ever holds copies, so its own trouble never fails a read: a folder that cannot be
+opened, or a write the disk refuses (full, out of inodes, read-only), is counted, reported once
+per folder and process with a `DiskTierWarning`, and the chunk is served from the origin. A
+value whose write failed midway is removed, never left behind or served.
 """
 
 from __future__ import annotations
@@ -12,17 +17,26 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import sqlite3
 import stat
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import diskcache
 
 from lakeio.cache.tier import TierStats
-from lakeio.errors import LakeError
+from lakeio.errors import CorruptChunkError, LakeError
 
 LOCK_STRIPES = 256  # lock files; keys share one by hash, so a clash only delays a fetch
+# What a disk that is full, out of inodes or read-only raises out of diskcache and SQLite.
+STORAGE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
+MAX_CULLS = 64  # per store; several processes may be culling at once
+
+
+class DiskTierWarning(RuntimeWarning):
+    """The disk tier could not open its folder or store a chunk; reads go on from the origin."""
 
 
 class DiskTier:
@@ -31,20 +45,34 @@ class DiskTier:
     def __init__(self, directory: str | os.PathLike, capacity: int) -> None:
         self.directory = os.fspath(directory)
         self.capacity = int(capacity)
-        _private_directory(self.directory)
-        self._cache = diskcache.Cache(
-            self.directory,
-            disk=_BytesOnlyDisk,
-            size_limit=self.capacity,
-            cull_limit=1,  # the default (10) can empty a small cache of large values at once
-            eviction_policy="least-recently-stored",  # no index write on every read
-            statistics=False,
-        )
         self._lock_dir = os.path.join(self.directory, "locks")
-        os.makedirs(self._lock_dir, mode=0o700, exist_ok=True)
         self._lock = threading.Lock()
         self._stats = TierStats()
-        self.write_errors = 0
+        self.write_errors = 0  # chunks the disk refused to store (full disk, no inodes...)
+        self._cache = self._open()
+
+    def _open(self) -> diskcache.Cache | None:
+        """The diskcache in our folder, or None (warned about) where the disk cannot hold one.
+
+        Opening writes (diskcache records its settings), so on a full disk it fails; the tier
+        then serves nothing and stores nothing for this process's lifetime. A folder that is not
+        private still raises: that is a setting to fix, not a passing condition of the disk.
+        """
+        try:
+            _private_directory(self.directory)  # creating it may fail on a full disk too
+            cache = diskcache.Cache(
+                self.directory,
+                disk=_BytesOnlyDisk,
+                size_limit=self.capacity,
+                cull_limit=1,  # the default (10) can empty a small cache of large values at once
+                eviction_policy="least-recently-stored",  # no index write on every read
+                statistics=False,
+            )
+            os.makedirs(self._lock_dir, mode=0o700, exist_ok=True)
+        except STORAGE_ERRORS as exc:
+            self._failed("open the cache", exc)
+            return None
+        return cache
 
     def __getstate__(self):  # reopen in the receiving process (e.g. a DataLoader worker)
         return {"directory": self.directory, "capacity": self.capacity}
@@ -58,17 +86,81 @@ class DiskTier:
             self._stats.hits += int(hit)
 
     def get(self, key: str) -> bytes | None:
-        value = self._cache.get(key, default=None, retry=True)
+        value = self._read(key)
         self._count(value is not None)
+        return value
+
+    def _read(self, key: str) -> bytes | None:
+        if self._cache is None:
+            return None
+        try:
+            value = self._cache.get(key, default=None, retry=True)
+        except STORAGE_ERRORS as exc:  # a damaged index reads as a miss, never as a failed read
+            self._failed("read a chunk", exc)
+            return None
         return value if isinstance(value, bytes) else None
 
     def put(self, key: str, value: bytes) -> bool:
+        """Keep a copy of ``value``; False if it was not kept: larger than the tier, or refused
+        by the disk (counted in ``write_errors``, warned about once; a read never fails for it)."""
         if not isinstance(value, bytes):
             raise TypeError("the disk tier stores bytes only")
         if len(value) > self.capacity:
             return False  # diskcache would accept it and then cull it (and more) right away
-        self._cache.set(key, value, retry=True)
+        if self._cache is None:
+            self._write_failed()
+            return False
+        try:
+            self._cache.set(key, value, retry=True)
+        except STORAGE_ERRORS as exc:
+            # diskcache writes a large value's file before its index row and removes neither when
+            # the row's transaction fails: the file would take space nobody ever frees.
+            self._cache.disk.discard_failed_store()
+            self._write_failed(exc)
+            return False
+        self._fit()
         return True
+
+    def _fit(self) -> None:
+        """Cull the oldest copies, one at a time, until the tier is within its limit again.
+
+        diskcache culls one item per store (``cull_limit=1``, so that a small tier of large
+        values is not emptied at once), which holds the limit only while values are alike: a
+        chunk of images stored while a labels chunk of a few bytes is culled leaves the tier
+        that chunk over its limit, and each such store adds one more.
+        """
+        oldest = "SELECT key FROM Cache WHERE raw = 1 ORDER BY store_time LIMIT 1"
+        try:
+            for _ in range(MAX_CULLS):
+                if self._cache.volume() <= self.capacity:
+                    return
+                row = self._cache._sql(oldest).fetchone()  # diskcache's own cull query
+                if row is None:
+                    return
+                self._cache.delete(row[0], retry=True)
+        except STORAGE_ERRORS as exc:
+            self._failed("drop a chunk", exc)
+
+    def _write_failed(self, exc: BaseException | None = None) -> None:
+        with self._lock:
+            self.write_errors += 1
+        if exc is not None:
+            self._failed("store a chunk", exc)
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        """Warn once per folder and process: a full disk would otherwise warn for every chunk."""
+        with _warned_lock:
+            if self.directory in _warned_folders:
+                return
+            _warned_folders.add(self.directory)
+        warnings.warn(
+            DiskTierWarning(
+                f"lakeio disk cache {self.directory}: could not {what} ({exc}); chunks are read "
+                "from the origin instead, and failed writes are counted in the disk tier's "
+                "write_errors. Free space there or give Cache(disk=...) another folder."
+            ),
+            stacklevel=3,
+        )
 
     def get_or_fetch(
         self, key: str, fetch: Callable[[], bytes], check: Callable[[bytes], object] | None = None
@@ -83,14 +175,34 @@ class DiskTier:
         if value is not None:
             return value, True
         with self._fetch_lock(key):
-            value = self._cache.get(key, default=None, retry=True)
-            if isinstance(value, bytes):  # another process fetched it while we waited
+            value = self._read(key)
+            if value is not None:  # another process fetched it while we waited
                 return value, True
             value = fetch()
             if check is not None:
                 check(value)
-            self._store(key, value)
+            self.put(key, value)  # never raises for the disk's sake: the read goes on
             return value, False
+
+    def replace_damaged(
+        self, key: str, damaged: bytes, fetch: Callable[[], bytes], check: Callable[[bytes], object]
+    ) -> tuple[bytes, bool]:
+        """A good copy of ``key`` in place of the ``damaged`` one read from the tier:
+        (value, refetched). ``check`` raises on bad bytes.
+
+        Under the key's lock, so that the threads and processes that read the damaged copy at
+        once (an epoch's load and the next epoch's prefetch, say) fetch the original once and
+        count it once: one that waited takes the copy stored meanwhile.
+        """
+        with self._fetch_lock(key):
+            current = self._read(key)
+            if current is not None and current != damaged and _passes(check, current):
+                return current, False
+            self.evict(key)
+            value = fetch()
+            check(value)  # the origin's own copy being bad is the caller's error to raise
+            self.put(key, value)
+            return value, True
 
     @contextmanager
     def _fetch_lock(self, key: str) -> Iterator[None]:
@@ -102,10 +214,10 @@ class DiskTier:
         a cold epoch ran on one core of two.) Each acquisition opens its own file description,
         so threads of one process exclude each other as processes do.
         """
-        path = os.path.join(self._lock_dir, f"{lock_stripe(key):03d}.lock")
-        with _open_lock_files:  # no fork between open and registering the descriptor
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-            _lock_fds.add(fd)
+        fd = self._open_lock_file(key)
+        if fd is None:  # no lock to be had: fetch unlocked, perhaps twice on this node
+            yield
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -114,16 +226,30 @@ class DiskTier:
                 _lock_fds.discard(fd)
                 os.close(fd)  # the last descriptor of the file closed releases the lock
 
-    def _store(self, key: str, value: bytes) -> None:
-        """Store, but never fail a read because the cache could not keep a copy (disk full…)."""
+    def _open_lock_file(self, key: str) -> int | None:
+        """A descriptor of ``key``'s lock file, or None where it cannot be created (a disk with
+        no inode left): the lock only saves origin reads, so its absence must not fail one."""
+        path = os.path.join(self._lock_dir, f"{lock_stripe(key):03d}.lock")
         try:
-            self.put(key, value)
-        except Exception:
-            with self._lock:
-                self.write_errors += 1
+            with _open_lock_files:  # no fork between open and registering the descriptor
+                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+                _lock_fds.add(fd)
+        except OSError as exc:
+            self._failed("create a lock file", exc)
+            return None
+        return fd
 
     def evict(self, key: str) -> None:
-        if self._cache.delete(key, retry=True):
+        """Drop ``key``'s copy; on a disk too full to record that, the copy stays (a damaged
+        one is then caught by its checksum again on every read, and never delivered)."""
+        if self._cache is None:
+            return
+        try:
+            deleted = self._cache.delete(key, retry=True)
+        except STORAGE_ERRORS as exc:
+            self._failed("drop a chunk", exc)
+            return
+        if deleted:
             with self._lock:
                 self._stats.evictions += 1
 
@@ -131,16 +257,28 @@ class DiskTier:
         """Counters; with ``sizes``, also the bytes and items held (two SQLite queries)."""
         with self._lock:
             s = TierStats(self._stats.requests, self._stats.hits, self._stats.evictions)
-        if sizes:
-            s.bytes_held = int(self._cache.volume())
-            s.items = len(self._cache)
+            s.write_errors = self.write_errors
+        if sizes and self._cache is not None:
+            with contextlib.suppress(*STORAGE_ERRORS):
+                s.bytes_held = int(self._cache.volume())
+                s.items = len(self._cache)
         return s
 
     def clear(self) -> None:
-        self._cache.clear(retry=True)
+        if self._cache is not None:
+            self._cache.clear(retry=True)
 
     def close(self) -> None:
-        self._cache.close()
+        if self._cache is not None:
+            self._cache.close()
+
+
+def _passes(check: Callable[[bytes], object], value: bytes) -> bool:
+    try:
+        check(value)
+    except CorruptChunkError:
+        return False
+    return True
 
 
 def lock_stripe(key: str) -> int:
@@ -154,6 +292,8 @@ def lock_stripe(key: str) -> int:
 # child closes its copies of every lock descriptor right after the fork.
 _lock_fds: set[int] = set()
 _open_lock_files = threading.Lock()
+_warned_folders: set[str] = set()  # folders whose trouble this process has warned about
+_warned_lock = threading.Lock()
 
 
 def _close_inherited_lock_fds() -> None:
@@ -176,7 +316,32 @@ os.register_at_fork(
 
 
 class _BytesOnlyDisk(diskcache.Disk):
-    """A diskcache Disk that refuses to unpickle: the tier stores raw bytes only."""
+    """A diskcache Disk that refuses to unpickle (the tier stores raw bytes only) and leaves no
+    value file behind from a store that failed (disk full), whole or half written."""
+
+    def __init__(self, directory, **settings) -> None:
+        super().__init__(directory, **settings)
+        self._attempt = threading.local()  # this thread's last value file: (name, full path)
+
+    def filename(self, key=diskcache.core.UNKNOWN, value=diskcache.core.UNKNOWN):
+        name, full_path = super().filename(key, value)
+        self._attempt.file = (name, full_path)
+        return name, full_path
+
+    def store(self, value, read, key=diskcache.core.UNKNOWN):
+        self._attempt.file = None
+        try:
+            return super().store(value, read, key=key)
+        except BaseException:  # diskcache writes the file in place, under its final name
+            self.discard_failed_store()
+            raise
+
+    def discard_failed_store(self) -> None:
+        """Remove the value file of this thread's last store, whose index row was not written."""
+        attempt = getattr(self._attempt, "file", None)
+        self._attempt.file = None
+        if attempt is not None:
+            self.remove(attempt[0])
 
     def fetch(self, mode, filename, value, read):
         if mode == diskcache.core.MODE_PICKLE:

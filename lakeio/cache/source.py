@@ -81,7 +81,10 @@ class ChunkSource:
         value = self.memory.get(cache_key) if self.memory is not None else None
         hit = value is not None
         if not hit:
-            value = load()
+            try:
+                value = load()
+            except CorruptChunkError as exc:
+                raise exc.of_lake(self.loc.describe()) from None
             if self.memory is not None:
                 self.memory.put(cache_key, value)
         self._add("hit_seconds" if hit else "miss_seconds", time.perf_counter() - started)
@@ -100,12 +103,11 @@ class ChunkSource:
         if hit:
             try:
                 verify_checksum(raw, key)
-            except CorruptChunkError:  # a damaged cached copy: drop it, fetch the original
-                self.disk.evict(cache_key)
-                self._add("corrupt_refetched", 1)
-                raw = self._origin(key)
-                verify_checksum(raw, key)
-                self.disk.put(cache_key, raw)
+            except CorruptChunkError:  # a damaged cached copy: replace it with the original
+                raw, refetched = self.disk.replace_damaged(
+                    cache_key, raw, lambda: self._origin(key), lambda b: verify_checksum(b, key)
+                )
+                self._add("corrupt_refetched", int(refetched))
         return raw
 
     def decode_stored(self, field: str, raw: bytes, key: str) -> np.ndarray:
@@ -128,7 +130,10 @@ class ChunkSource:
     def read_origin(self, segment: int, field: str, chunk: int) -> np.ndarray:
         """The chunk decoded straight from the origin, bypassing every tier (for verification)."""
         key = self.key(segment, field, chunk)
-        return self._decode(field, self._origin(key), key)
+        try:
+            return self._decode(field, self._origin(key), key)
+        except CorruptChunkError as exc:
+            raise exc.of_lake(self.loc.describe()) from None
 
     def _load(self, field: str, key: str, cache_key: str) -> np.ndarray:
         if self.disk is None:
@@ -143,13 +148,15 @@ class ChunkSource:
             return decoded[0]
         try:
             return self._decode(field, raw, key)
-        except CorruptChunkError:  # a damaged cached copy: drop it, fetch the original, count it
-            self.disk.evict(cache_key)
-            self._add("corrupt_refetched", 1)
-            raw = self._origin(key)
-            value = self._decode(field, raw, key)  # the origin itself being bad is an error
-            self.disk.put(cache_key, raw)
-            return value
+        except CorruptChunkError:  # a damaged cached copy: replace it (a bad origin raises)
+            _, refetched = self.disk.replace_damaged(
+                cache_key,
+                raw,
+                lambda: self._origin(key),
+                lambda b: decoded.append(self._decode(field, b, key)),
+            )
+            self._add("corrupt_refetched", int(refetched))
+            return decoded[-1]
 
     def _origin(self, key: str) -> bytes:
         try:

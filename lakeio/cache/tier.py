@@ -18,6 +18,7 @@ class TierStats:
     evictions: int = 0
     bytes_held: int = 0
     items: int = 0
+    write_errors: int = 0  # copies the tier could not store (a full disk); the reads went on
 
     @property
     def misses(self) -> int:
@@ -37,6 +38,7 @@ class TierStats:
             "evictions": self.evictions,
             "bytes_held": self.bytes_held,
             "items": self.items,
+            "write_errors": self.write_errors,
         }
 
 

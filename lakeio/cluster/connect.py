@@ -37,8 +37,7 @@ def dask_client(
         yield cluster
         return
     if isinstance(cluster, str):
-        timeout = dask.config.get("lakeio.connect-timeout", "15s")
-        with Client(cluster, timeout=timeout) as client:
+        with connect_address(cluster) as client:
             _announce(client, echo)
             yield client
         return
@@ -58,6 +57,27 @@ def dask_client(
         client.run(warm_worker)  # imports happen at start-up, not inside the first tasks
         _announce(client, echo)
         yield client
+
+
+def connect_address(address: str) -> Client:
+    """A client of the scheduler at ``address``, given up after ``lakeio.connect-timeout``.
+
+    A ``tls://`` address takes its certificates from dask config (``distributed.comm.tls.*``;
+    docs/cluster.md, "TLS"), as distributed's own ``Client(address)`` does. Without them,
+    distributed fails with a TypeError about an ``ssl_context``: say what is missing instead.
+    """
+    from distributed import Security
+
+    if address.startswith("tls://") and not Security().get_connection_args("client").get(
+        "ssl_context"
+    ):
+        raise LakeError(
+            f"{address}: a tls:// scheduler needs a certificate, and none is configured; pass "
+            "cluster= a Client(address, security=Security(tls_ca_file=..., tls_client_cert=..., "
+            "tls_client_key=...)), or set distributed.comm.tls.ca-file, .client.cert and "
+            ".client.key in dask config (docs/cluster.md, TLS)"
+        )
+    return Client(address, timeout=dask.config.get("lakeio.connect-timeout", "15s"))
 
 
 def _refuse_unguarded_script() -> None:

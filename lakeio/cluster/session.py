@@ -14,10 +14,9 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import dask.config
 from distributed import Client, LocalCluster
 
-from lakeio.cluster.connect import default_workers, warm_worker
+from lakeio.cluster.connect import connect_address, default_workers, warm_worker
 from lakeio.cluster.dashboard import TRAINER_TOPIC, register_dashboard
 from lakeio.cluster.loads import register_lake
 
@@ -38,8 +37,7 @@ class ClusterSession:
             self.client = Client(self._local)
             self.client.run(warm_worker)
         elif isinstance(cluster, str):
-            timeout = dask.config.get("lakeio.connect-timeout", "15s")
-            self.client = Client(cluster, timeout=timeout)
+            self.client = connect_address(cluster)
         else:
             raise TypeError(
                 f"cluster must be a distributed.Client, a scheduler address or 'local', not {cluster!r}"

@@ -20,6 +20,11 @@ def _crc32c(data) -> int:
     return google_crc32c.value(_byte_view(data))
 
 
+def crc32c_hex(data: bytes) -> str:
+    """CRC-32C of ``data`` as 8 hex digits (the checksum lakeio puts in its JSON documents)."""
+    return f"{_crc32c(data):08x}"
+
+
 def _byte_view(raw) -> bytes | np.ndarray:
     """``raw`` as bytes or a flat contiguous uint8 array, so lengths and slices count bytes."""
     if isinstance(raw, bytes):

@@ -101,33 +101,33 @@ def parse_codec(spec: str) -> CodecSpec:
     """Parse a codec spec string; a bad one raises `CodecError` listing the valid forms."""
     if not isinstance(spec, str) or not spec.strip():
         raise CodecError(f"codec spec must be a non-empty string; valid: {_valid_list()}")
+    shown = spec if len(spec) <= 40 else spec[:37] + "..."  # a message, not a copy of the input
     parts = spec.strip().lower().split(":")
     name, args = parts[0], parts[1:]
     info = CODECS.get(name)
     if info is None:
-        raise CodecError(f"unknown codec {spec!r}; valid: {_valid_list()}")
+        raise CodecError(f"unknown codec {shown!r}; valid: {_valid_list()}")
     max_args = 0 if info.levels is None else (2 if name.startswith("blosc-") else 1)
     if len(args) > max_args:
-        raise CodecError(f"codec {spec!r} has too many ':' parts; expected {info.syntax}")
+        raise CodecError(f"codec {shown!r} has too many ':' parts; expected {info.syntax}")
     level = info.default_level
     if args and args[0] != "":
-        level = _parse_level(spec, args[0], info)
+        level = _parse_level(shown, args[0], info)
     shuffle = "noshuffle"
     if len(args) == 2:
         shuffle = args[1]
         if shuffle not in SHUFFLES:
             raise CodecError(
-                f"codec {spec!r}: shuffle {shuffle!r} is not one of {', '.join(SHUFFLES)}"
+                f"codec {shown!r}: shuffle {shuffle[:20]!r} is not one of {', '.join(SHUFFLES)}"
             )
     return CodecSpec(name=name, level=level, shuffle=shuffle)
 
 
 def _parse_level(spec: str, text: str, info: CodecInfo) -> int:
-    try:
-        level = int(text)
-    except ValueError:
-        raise CodecError(f"codec {spec!r}: level {text!r} is not an integer") from None
+    shown = text if len(text) <= 12 else text[:9] + "..."
+    if not (text.isascii() and text.isdigit()):  # int() alone takes " 5", "+5", "1_0" and "٣"
+        raise CodecError(f"codec {spec!r}: level {shown!r} is not an integer (ASCII digits)")
     low, high = info.levels  # type: ignore[misc]
-    if not low <= level <= high:
-        raise CodecError(f"codec {spec!r}: level {level} is outside {low}..{high} for {info.name}")
-    return level
+    if len(text) > 9 or not low <= int(text) <= high:  # int() refuses 4,300+ digits
+        raise CodecError(f"codec {spec!r}: level {shown} is outside {low}..{high} for {info.name}")
+    return int(text)

@@ -6,12 +6,14 @@ so the same object travels to Dask workers.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import posixpath
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -95,7 +97,9 @@ class Location:
         """Write an object whole and durably (temp file, fsync, rename on disk; one PUT elsewhere).
 
         ``data`` may be a list of buffers, written one after the other (no concatenation). A
-        reader sees the old object or the new one, never a torn one. Returns the bytes written.
+        reader sees the old object or the new one, never a torn one; a write that fails (a full
+        disk) removes its temp file and raises an `OSError` naming ``key``'s path. Returns the
+        bytes written.
         """
         parts = data if isinstance(data, list) else [data]
         if not self.is_local:
@@ -109,11 +113,15 @@ class Location:
         except FileNotFoundError:  # create parents only when missing: mkdir calls add up
             os.makedirs(os.path.dirname(path), exist_ok=True)
             fh = open(tmp, "wb")  # noqa: SIM115
-        with fh:
-            written = sum(fh.write(part) for part in parts)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            with fh:
+                written = sum(fh.write(part) for part in parts)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException as exc:
+            _discard(tmp)
+            _raise_naming(exc, path)
         return written
 
     def sync_dir(self, key: str) -> None:
@@ -199,23 +207,48 @@ def _local_write(path: str, data: bytes, *, exclusive: bool) -> None:
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
     tmp = f"{path}.{uuid.uuid4().hex}.partial"
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
     try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         if exclusive:
             os.link(tmp, path)  # fails with FileExistsError if another writer got there first
         else:
             os.replace(tmp, path)
+    except OSError as exc:
+        _raise_naming(exc, path)
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _discard(tmp)  # a half-written temp file (disk full) or the link's source
     fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(fd)  # make the rename itself durable
     finally:
         os.close(fd)
+
+
+def is_storage_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the destination has no room left (no space, no inodes, over quota)."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _discard(tmp: str) -> None:
+    """Remove a temp file if it is there: one left by a failed write would hold the space a
+    full disk needs, and be debris for every later reader of the folder."""
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+
+
+def _raise_naming(exc: BaseException, path: str) -> NoReturn:
+    """Re-raise ``exc``, naming ``path`` if it names no file: a write that fails on a full disk
+    says only "[Errno 28] No space left on device", which leaves the reader guessing where."""
+    if isinstance(exc, OSError) and exc.filename is None and exc.errno is not None:
+        try:
+            named = type(exc)(exc.errno, exc.strerror, path)
+        except TypeError:  # a subclass with its own constructor: keep it as it is
+            raise exc from None
+        raise named from exc
+    raise exc
 
 
 def _bounded_retries(url: str, options: dict[str, Any]) -> dict[str, Any]:

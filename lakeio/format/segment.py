@@ -17,9 +17,16 @@ import numpy as np
 from lakeio.format.chunks import encode_chunk, encode_text_chunk
 from lakeio.format.codecs import parse_codec
 from lakeio.format.location import Location
-from lakeio.format.manifest import SEGMENT_DIR, FieldInfo
+from lakeio.format.manifest import (
+    MAX_BYTE_FIGURE,
+    MAX_SAMPLES,
+    SEGMENT_DIR,
+    FieldInfo,
+    _refuse_constant,
+)
 
 SUMMARY_ATTR = "lakeio_segment"
+SUMMARY_CHECKSUM = "crc32c"  # in the summary: of the rest of it (segments written since v0.2)
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 
 
@@ -77,10 +84,31 @@ def write_segment(
         if len(data) != samples:
             raise ValueError(f"field {name!r} has {len(data)} samples, expected {samples}")
         stored += _write_field(loc, segment_id, name, data, info, chunk_samples)
-    attributes = {SUMMARY_ATTR: {**summary, "samples": samples, "stored_bytes": stored}}
-    group = {"zarr_format": 3, "node_type": "group", "attributes": attributes}
-    loc.write_atomic(f"{key}/zarr.json", json.dumps(group, indent=2, ensure_ascii=False).encode())
+    facts = {**summary, "samples": samples, "stored_bytes": stored}
+    loc.write_atomic(f"{key}/zarr.json", group_document(facts))
     return stored
+
+
+def summary_checksum(summary: dict[str, Any]) -> str:
+    """crc32c of a segment summary's content (its own checksum left out), so `lakeio verify`
+    sees any changed byte of it, not only those that break the JSON."""
+    from lakeio.format.chunks import crc32c_hex
+
+    body = {k: v for k, v in summary.items() if k != SUMMARY_CHECKSUM}
+    return crc32c_hex(json.dumps(body, sort_keys=True, ensure_ascii=False).encode())
+
+
+def group_document(summary: dict[str, Any]) -> bytes:
+    """A segment's group zarr.json, byte for byte: the completion summary with its checksum."""
+    facts = {**summary, SUMMARY_CHECKSUM: summary_checksum(summary)}
+    group = {"zarr_format": 3, "node_type": "group", "attributes": {SUMMARY_ATTR: facts}}
+    return json.dumps(group, indent=2, ensure_ascii=False).encode()
+
+
+def field_document(name: str, info: FieldInfo, chunk_samples: int, samples: int) -> bytes:
+    """A field's array zarr.json, byte for byte, as `write_segment` writes it."""
+    metadata = dict(array_metadata(name, info, chunk_samples), shape=[samples, *info.shape])
+    return json.dumps(metadata, indent=2).encode()
 
 
 def _write_field(loc, segment_id, name, data, info: FieldInfo, chunk_samples: int) -> int:
@@ -91,9 +119,10 @@ def _write_field(loc, segment_id, name, data, info: FieldInfo, chunk_samples: in
     for index, start in enumerate(range(0, len(data), chunk_samples)):
         chunk = encode(data[start : start + chunk_samples], chunk_samples, codec)
         stored += loc.write(chunk_key(segment_id, name, index, 1 + len(info.shape)), chunk)
-    metadata = dict(array_metadata(name, info, chunk_samples), shape=[len(data), *info.shape])
     array_key = f"{segment_key(segment_id)}/{name}"
-    stored += loc.write(f"{array_key}/zarr.json", json.dumps(metadata, indent=2).encode())
+    stored += loc.write(
+        f"{array_key}/zarr.json", field_document(name, info, chunk_samples, len(data))
+    )
     loc.sync_dir(array_key)  # the chunk names must be durable before the completion marker
     return stored
 
@@ -125,14 +154,41 @@ def array_metadata(name: str, info: FieldInfo, chunk_samples: int) -> dict:
 
 
 def read_segment_summary(loc: Location, segment_id: str) -> dict[str, Any] | None:
-    """The completion summary of a segment, or None if it is absent or incomplete."""
+    """The completion summary of a segment, or None if it is absent, incomplete or malformed.
+
+    A summary that is not what lakeio writes (wrong types, absurd counts, JSON nested a
+    thousand deep) marks no segment complete: a rerun rewrites it and `lakeio verify` names it.
+    """
     try:
         raw = loc.read_bytes(f"{segment_key(segment_id)}/zarr.json")
     except FileNotFoundError:
         return None
     try:
-        attrs = json.loads(raw).get("attributes", {})
-    except (ValueError, AttributeError):
+        doc = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError):  # bad JSON or UTF-8, NaN, nested past the stack
         return None
-    summary = attrs.get(SUMMARY_ATTR)
-    return summary if isinstance(summary, dict) else None
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    summary = attrs.get(SUMMARY_ATTR) if isinstance(attrs, dict) else None
+    return summary if isinstance(summary, dict) and _summary_is_valid(summary) else None
+
+
+def _is_count(value: Any, high: int = MAX_BYTE_FIGURE) -> bool:
+    return type(value) is int and 0 <= value <= high
+
+
+def _summary_is_valid(summary: dict[str, Any]) -> bool:
+    """The keys readers use have the types and ranges lakeio writes (those absent are optional,
+    but ``samples`` and ``stored_bytes``, which `write_segment` always adds)."""
+    if not (
+        _is_count(summary.get("samples"), MAX_SAMPLES) and _is_count(summary.get("stored_bytes"))
+    ):
+        return False
+    if not all(_is_count(summary.get(k, 0)) for k in ("source_bytes", "decoded_bytes")):
+        return False
+    counts = summary.get("class_counts", [])
+    if not isinstance(counts, list) or not all(_is_count(c, MAX_SAMPLES) for c in counts):
+        return False
+    rejects = summary.get("rejects", [])
+    return isinstance(rejects, list) and all(
+        isinstance(r, list) and len(r) == 2 and all(isinstance(t, str) for t in r) for r in rejects
+    )

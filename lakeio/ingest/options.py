@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 from lakeio.format.codecs import parse_codec
@@ -47,6 +48,7 @@ class IngestOptions:
             raise ValueError(f"chunk_samples must be >= 1, not {self.chunk_samples}")
         if self.size is not None:
             object.__setattr__(self, "size", tuple(int(v) for v in self.size))
+            _check_target_size(self.size, self.max_pixels)
         DecodeOptions(size=self.size, resize=self.resize, channels=self.channels or 3)
 
     def decode_options(self, size: tuple[int, int] | None, channels: int) -> DecodeOptions:
@@ -62,15 +64,30 @@ class IngestOptions:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 
+def _check_target_size(size: tuple[int, ...], max_pixels: int) -> None:
+    """A lake's image size is bounded like a source image's: every task allocates room for its
+    images, so 100000x100000 would fail on the workers instead of here."""
+    if len(size) == 2 and size[0] * size[1] > max_pixels:
+        raise ValueError(
+            f"size {size[0]}x{size[1]} is {size[0] * size[1]:,} pixels per image, over "
+            f"max_pixels {max_pixels:,}; pick a smaller size (or raise max_pixels)"
+        )
+
+
+_SIZE = re.compile(r"\s*([0-9]{1,9})\s*(?:[x×X]\s*([0-9]{1,9})\s*)?")
+
+
 def parse_size(text: str) -> tuple[int, int]:
-    """``"224x224"`` or ``"224"`` → (height, width)."""
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        values = [int(p) for p in parts]
-    except ValueError:
-        raise ValueError(f"size {text!r} is not HxW (e.g. 224x224)") from None
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or min(values) < 1:
+    """``"224x224"`` or ``"224"`` → (height, width); `ValueError` for anything else.
+
+    Only ASCII digits: ``int()`` alone would also take "2_24", "+224" and other scripts' digits.
+    """
+    match = _SIZE.fullmatch(text)
+    if match is None:
+        shown = text if len(text) <= 40 else text[:37] + "..."
+        raise ValueError(f"size {shown!r} is not HxW (e.g. 224x224)")
+    height = int(match.group(1))
+    width = int(match.group(2) or height)
+    if min(height, width) < 1:
         raise ValueError(f"size {text!r} is not HxW with positive numbers (e.g. 224x224)")
-    return values[0], values[1]
+    return height, width

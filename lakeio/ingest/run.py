@@ -7,6 +7,7 @@ lake as it was, and rerunning the same command reuses every segment already writ
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import time
@@ -26,7 +27,7 @@ from lakeio.errors import (
     SourceError,
     SourceReadError,
 )
-from lakeio.format.location import Location
+from lakeio.format.location import Location, is_storage_full
 from lakeio.format.manifest import Manifest, SegmentEntry, commit_manifest, read_manifest
 from lakeio.format.paths import display_path, stored_path
 from lakeio.format.root import ensure_root_group, publish_root_summary
@@ -231,7 +232,10 @@ def _check_mode(dest: Location, base: Manifest | None, mode: str) -> None:
 
 
 def _submit(client: Client, task: SegmentTask):
-    key = f"lakeio-ingest-{task.segment_id}"
+    # The destination is part of the key: the same segment bound for another lake is another
+    # task (Dask would hand back the first one's result, and the second lake would miss it).
+    where = hashlib.blake2b(task.dest.url.encode("utf-8", "surrogateescape"), digest_size=4)
+    key = f"lakeio-ingest-{task.segment_id}-{where.hexdigest()}"
     if task.src is not None:
         return client.submit(run_segment_task, task, key=key, retries=2)
     # arrays travel as scattered data, not inside the task graph
@@ -269,6 +273,16 @@ def _run_tasks(
                     f"{display_path(exc.path)}: {exc.reason}. Nothing was committed and the lake "
                     "is unchanged; "
                     "segments already written are kept, so rerunning the same command resumes"
+                ) from None
+            except OSError as exc:
+                if not is_storage_full(exc):
+                    raise
+                client.cancel(list(futures))
+                where = f" writing {exc.filename}" if exc.filename else ""
+                raise IngestError(
+                    f"{tasks[i].dest.describe()}: the destination is full ({exc.strerror}{where}). "
+                    "Nothing was committed and the lake is unchanged; free space there and rerun "
+                    "the same command: segments already written are kept, so it resumes"
                 ) from None
             bar.update(len(tasks[i]))
     return results

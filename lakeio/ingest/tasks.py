@@ -80,6 +80,10 @@ def _broken_link(src: Location, path: str) -> bool:
     return os.path.islink(full) and not os.path.exists(full)
 
 
+# What the commit reads from a finished segment's summary (write_segment always stores them).
+REUSED_KEYS = {"samples", "stored_bytes", "rejects", "class_counts", "source_bytes"}
+REUSED_KEYS |= {"decoded_bytes"}
+
 _local = threading.local()
 
 
@@ -96,8 +100,9 @@ def _scratch(shape: tuple[int, ...]) -> np.ndarray:
 def run_segment_task(task: SegmentTask) -> dict[str, Any]:
     """Decode, validate and write one segment; returns its summary (with ``reused`` if it existed)."""
     existing = read_segment_summary(task.dest, task.segment_id)
-    if existing is not None:
+    if existing is not None and set(existing) >= REUSED_KEYS:
         return {**existing, "segment_id": task.segment_id, "reused": True}
+    # absent, incomplete, or a summary without what the commit needs: (re)write the segment
     started = time.perf_counter()
     shape = task.fields["images"].shape
     images = _scratch((len(task), *shape))

@@ -1,4 +1,5 @@
-"""A real multi-process Dask cluster on 127.0.0.1: `dask scheduler` plus `dask worker` processes."""
+"""A real multi-process Dask cluster on 127.0.0.1: `dask scheduler` plus `dask worker` processes,
+over plain TCP or over TLS with a certificate made on the spot (`self_signed_tls`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,96 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files for a TLS cluster: the CA to trust, and the certificate and key to present.
+
+    One self-signed certificate may be all three (`self_signed_tls`): every scheduler, worker
+    and client then trusts exactly the holders of that key.
+    """
+
+    ca_file: str
+    cert: str
+    key: str
+
+    def security(self) -> Any:
+        """A `distributed.Security` for a client of the cluster, encryption required."""
+        from distributed import Security
+
+        return Security(
+            tls_ca_file=self.ca_file,
+            tls_client_cert=self.cert,
+            tls_client_key=self.key,
+            require_encryption=True,
+        )
+
+    def dask_config(self) -> dict[str, Any]:
+        """The same as dask config (``dask.config.set(...)``): then a plain ``Client("tls://…")``,
+        and so ``cluster="tls://…"`` in lakeio, connects with it."""
+        return {
+            "distributed.comm.tls.ca-file": self.ca_file,
+            "distributed.comm.tls.client.cert": self.cert,
+            "distributed.comm.tls.client.key": self.key,
+            "distributed.comm.require-encryption": True,
+        }
+
+    def cli_args(self) -> list[str]:
+        """The `dask scheduler` / `dask worker` options that make them use these files."""
+        return ["--tls-ca-file", self.ca_file, "--tls-cert", self.cert, "--tls-key", self.key]
+
+
+def self_signed_tls(directory: str | os.PathLike, days: int = 2) -> TLSFiles:
+    """Write a self-signed certificate for 127.0.0.1 and its key under ``directory``.
+
+    The certificate is its own CA (distributed checks the chain, not the host name), made with
+    ``cryptography`` (a test dependency) so no ``openssl`` binary is needed.
+    """
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lakeio-test-cluster")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    usage = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage(usage), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = folder / "cluster.pem", folder / "cluster.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_path.chmod(0o600)
+    return TLSFiles(str(cert_path), str(cert_path), str(key_path))
 
 
 def _dask_cli() -> list[str]:
@@ -33,13 +123,18 @@ def _isolated(command: list[str], private_dirs: tuple[str, ...]) -> list[str]:
 
 @contextmanager
 def process_cluster(
-    n_workers: int = 2, timeout: float = 60.0, private_dirs: tuple[str, ...] = ()
+    n_workers: int = 2,
+    timeout: float = 60.0,
+    private_dirs: tuple[str, ...] = (),
+    tls: TLSFiles | None = None,
 ) -> Iterator[str]:
     """Start a scheduler and ``n_workers`` single-threaded worker processes; yield the address.
 
     ``private_dirs``: folders each worker sees as its own empty tmpfs, to stand in for workers
-    on other machines writing to their local disks."""
+    on other machines writing to their local disks. ``tls``: every connection is TLS with these
+    files (the address is ``tls://127.0.0.1:…``; clients need ``security=tls.security()``)."""
     dask = _dask_cli()
+    secure = ["--protocol", "tls", *tls.cli_args()] if tls is not None else []
     with tempfile.TemporaryDirectory(prefix="lakeio-cluster-") as tmp:
         scheduler_file = os.path.join(tmp, "scheduler.json")
         common = {
@@ -50,7 +145,7 @@ def process_cluster(
         procs = [
             subprocess.Popen(
                 [*dask, "scheduler", "--host", "127.0.0.1", "--port", "0", "--dashboard-address", "127.0.0.1:0",
-                 "--scheduler-file", scheduler_file],
+                 "--scheduler-file", scheduler_file, *secure],
                 **common,
             )
         ]  # fmt: skip
@@ -58,9 +153,9 @@ def process_cluster(
             address = _wait_for_address(scheduler_file, procs[0], timeout)
             for i in range(n_workers):
                 worker = [*dask, "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
-                          "--no-dashboard", "--name", f"lakeio-test-{i}", "--local-directory", tmp]  # fmt: skip
+                          "--no-dashboard", "--name", f"lakeio-test-{i}", "--local-directory", tmp, *secure]  # fmt: skip
                 procs.append(subprocess.Popen(_isolated(worker, private_dirs), **common))
-            _wait_for_workers(address, n_workers, timeout)
+            _wait_for_workers(address, n_workers, timeout, tls)
             yield address
         finally:
             for proc in reversed(procs):
@@ -80,10 +175,11 @@ def _wait_for_address(scheduler_file: str, proc: subprocess.Popen, timeout: floa
     raise TimeoutError("dask scheduler did not start")
 
 
-def _wait_for_workers(address: str, n: int, timeout: float) -> None:
+def _wait_for_workers(address: str, n: int, timeout: float, tls: TLSFiles | None) -> None:
     from distributed import Client
 
-    with Client(address, timeout=timeout) as client:
+    security = tls.security() if tls is not None else None
+    with Client(address, timeout=timeout, security=security) as client:
         client.wait_for_workers(n, timeout=timeout)
 
 

@@ -98,3 +98,50 @@ class FaultyFileSystem(AbstractFileSystem):
 
 
 register_implementation(FaultyFileSystem.protocol, FaultyFileSystem, clobber=True)
+
+
+def run_source_fault_trials(folder, workdir, trials: int, seed: int = 0):
+    """Ingest ``folder`` through ``faulty://`` with seeded read faults, ``trials`` times.
+
+    Each trial arms a few random files: some fail fewer times than the read deadline absorbs
+    (the ingest must retry them), one stays down (the ingest must stop naming it and commit
+    nothing); then "the network comes back" and a rerun must commit every image. Returns a
+    `Tally` (injected: faults raised; detected: outages named by the failed run; recovered:
+    trials whose final lake holds every image; lost: images missing or rejected)."""
+    import random
+    from pathlib import Path
+
+    import dask.config
+    from distributed import Client
+
+    import lakeio
+    from lakeio.errors import IngestError
+    from lakeio.testing.tally import Tally
+
+    folder, workdir = Path(folder), Path(workdir)
+    files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.*") if p.is_file())
+    rng, tally = random.Random(seed), Tally("transient source faults during ingest")
+    with Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None) as c:
+        for trial in range(trials):
+            FAULTS.reset()
+            picked = rng.sample(files, 4)
+            for path in picked[:3]:
+                FAULTS.arm(path, times=rng.randint(1, 3))  # absorbed by the retries
+            FAULTS.arm(picked[3], times=10**9)  # down until cleared
+            dest, named = workdir / f"faults-{trial}", False
+            with dask.config.set({"lakeio.read.deadline": 0.5}):
+                try:
+                    lakeio.ingest(f"faulty://{folder}", dest, cluster=c, on_error="skip",
+                                  progress=False, echo=None)  # fmt: skip
+                except IngestError as exc:
+                    named = str(exc).startswith(picked[3])
+                FAULTS.clear()
+                summary = lakeio.ingest(f"faulty://{folder}", dest, cluster=c, on_error="skip",
+                                        progress=False, echo=None)  # fmt: skip
+            paths = set(lakeio.open_dataset(dest).to_dask()["paths"].compute().tolist())
+            missing = len(set(files) - paths) + summary.rejected
+            tally = tally.add(Tally(tally.case, trials=1, injected=FAULTS.injected,
+                                    detected=int(named), recovered=int(not missing),
+                                    lost=missing))  # fmt: skip
+    FAULTS.reset()
+    return tally

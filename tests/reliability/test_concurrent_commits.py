@@ -1,5 +1,6 @@
 """Concurrent commits to one lake: every writer's segments land, on disk and in a bucket."""
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -110,7 +111,9 @@ class _LastWriterWins(MemoryFileSystem):
         super().pipe_file(path, value)
         if "/manifests/" in path and _LastWriterWins.rivals > 0:
             _LastWriterWins.rivals -= 1
-            super().pipe_file(path, value.replace(b'"op": "mine"', b'"op": "rival"'))
+            theirs = Manifest.from_json(value, path)  # a well-formed manifest of another writer
+            rival = dataclasses.replace(theirs, history=(*theirs.history[:-1], {"op": "rival"}))
+            super().pipe_file(path, rival.to_json())
 
 
 register_implementation(_LastWriterWins.protocol, _LastWriterWins, clobber=True)

@@ -73,3 +73,26 @@ def test_an_outage_fails_the_ingest_and_the_rerun_ingests_every_image(
     assert not summary.up_to_date
     assert (summary.written, summary.rejected) == (80, 0)
     assert _lake_paths(tmp_path / "lake") == sorted(files)
+
+
+def test_one_folder_ingested_into_two_lakes_at_once_writes_both(jpeg_folder, tmp_path, threads):
+    """Same source, same options: the same segment ids, bound for two destinations."""
+    import threading
+
+    root, files = jpeg_folder
+    errors = []
+
+    def ingest(dest):
+        try:
+            _ingest(root, dest, threads)
+        except Exception as exc:  # reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=ingest, args=(tmp_path / n,)) for n in ("a", "b")]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join(timeout=120)
+    assert not errors
+    for name in ("a", "b"):
+        assert _lake_paths(tmp_path / name) == sorted(files)
