@@ -98,6 +98,11 @@ class DiskTier:
         except STORAGE_ERRORS as exc:  # a damaged index reads as a miss, never as a failed read
             self._failed("read a chunk", exc)
             return None
+        except PickledValueError:  # not ours (lakeio never pickles): drop it, read the origin
+            with self._lock:
+                self._stats.refused += 1
+            self.evict(key)
+            return None
         return value if isinstance(value, bytes) else None
 
     def put(self, key: str, value: bytes) -> bool:
@@ -257,7 +262,7 @@ class DiskTier:
         """Counters; with ``sizes``, also the bytes and items held (two SQLite queries)."""
         with self._lock:
             s = TierStats(self._stats.requests, self._stats.hits, self._stats.evictions)
-            s.write_errors = self.write_errors
+            s.write_errors, s.refused = self.write_errors, self._stats.refused
         if sizes and self._cache is not None:
             with contextlib.suppress(*STORAGE_ERRORS):
                 s.bytes_held = int(self._cache.volume())
@@ -315,6 +320,10 @@ os.register_at_fork(
 )
 
 
+class PickledValueError(ValueError):
+    """An entry diskcache would unpickle: never loaded, dropped as a miss."""
+
+
 class _BytesOnlyDisk(diskcache.Disk):
     """A diskcache Disk that refuses to unpickle (the tier stores raw bytes only) and leaves no
     value file behind from a store that failed (disk full), whole or half written."""
@@ -345,7 +354,7 @@ class _BytesOnlyDisk(diskcache.Disk):
 
     def fetch(self, mode, filename, value, read):
         if mode == diskcache.core.MODE_PICKLE:
-            raise ValueError("the lakeio disk tier holds bytes only; refusing a pickled value")
+            raise PickledValueError("the lakeio disk tier holds bytes only; a pickled value")
         return super().fetch(mode, filename, value, read)
 
 

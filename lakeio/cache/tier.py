@@ -19,6 +19,7 @@ class TierStats:
     bytes_held: int = 0
     items: int = 0
     write_errors: int = 0  # copies the tier could not store (a full disk); the reads went on
+    refused: int = 0  # entries not written by lakeio (pickles): dropped unread, read as misses
 
     @property
     def misses(self) -> int:

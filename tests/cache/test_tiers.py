@@ -69,8 +69,10 @@ def test_disk_tier_never_unpickles(tmp_path):
     DiskTier(tmp_path / "d", 1 << 24).close()
     with diskcache.Cache(tmp_path / "d") as raw:  # someone else writes a pickle into the index
         raw.set("evil", {"a": 1})
-    with pytest.raises(ValueError, match="refusing a pickled value"):
-        DiskTier(tmp_path / "d", 1 << 24).get("evil")
+    tier = DiskTier(tmp_path / "d", 1 << 24)
+    assert tier.get("evil") is None  # a miss: never unpickled, and dropped
+    assert tier.stats().refused == 1 and tier.stats().evictions == 1
+    assert tier.get("evil") is None and tier.stats().refused == 1  # gone, not refused again
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="only root can give a folder to another user")
