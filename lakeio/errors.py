@@ -7,6 +7,10 @@ class LakeError(Exception):
     """Root of every error lakeio raises on purpose; the CLI prints these as one line."""
 
 
+class LakeWarning(UserWarning):
+    """Something went wrong that lost nothing (e.g. a convenience copy not written)."""
+
+
 class CodecError(LakeError, ValueError):
     """A codec spec string that does not name a known codec, or has bad parameters."""
 

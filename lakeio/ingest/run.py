@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import random
 import time
 from dataclasses import replace
 from datetime import datetime, timezone
@@ -21,21 +20,19 @@ from tqdm.auto import tqdm
 
 from lakeio.cluster.connect import dask_client
 from lakeio.errors import (
-    CommitConflictError,
     IngestError,
     LakeNotFoundError,
     SourceError,
     SourceReadError,
 )
 from lakeio.format.location import Location, is_storage_full
-from lakeio.format.manifest import Manifest, SegmentEntry, commit_manifest, read_manifest
+from lakeio.format.manifest import Manifest, read_manifest
 from lakeio.format.paths import display_path, stored_path
-from lakeio.format.root import ensure_root_group, publish_root_summary
-from lakeio.format.segment import read_segment_summary, segment_key
 from lakeio.ingest import plan
+from lakeio.ingest.commit import after_commit, check_segments_visible, destination_full, publish
 from lakeio.ingest.layout import Layout, decide_layout
 from lakeio.ingest.options import MODES, IngestOptions
-from lakeio.ingest.report import IngestSummary, report_lines, write_extra_report, write_report
+from lakeio.ingest.report import IngestSummary, report_lines, write_extra_report
 from lakeio.ingest.sources import (
     ArraySource,
     FolderScan,
@@ -46,8 +43,6 @@ from lakeio.ingest.sources import (
     scan_image_folder,
 )
 from lakeio.ingest.tasks import SegmentTask, run_segment_task
-
-COMMIT_RETRIES = 10  # appends racing on one lake: each conflict means another one landed
 
 
 def ingest(
@@ -93,14 +88,13 @@ def ingest(
         _check_mode(dest_loc, base, mode)
         results = _run_tasks(client, tasks, opts, progress)
     _refuse_empty_result(results)
-    _check_segments_visible(dest_loc, results)
+    check_segments_visible(dest_loc, results)
     rows = _report_rows(resolved, results)
     if report:  # before the commit: a report that cannot be written must not follow a commit
         write_extra_report(Location.of(report, storage_options), rows)
-    ensure_root_group(dest_loc)
-    manifest = _commit(dest_loc, base, layout, tasks, results, mode, _event(source, opts, mode))
-    publish_root_summary(dest_loc, manifest)
-    where = write_report(dest_loc, manifest.version, rows)
+    event = _event(source, opts, mode)
+    manifest = publish(dest_loc, base, layout, tasks, results, mode, event)
+    where = after_commit(dest_loc, manifest, rows)
     return _summarize(dest_loc, manifest, resolved, results, report or where, started)
 
 
@@ -111,25 +105,6 @@ def _refuse_empty_result(results: list[dict]) -> None:
         shown = "; ".join(f"{p}: {why}" for p, why in rejects[:3])
         raise IngestError(
             f"all {len(rejects)} images were rejected, nothing was committed (first: {shown})"
-        )
-
-
-def _check_segments_visible(dest: Location, results: list[dict]) -> None:
-    """Every segment the workers wrote must be readable from here before it is committed: a
-    worker on another machine writing to a local path writes to its own disk."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    ids = [r["segment_id"] for r in results]
-    with ThreadPoolExecutor(max_workers=16) as pool:  # one small read each; overlap on stores
-        found = list(pool.map(lambda sid: read_segment_summary(dest, sid) is not None, ids))
-    missing = [sid for sid, ok in zip(ids, found, strict=True) if not ok]
-    if missing:
-        raise IngestError(
-            f"{dest.describe()}: {len(missing)} of {len(ids)} segments the workers wrote are not "
-            f"visible from this machine (first: {segment_key(missing[0])}); nothing was "
-            "committed. Workers write where they run: an ingest on several machines needs a "
-            "destination they all share (an object store URL such as s3://bucket/lake.lake, or "
-            "a shared filesystem mounted at the same path everywhere)"
         )
 
 
@@ -278,70 +253,9 @@ def _run_tasks(
                 if not is_storage_full(exc):
                     raise
                 client.cancel(list(futures))
-                where = f" writing {exc.filename}" if exc.filename else ""
-                raise IngestError(
-                    f"{tasks[i].dest.describe()}: the destination is full ({exc.strerror}{where}). "
-                    "Nothing was committed and the lake is unchanged; free space there and rerun "
-                    "the same command: segments already written are kept, so it resumes"
-                ) from None
+                raise destination_full(tasks[i].dest, exc) from None
             bar.update(len(tasks[i]))
     return results
-
-
-def _commit(dest, base, layout, tasks, results, mode, event) -> Manifest:
-    """Publish the new segments (after the lake's, when appending); retry appends on conflict."""
-    new = tuple(
-        SegmentEntry(
-            id=r["segment_id"],
-            samples=int(r["samples"]),
-            class_counts=tuple(r["class_counts"]),
-            source_bytes=int(r["source_bytes"]),
-            decoded_bytes=int(r["decoded_bytes"]),
-            stored_bytes=int(r["stored_bytes"]),
-        )
-        for r in results
-    )
-    event = {**event, "segments": [t.segment_id for t in tasks]}
-    classes = layout.classes
-    for _ in range(COMMIT_RETRIES):
-        keep = base.segments if (base is not None and mode == "append") else ()
-        keep = tuple(_pad_counts(s, len(classes)) for s in (*keep, *new))
-        candidate = Manifest(
-            fields=layout.fields,
-            classes=classes,
-            chunk_samples=layout.chunk_samples,
-            segments=keep,
-            version=base.version if base is not None else 0,
-            history=(*(base.history if base is not None else ()), event),
-            stats={},  # statistics describe the samples they were computed on: `lakeio stats` again
-        )
-        try:
-            return commit_manifest(dest, candidate)
-        except CommitConflictError:
-            if mode != "append":
-                raise
-            time.sleep(random.uniform(0, 0.05))  # racing writers: do not collide in lockstep
-            base = read_manifest(dest)
-            classes = _merged_classes(dest, base.classes, classes)
-    raise IngestError(f"{dest.describe()}: gave up committing after {COMMIT_RETRIES} conflicts")
-
-
-def _merged_classes(dest: Location, theirs: tuple, ours: tuple) -> tuple:
-    """The class list after a concurrent append committed first: each append may add classes
-    after the lake's, so one list must extend the other; else labels would mean two things."""
-    longer, shorter = (theirs, ours) if len(theirs) >= len(ours) else (ours, theirs)
-    if longer[: len(shorter)] != shorter:
-        raise IngestError(
-            f"{dest.describe()}: another append committed first with classes {list(theirs)}, "
-            f"which give label numbers other names than this append's {list(ours)}; nothing of "
-            "this append was committed: rerun it to append onto the new version"
-        )
-    return longer
-
-
-def _pad_counts(entry: SegmentEntry, width: int) -> SegmentEntry:
-    counts = tuple(entry.class_counts) + (0,) * (width - len(entry.class_counts))
-    return replace(entry, class_counts=counts)
 
 
 def _event(source, opts: IngestOptions, mode: str) -> dict:

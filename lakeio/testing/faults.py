@@ -28,6 +28,7 @@ class _Fault:
     pattern: str
     remaining: int
     error: Callable[[str], Exception]
+    on: str = "read"
 
 
 @dataclass
@@ -39,11 +40,16 @@ class FaultLedger:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def arm(
-        self, pattern: str, times: int, error: Callable[[str], Exception] = connection_reset
+        self,
+        pattern: str,
+        times: int,
+        error: Callable[[str], Exception] = connection_reset,
+        on: str = "read",
     ) -> None:
-        """Fail the next ``times`` reads of paths containing ``pattern``."""
+        """Fail the next ``times`` reads (or writes, ``on="write"``) of paths containing
+        ``pattern``."""
         with self._lock:
-            self._faults.append(_Fault(pattern, times, error))
+            self._faults.append(_Fault(pattern, times, error, on))
 
     def clear(self) -> None:
         """Disarm every fault ("the network is back"); the count of injected ones stays."""
@@ -55,11 +61,11 @@ class FaultLedger:
             self._faults.clear()
             self.injected = 0
 
-    def check(self, path: str) -> None:
-        """Raise the armed error for ``path``, if any is left."""
+    def check(self, path: str, on: str = "read") -> None:
+        """Raise the armed error for a read (or write) of ``path``, if any is left."""
         with self._lock:
             for fault in self._faults:
-                if fault.pattern in path and fault.remaining > 0:
+                if fault.on == on and fault.pattern in path and fault.remaining > 0:
                     fault.remaining -= 1
                     self.injected += 1
                     raise fault.error(path)
@@ -92,9 +98,27 @@ class FaultyFileSystem(AbstractFileSystem):
 
     def _open(self, path, mode="rb", **kwargs):
         path = self._strip_protocol(path)
-        if "r" in mode:
-            FAULTS.check(path)
+        FAULTS.check(path, "read" if "r" in mode else "write")
+        if "r" not in mode:
+            self._local.makedirs(self._local._parent(path), exist_ok=True)
         return self._local._open(path, mode, **kwargs)
+
+    def pipe_file(self, path, value, mode="overwrite", **kwargs):
+        path = self._strip_protocol(path)
+        FAULTS.check(path, "write")
+        if mode == "create" and self._local.exists(path):
+            raise FileExistsError(path)
+        self._local.makedirs(self._local._parent(path), exist_ok=True)
+        self._local.pipe_file(path, value)
+
+    def rm_file(self, path):
+        self._local.rm_file(self._strip_protocol(path))
+
+    def mkdir(self, path, create_parents=True, **kwargs):
+        self._local.mkdir(self._strip_protocol(path), create_parents=create_parents)
+
+    def makedirs(self, path, exist_ok=False):
+        self._local.makedirs(self._strip_protocol(path), exist_ok=exist_ok)
 
 
 register_implementation(FaultyFileSystem.protocol, FaultyFileSystem, clobber=True)
@@ -121,7 +145,9 @@ def run_source_fault_trials(folder, workdir, trials: int, seed: int = 0):
     folder, workdir = Path(folder), Path(workdir)
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.*") if p.is_file())
     rng, tally = random.Random(seed), Tally("transient source faults during ingest")
-    with Client(processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None) as c:
+    with Client(
+        processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None, silence_logs=50
+    ) as c:  # the failed tasks are the point: no log per retry
         for trial in range(trials):
             FAULTS.reset()
             picked = rng.sample(files, 4)

@@ -139,7 +139,7 @@ def test_an_s3fs_that_ignores_exclusive_creates_is_refused(s3_options, monkeypat
 
 
 def test_racing_appends_merge_class_lists_that_extend_each_other_and_refuse_others():
-    from lakeio.ingest.run import _merged_classes
+    from lakeio.ingest.commit import _merged_classes
 
     loc = Location.of("memory://lake")
     assert _merged_classes(loc, ("a", "b", "c"), ("a", "b")) == ("a", "b", "c")

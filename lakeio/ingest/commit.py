@@ -1,0 +1,129 @@
+"""The end of an ingest: check what the workers wrote, commit it as the next version, and what
+follows a commit. Appends that race retry on conflict; a full destination is one clear line.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+
+from lakeio.errors import CommitConflictError, IngestError, LakeWarning
+from lakeio.format.location import Location, is_storage_full
+from lakeio.format.manifest import Manifest, SegmentEntry, commit_manifest, read_manifest
+from lakeio.format.root import ensure_root_group, publish_root_summary
+from lakeio.format.segment import read_segment_summary, segment_key
+from lakeio.ingest.report import write_report
+
+COMMIT_RETRIES = 10  # appends racing on one lake: each conflict means another one landed
+
+
+def check_segments_visible(dest: Location, results: list[dict]) -> None:
+    """Every segment the workers wrote must be readable from here before it is committed: a
+    worker on another machine writing to a local path writes to its own disk."""
+    ids = [r["segment_id"] for r in results]
+    with ThreadPoolExecutor(max_workers=16) as pool:  # one small read each; overlap on stores
+        found = list(pool.map(lambda sid: read_segment_summary(dest, sid) is not None, ids))
+    missing = [sid for sid, ok in zip(ids, found, strict=True) if not ok]
+    if missing:
+        raise IngestError(
+            f"{dest.describe()}: {len(missing)} of {len(ids)} segments the workers wrote are not "
+            f"visible from this machine (first: {segment_key(missing[0])}); nothing was "
+            "committed. Workers write where they run: an ingest on several machines needs a "
+            "destination they all share (an object store URL such as s3://bucket/lake.lake, or "
+            "a shared filesystem mounted at the same path everywhere)"
+        )
+
+
+def destination_full(dest: Location, exc: OSError) -> IngestError:
+    where = f" writing {exc.filename}" if exc.filename else ""
+    return IngestError(
+        f"{dest.describe()}: the destination is full ({exc.strerror}{where}). Nothing was "
+        "committed and the lake is unchanged; free space there and rerun the same command: "
+        "segments already written are kept, so it resumes"
+    )
+
+
+def publish(dest: Location, base, layout, tasks, results, mode, event) -> Manifest:
+    """Commit the new version; a full destination says so in one line, nothing committed."""
+    try:
+        ensure_root_group(dest)
+        return _commit(dest, base, layout, tasks, results, mode, event)
+    except OSError as exc:
+        if is_storage_full(exc):
+            raise destination_full(dest, exc) from None
+        raise
+
+
+def after_commit(dest: Location, manifest: Manifest, rows: list[str]) -> str | None:
+    """The root summary (a convenience copy) and the in-lake report. The version is committed
+    already, so a failure here is a warning, never an error that would make a user redo it."""
+    try:
+        publish_root_summary(dest, manifest)
+        return write_report(dest, manifest.version, rows)
+    except OSError as exc:
+        warnings.warn(
+            f"{dest.describe()}: version {manifest.version} is committed, but its root summary "
+            f"or report could not be written ({exc}); the lake reads without them",
+            LakeWarning,
+            stacklevel=3,
+        )
+        return None
+
+
+def _commit(dest, base, layout, tasks, results, mode, event) -> Manifest:
+    """Publish the new segments (after the lake's, when appending); retry appends on conflict."""
+    new = tuple(
+        SegmentEntry(
+            id=r["segment_id"],
+            samples=int(r["samples"]),
+            class_counts=tuple(r["class_counts"]),
+            source_bytes=int(r["source_bytes"]),
+            decoded_bytes=int(r["decoded_bytes"]),
+            stored_bytes=int(r["stored_bytes"]),
+        )
+        for r in results
+    )
+    event = {**event, "segments": [t.segment_id for t in tasks]}
+    classes = layout.classes
+    for _ in range(COMMIT_RETRIES):
+        keep = base.segments if (base is not None and mode == "append") else ()
+        keep = tuple(_pad_counts(s, len(classes)) for s in (*keep, *new))
+        candidate = Manifest(
+            fields=layout.fields,
+            classes=classes,
+            chunk_samples=layout.chunk_samples,
+            segments=keep,
+            version=base.version if base is not None else 0,
+            history=(*(base.history if base is not None else ()), event),
+            stats={},  # statistics describe the samples they were computed on: `lakeio stats` again
+        )
+        try:
+            return commit_manifest(dest, candidate)
+        except CommitConflictError:
+            if mode != "append":
+                raise
+            time.sleep(random.uniform(0, 0.05))  # racing writers: do not collide in lockstep
+            base = read_manifest(dest)
+            classes = _merged_classes(dest, base.classes, classes)
+    raise IngestError(f"{dest.describe()}: gave up committing after {COMMIT_RETRIES} conflicts")
+
+
+def _merged_classes(dest: Location, theirs: tuple, ours: tuple) -> tuple:
+    """The class list after a concurrent append committed first: each append may add classes
+    after the lake's, so one list must extend the other; else labels would mean two things."""
+    longer, shorter = (theirs, ours) if len(theirs) >= len(ours) else (ours, theirs)
+    if longer[: len(shorter)] != shorter:
+        raise IngestError(
+            f"{dest.describe()}: another append committed first with classes {list(theirs)}, "
+            f"which give label numbers other names than this append's {list(ours)}; nothing of "
+            "this append was committed: rerun it to append onto the new version"
+        )
+    return longer
+
+
+def _pad_counts(entry: SegmentEntry, width: int) -> SegmentEntry:
+    counts = tuple(entry.class_counts) + (0,) * (width - len(entry.class_counts))
+    return replace(entry, class_counts=counts)
