@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import posixpath
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -107,7 +108,7 @@ class Location:
             self.fs.pipe_file(self.path(key), payload)
             return len(payload)
         path = self.path(key)
-        tmp = f"{path}.{uuid.uuid4().hex}.partial"
+        tmp = partial_name(path)
         try:
             fh = open(tmp, "wb")  # noqa: SIM115
         except FileNotFoundError:  # create parents only when missing: mkdir calls add up
@@ -206,7 +207,7 @@ def _require_exclusive_s3fs() -> None:
 def _local_write(path: str, data: bytes, *, exclusive: bool) -> None:
     directory = os.path.dirname(path)
     os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex}.partial"
+    tmp = partial_name(path)
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -225,6 +226,48 @@ def _local_write(path: str, data: bytes, *, exclusive: bool) -> None:
         os.fsync(fd)  # make the rename itself durable
     finally:
         os.close(fd)
+
+
+PARTIAL_SUFFIX = ".partial"
+
+
+def partial_name(path: str) -> str:
+    """The temporary name a local write goes through: it says which process wrote it
+    (``<path>.<uuid>.<pid>@<host>.partial``), so a rerun can tell a dead writer's debris from a
+    live one's file in flight."""
+    return f"{path}.{uuid.uuid4().hex}.{os.getpid()}@{_host()}{PARTIAL_SUFFIX}"
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_")  # no dots: the name splits on them
+
+
+def remove_dead_partials(folder: str) -> int:
+    """Delete the temporary files under ``folder`` left by writers of this host that are no
+    longer running (a ``kill -9`` mid-write); returns how many. Files of live writers, of
+    other hosts, and of unknown form are left alone."""
+    removed = 0
+    for root, _dirs, names in os.walk(folder):
+        for name in names:
+            if name.endswith(PARTIAL_SUFFIX) and _writer_gone(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(root, name))
+                    removed += 1
+    return removed
+
+
+def _writer_gone(name: str) -> bool:
+    writer = name[: -len(PARTIAL_SUFFIX)].rsplit(".", 1)[-1]
+    pid, _, host = writer.partition("@")
+    if not pid.isdigit() or host != _host():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def is_storage_full(exc: BaseException) -> bool:

@@ -16,7 +16,7 @@ import numpy as np
 
 from lakeio.format.chunks import encode_chunk, encode_text_chunk
 from lakeio.format.codecs import parse_codec
-from lakeio.format.location import Location
+from lakeio.format.location import Location, remove_dead_partials
 from lakeio.format.manifest import (
     MAX_BYTE_FIGURE,
     MAX_SAMPLES,
@@ -75,6 +75,8 @@ def write_segment(
     the pixels for small segments. The group's ``zarr.json``, written last, marks completion.
     """
     key = segment_key(segment_id)
+    if loc.is_local:  # a killed attempt's temp files: its writer is gone, nobody will finish them
+        remove_dead_partials(loc.path(key))
     # No cleanup first: a segment id fixes its bytes, so rewriting over a crashed (or a racing)
     # attempt writes identical files, each replaced atomically; nothing committed is ever removed.
     samples = len(next(iter(columns.values())))

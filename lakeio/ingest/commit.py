@@ -11,8 +11,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from lakeio.errors import CommitConflictError, IngestError, LakeWarning
-from lakeio.format.location import Location, is_storage_full
-from lakeio.format.manifest import Manifest, SegmentEntry, commit_manifest, read_manifest
+from lakeio.format.location import Location, is_storage_full, remove_dead_partials
+from lakeio.format.manifest import (
+    MANIFEST_DIR,
+    Manifest,
+    SegmentEntry,
+    commit_manifest,
+    read_manifest,
+)
 from lakeio.format.root import ensure_root_group, publish_root_summary
 from lakeio.format.segment import read_segment_summary, segment_key
 from lakeio.ingest.report import write_report
@@ -50,6 +56,8 @@ def publish(dest: Location, base, layout, tasks, results, mode, event) -> Manife
     """Commit the new version; a full destination says so in one line, nothing committed."""
     try:
         ensure_root_group(dest)
+        if dest.is_local:  # temp files of commits killed mid-write
+            remove_dead_partials(dest.path(MANIFEST_DIR))
         return _commit(dest, base, layout, tasks, results, mode, event)
     except OSError as exc:
         if is_storage_full(exc):

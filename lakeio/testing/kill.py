@@ -48,9 +48,9 @@ def _finish(proc: subprocess.Popen, what: str) -> None:
 
 def lake_files(lake: Path) -> dict[str, bytes]:
     """The committed lake, file by file: every chunk and array metadata of every segment the
-    newest manifest lists, and that segment list. Left out: each segment's group zarr.json
-    (its summary holds the seconds the task took) and ``*.partial`` debris of killed writes,
-    which no reader ever opens."""
+    newest manifest lists (temp files of killed writes included: a rerun must clear them), and
+    that segment list. Left out: each segment's group zarr.json, whose summary holds the
+    seconds the task took."""
     import lakeio
 
     ds = lakeio.open_dataset(lake)
@@ -58,7 +58,7 @@ def lake_files(lake: Path) -> dict[str, bytes]:
     for seg in ds.manifest.segments:
         root = lake / "segments" / seg.id
         for path in sorted(root.rglob("*")):
-            if path.is_file() and path != root / "zarr.json" and path.suffix != ".partial":
+            if path.is_file() and path != root / "zarr.json":
                 files[str(path.relative_to(lake))] = path.read_bytes()
     return files
 

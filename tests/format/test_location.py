@@ -61,3 +61,25 @@ def test_programming_errors_are_raised_at_once_not_retried():
     with dask.config.set({"lakeio.read.deadline": 30}), pytest.raises(RuntimeError, match="fork"):
         with_retries(broken, "s3://bucket/lake/c.0")
     assert len(calls) == 1
+
+
+def test_a_rerun_clears_temp_files_of_dead_writers_only(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from lakeio.format.location import partial_name, remove_dead_partials
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    ours = partial_name(str(tmp_path / "c.0"))  # this process: alive
+    theirs = ours.replace(f".{os.getpid()}@", f".{dead}@")
+    elsewhere = ours.replace(socket.gethostname().replace(".", "_"), "otherhost")
+    unknown = str(tmp_path / "c.1.abc.partial")
+    for name in (ours, theirs, elsewhere, unknown):
+        open(name, "wb").close()
+    assert remove_dead_partials(str(tmp_path)) == 1
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        os.path.basename(n) for n in (ours, elsewhere, unknown)
+    )
