@@ -96,3 +96,14 @@ def test_one_folder_ingested_into_two_lakes_at_once_writes_both(jpeg_folder, tmp
     assert not errors
     for name in ("a", "b"):
         assert _lake_paths(tmp_path / name) == sorted(files)
+
+
+def test_a_botocore_error_while_probing_sizes_is_retried_not_fatal(jpeg_folder, tmp_path, threads):
+    """Without --size the images' headers are probed first (a ranged read of each file)."""
+    from botocore.exceptions import EndpointConnectionError
+
+    root, files = jpeg_folder
+    FAULTS.arm(files[5], times=2, error=lambda p: EndpointConnectionError(endpoint_url=p))
+    summary = _ingest(root, tmp_path / "lake", threads)
+    assert FAULTS.injected == 2
+    assert (summary.written, summary.rejected) == (80, 0)
