@@ -14,8 +14,10 @@ import numpy as np
 
 from lakeio.dataset import Dataset
 from lakeio.errors import CorruptChunkError
+from lakeio.format.chunks import crc32c_hex
+from lakeio.format.manifest import _refuse_constant
 from lakeio.format.segment import (
-    SUMMARY_ATTR,
+    METADATA_CHECKSUMS,
     SUMMARY_CHECKSUM,
     chunk_count,
     field_document,
@@ -70,24 +72,22 @@ def _check_labels(chunk: np.ndarray, valid_rows: int, classes: int, key: str) ->
 
 def _check_segment_summary(ds: Dataset, s: int, report: VerifyReport) -> None:
     """Every zarr.json of the segment must be what lakeio wrote: the group's completion summary
-    (checksummed, and agreeing with the manifest) and each field's array metadata."""
+    (checksummed, and agreeing with the manifest) and each field's array metadata (checked
+    against the checksums the summary recorded, or, in older segments, by content)."""
     seg, m = ds.manifest.segments[s], ds.manifest
-    for key, problem in (
-        (f"{seg.key}/zarr.json", _group_problem(ds, seg)),
-        *(
-            (f"{seg.key}/{name}/zarr.json", _array_problem(ds, seg, name, info))
-            for name, info in m.fields.items()
-        ),
-    ):
-        if problem:
-            report.problems.append((key, problem))
+    summary = read_segment_summary(ds.loc, seg.id)
+    recorded = (summary or {}).get(METADATA_CHECKSUMS)
+    problems = [(f"{seg.key}/zarr.json", _group_problem(ds, seg, summary))]
+    for name, info in m.fields.items():
+        key = f"{seg.key}/{name}/zarr.json"
+        problems.append((key, _array_problem(ds, key, seg, name, info, recorded)))
+    report.problems += [(key, problem) for key, problem in problems if problem]
 
 
-def _group_problem(ds: Dataset, seg) -> str | None:
+def _group_problem(ds: Dataset, seg, summary: dict | None) -> str | None:
     raw = _read_metadata(ds, f"{seg.key}/zarr.json")
     if isinstance(raw, str):
         return raw
-    summary = read_segment_summary(ds.loc, seg.id)
     if summary is None:
         return "segment is not marked complete (no readable lakeio_segment summary)"
     stored = summary.get(SUMMARY_CHECKSUM)
@@ -96,36 +96,36 @@ def _group_problem(ds: Dataset, seg) -> str | None:
     if summary.get("samples") != seg.samples:
         return f"{summary.get('samples')} samples, but the manifest says {seg.samples}"
     body = {k: v for k, v in summary.items() if k != SUMMARY_CHECKSUM}
-    expected = group_document(body) if stored is not None else _legacy_group(summary)
-    if raw != expected:
+    if stored is not None and raw != group_document(body):  # lakeio's own JSON layout
         return "bytes differ from the document lakeio wrote (its content parses the same)"
     return None
 
 
-def _legacy_group(summary: dict) -> bytes:
-    """A segment written before summaries carried a checksum, as it was written then."""
-    group = {"zarr_format": 3, "node_type": "group", "attributes": {SUMMARY_ATTR: summary}}
-    return json.dumps(group, indent=2, ensure_ascii=False).encode()
+# What zarr readers take from an array's zarr.json (checked by value in older segments).
+_READ_KEYS = ("shape", "data_type", "chunk_grid", "codecs", "fill_value", "chunk_key_encoding")
 
 
-def _array_problem(ds: Dataset, seg, name: str, info) -> str | None:
-    raw = _read_metadata(ds, f"{seg.key}/{name}/zarr.json")
+def _array_problem(ds: Dataset, key: str, seg, name: str, info, recorded) -> str | None:
+    raw = _read_metadata(ds, key)
     if isinstance(raw, str):
         return raw
-    expected = field_document(name, info, ds.manifest.chunk_samples, seg.samples)
-    if raw == expected:
-        return None
-    try:
-        found = json.loads(raw)
-    except ValueError as exc:
-        return f"array metadata is not JSON ({exc})"
-    if found.get("shape", [None])[0] != seg.samples:
-        return f"{found.get('shape')} samples, but the manifest says {seg.samples} (misaligned)"
-    if found != json.loads(expected):
-        changed = sorted(k for k in {*found, *json.loads(expected)}
-                         if found.get(k) != json.loads(expected).get(k))  # fmt: skip
-        return f"array metadata differs from what lakeio wrote in {changed}"
-    return "bytes differ from the document lakeio wrote (its content parses the same)"
+    if isinstance(recorded, dict) and name in recorded:
+        found = crc32c_hex(raw)
+        if found == recorded[name]:
+            return None
+        return f"changed since it was written (crc32c {found}, recorded {recorded[name]})"
+    try:  # a segment written before metadata checksums
+        doc = json.loads(raw, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        return f"array metadata is not JSON ({str(exc)[:80]})"
+    shape = doc.get("shape") if isinstance(doc, dict) else None
+    if not (isinstance(shape, list) and shape and all(type(n) is int for n in shape)):
+        return f"array metadata has no valid shape (found {str(shape)[:60]})"
+    if shape[0] != seg.samples:
+        return f"{shape[0]} samples, but the manifest says {seg.samples} (fields misaligned)"
+    expected = json.loads(field_document(name, info, ds.manifest.chunk_samples, seg.samples))
+    changed = [k for k in _READ_KEYS if doc.get(k) != expected.get(k)]
+    return f"array metadata differs from what lakeio wrote in {changed}" if changed else None
 
 
 def _read_metadata(ds: Dataset, key: str) -> bytes | str:

@@ -14,6 +14,7 @@ value whose write failed midway is removed, never left behind or served.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import os
@@ -70,6 +71,11 @@ class DiskTier:
             )
             os.makedirs(self._lock_dir, mode=0o700, exist_ok=True)
         except STORAGE_ERRORS as exc:
+            if not _disk_full(exc):  # a typo, a file in the way, no permission: a setting
+                raise LakeError(
+                    f"disk cache folder {self.directory}: cannot open it ({exc}); "
+                    "give Cache(disk=...) a local folder you can write"
+                ) from exc
             self._failed("open the cache", exc)
             return None
         return cache
@@ -318,6 +324,13 @@ os.register_at_fork(
     after_in_parent=_open_lock_files.release,
     after_in_child=lambda: (_close_inherited_lock_fds(), _release_after_fork()),
 )
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """No space or inodes left: what a full disk looks like to open(), mkdir() and SQLite."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    return isinstance(exc, sqlite3.Error) and "full" in str(exc).lower()
 
 
 class PickledValueError(ValueError):

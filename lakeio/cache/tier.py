@@ -40,6 +40,7 @@ class TierStats:
             "bytes_held": self.bytes_held,
             "items": self.items,
             "write_errors": self.write_errors,
+            "refused": self.refused,
         }
 
 

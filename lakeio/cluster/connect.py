@@ -84,6 +84,8 @@ def _refuse_unguarded_script() -> None:
     """Worker processes start by re-importing the ``__main__`` script; called from its top level
     outside ``if __name__ == "__main__":``, each would start a cluster of its own and die with
     "Nanny failed to start". Say so in one line instead, before any process starts."""
+    if dask.config.get("distributed.worker.multiprocessing-method", "spawn") == "fork":
+        return  # forked workers do not re-import the script
     line = unguarded_script_line()
     if line is not None:
         raise LakeError(
@@ -117,10 +119,10 @@ def unguarded_script_line() -> str | None:
         return None
     guarded = any(
         isinstance(node, ast.If)
-        and _is_main_test(node.test)
         and node.lineno <= line <= node.end_lineno
-        for node in tree.body
-    )
+        and any(_is_main_test(part) for part in ast.walk(node.test))
+        for node in ast.walk(tree)
+    )  # `if __name__ == "__main__" and ...:`, or a guard inside a try or with block, counts
     return None if guarded else f"{path}:{line}"
 
 

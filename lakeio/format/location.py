@@ -267,7 +267,16 @@ def _writer_gone(name: str) -> bool:
         return True
     except PermissionError:  # alive, another user's
         return False
-    return False
+    return _zombie(int(pid))  # killed, not yet reaped: gone all the same
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` is a process that has exited but not been reaped (Linux's /proc)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
 
 
 def is_storage_full(exc: BaseException) -> bool:
@@ -330,17 +339,25 @@ def with_retries(read, what: str):
 
 _PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
 # Packages whose own exception types (not subclasses of OSError) report network trouble.
-_NETWORK_PACKAGES = ("botocore", "aiobotocore", "aiohttp", "urllib3", "requests", "http")
+_NETWORK_PACKAGES = ("aiohttp", "urllib3", "requests", "http")
+# botocore also reports settings (no credentials, a bad parameter): only these are the network.
+_BOTOCORE_NETWORK = {"ConnectionError", "HTTPClientError", "ResponseStreamingError"}
+_BOTOCORE_NETWORK |= {"IncompleteReadError", "ReadTimeoutError", "ConnectTimeoutError"}
+_RETRY_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"}
+_RETRY_CODES |= {"InternalError", "ServiceUnavailable", "500", "502", "503", "504"}
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether retrying ``exc`` may help: network and I/O errors, not a missing object, a denied
-    one, or a programming error (a retry loop must never hide a bug, e.g. a filesystem used
-    across a fork raising ``RuntimeError``)."""
+    """Whether retrying ``exc`` may help: network and I/O errors and throttling, not a missing
+    object, a denied one, missing credentials or a programming error (a retry loop must never
+    hide a bug, e.g. a filesystem used across a fork raising ``RuntimeError``)."""
     if isinstance(exc, _PERMANENT):
         return False
     if isinstance(exc, (OSError, TimeoutError)):
         return True
-    return any(
-        (cls.__module__ or "").split(".")[0] in _NETWORK_PACKAGES for cls in type(exc).__mro__
-    )
+    names = {cls.__name__ for cls in type(exc).__mro__}
+    top = {(cls.__module__ or "").split(".")[0] for cls in type(exc).__mro__}
+    if top & {"botocore", "aiobotocore"}:
+        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+        return bool(names & _BOTOCORE_NETWORK) or code in _RETRY_CODES
+    return bool(top & set(_NETWORK_PACKAGES))

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lakeio.format.chunks import encode_chunk, encode_text_chunk
+from lakeio.format.chunks import crc32c_hex, encode_chunk, encode_text_chunk
 from lakeio.format.codecs import parse_codec
 from lakeio.format.location import Location, remove_dead_partials
 from lakeio.format.manifest import (
@@ -26,6 +26,7 @@ from lakeio.format.manifest import (
 )
 
 SUMMARY_ATTR = "lakeio_segment"
+METADATA_CHECKSUMS = "metadata_crc32c"  # in the summary: of each field's array zarr.json
 SUMMARY_CHECKSUM = "crc32c"  # in the summary: of the rest of it (segments written since v0.2)
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 
@@ -86,7 +87,11 @@ def write_segment(
         if len(data) != samples:
             raise ValueError(f"field {name!r} has {len(data)} samples, expected {samples}")
         stored += _write_field(loc, segment_id, name, data, info, chunk_samples)
-    facts = {**summary, "samples": samples, "stored_bytes": stored}
+    metadata = {
+        name: crc32c_hex(field_document(name, fields[name], chunk_samples, samples))
+        for name in columns
+    }  # what verify checks each array's zarr.json against, whatever zarr writes later
+    facts = {**summary, "samples": samples, "stored_bytes": stored, METADATA_CHECKSUMS: metadata}
     loc.write_atomic(f"{key}/zarr.json", group_document(facts))
     return stored
 
@@ -94,8 +99,6 @@ def write_segment(
 def summary_checksum(summary: dict[str, Any]) -> str:
     """crc32c of a segment summary's content (its own checksum left out), so `lakeio verify`
     sees any changed byte of it, not only those that break the JSON."""
-    from lakeio.format.chunks import crc32c_hex
-
     body = {k: v for k, v in summary.items() if k != SUMMARY_CHECKSUM}
     return crc32c_hex(json.dumps(body, sort_keys=True, ensure_ascii=False).encode())
 

@@ -68,15 +68,19 @@ def publish(dest: Location, base, layout, tasks, results, mode, event) -> Manife
 def after_commit(dest: Location, manifest: Manifest, rows: list[str]) -> str | None:
     """The root summary (a convenience copy) and the in-lake report. The version is committed
     already, so a failure here is a warning, never an error that would make a user redo it."""
+    _or_warn(dest, manifest, "root summary", lambda: publish_root_summary(dest, manifest))
+    return _or_warn(dest, manifest, "report", lambda: write_report(dest, manifest.version, rows))
+
+
+def _or_warn(dest: Location, manifest: Manifest, what: str, step):
     try:
-        publish_root_summary(dest, manifest)
-        return write_report(dest, manifest.version, rows)
-    except OSError as exc:
+        return step()
+    except Exception as exc:  # whatever it is (a damaged root zarr.json, a full disk)
         warnings.warn(
-            f"{dest.describe()}: version {manifest.version} is committed, but its root summary "
-            f"or report could not be written ({exc}); the lake reads without them",
+            f"{dest.describe()}: version {manifest.version} is committed, but its {what} could "
+            f"not be written ({type(exc).__name__}: {exc}); the lake reads without it",
             LakeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         return None
 
@@ -115,8 +119,20 @@ def _commit(dest, base, layout, tasks, results, mode, event) -> Manifest:
                 raise
             time.sleep(random.uniform(0, 0.05))  # racing writers: do not collide in lockstep
             base = read_manifest(dest)
+            _refuse_other_layout(dest, base, layout)
             classes = _merged_classes(dest, base.classes, classes)
     raise IngestError(f"{dest.describe()}: gave up committing after {COMMIT_RETRIES} conflicts")
+
+
+def _refuse_other_layout(dest: Location, base: Manifest, layout) -> None:
+    """An --overwrite with another size, codec or chunking committed first: this append's
+    segments were written for the old layout and cannot go under the new one."""
+    if base.fields != layout.fields or base.chunk_samples != layout.chunk_samples:
+        raise IngestError(
+            f"{dest.describe()}: while this append ran, version {base.version} replaced the "
+            "lake with another layout (image size, codec or chunking); nothing of this append "
+            "was committed: rerun it to append onto the new version"
+        )
 
 
 def _merged_classes(dest: Location, theirs: tuple, ours: tuple) -> tuple:

@@ -7,9 +7,9 @@ lake as it was, and rerunning the same command reuses every segment already writ
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
+import uuid
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
@@ -206,11 +206,11 @@ def _check_mode(dest: Location, base: Manifest | None, mode: str) -> None:
         )
 
 
-def _submit(client: Client, task: SegmentTask):
-    # The destination is part of the key: the same segment bound for another lake is another
-    # task (Dask would hand back the first one's result, and the second lake would miss it).
-    where = hashlib.blake2b(task.dest.url.encode("utf-8", "surrogateescape"), digest_size=4)
-    key = f"lakeio-ingest-{task.segment_id}-{where.hexdigest()}"
+def _submit(client: Client, task: SegmentTask, run: str):
+    # Each run's tasks are its own: with the segment id alone as the key, Dask hands an ingest
+    # into another lake the first one's result (and that lake misses the segment), and a rerun
+    # right after a failed run the cancellation of the failed run's task.
+    key = f"lakeio-ingest-{task.segment_id}-{run}"
     if task.src is not None:
         return client.submit(run_segment_task, task, key=key, retries=2)
     # arrays travel as scattered data, not inside the task graph
@@ -228,7 +228,8 @@ def _run_tasks(
     client: Client, tasks: list[SegmentTask], opts: IngestOptions, progress: bool
 ) -> list:
     """Run the segment tasks with a progress bar; in ``fail`` mode stop at the first bad file."""
-    futures = {_submit(client, task): i for i, task in enumerate(tasks)}
+    run = uuid.uuid4().hex[:8]
+    futures = {_submit(client, task, run): i for i, task in enumerate(tasks)}
     results: list[dict | None] = [None] * len(tasks)
     total = sum(len(t) for t in tasks)
     with tqdm(total=total, unit="img", desc="lakeio ingest", disable=not progress) as bar:

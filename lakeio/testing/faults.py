@@ -137,6 +137,7 @@ def run_source_fault_trials(folder, workdir, trials: int, seed: int = 0):
 
     import dask.config
     from distributed import Client
+    from PIL import Image
 
     import lakeio
     from lakeio.errors import IngestError
@@ -144,6 +145,8 @@ def run_source_fault_trials(folder, workdir, trials: int, seed: int = 0):
 
     folder, workdir = Path(folder), Path(workdir)
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*.*") if p.is_file())
+    with Image.open(folder / files[0]) as first:  # size and channels given: no header probe,
+        options = {"size": first.size[::-1], "channels": 3}  # so faults hit the segment tasks
     rng, tally = random.Random(seed), Tally("transient source faults during ingest")
     with Client(
         processes=False, n_workers=2, threads_per_worker=1, dashboard_address=None, silence_logs=50
@@ -158,12 +161,12 @@ def run_source_fault_trials(folder, workdir, trials: int, seed: int = 0):
             with dask.config.set({"lakeio.read.deadline": 0.5}):
                 try:
                     lakeio.ingest(f"faulty://{folder}", dest, cluster=c, on_error="skip",
-                                  progress=False, echo=None)  # fmt: skip
+                                  progress=False, echo=None, **options)  # fmt: skip
                 except IngestError as exc:
                     named = str(exc).startswith(picked[3])
                 FAULTS.clear()
                 summary = lakeio.ingest(f"faulty://{folder}", dest, cluster=c, on_error="skip",
-                                        progress=False, echo=None)  # fmt: skip
+                                        progress=False, echo=None, **options)  # fmt: skip
             paths = set(lakeio.open_dataset(dest).to_dask()["paths"].compute().tolist())
             missing = len(set(files) - paths) + summary.rejected
             tally = tally.add(Tally(tally.case, trials=1, injected=FAULTS.injected,

@@ -170,3 +170,11 @@ def test_a_fork_during_a_fetch_leaves_no_lock_behind(tmp_path):
     assert done.wait(3), "the parent waited on a lock the child inherited"
     _, status = os.waitpid(pid, 0)
     assert os.WEXITSTATUS(status) == 0, "the child blocked on the inherited lock"
+
+
+def test_a_disk_tier_folder_that_cannot_exist_is_an_error_not_a_silent_warning(tmp_path):
+    from lakeio.errors import LakeError
+
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(LakeError, match=r"disk cache folder .*file/cache: cannot open it"):
+        DiskTier(tmp_path / "file" / "cache", 1 << 20)

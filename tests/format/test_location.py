@@ -68,6 +68,7 @@ def test_a_rerun_clears_temp_files_of_dead_writers_only(tmp_path):
     import socket
     import subprocess
     import sys
+    import time
 
     from lakeio.format.location import partial_name, remove_dead_partials
 
@@ -75,11 +76,37 @@ def test_a_rerun_clears_temp_files_of_dead_writers_only(tmp_path):
                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     ours = partial_name(str(tmp_path / "c.0"))  # this process: alive
     theirs = ours.replace(f".{os.getpid()}@", f".{dead}@")
+    exited = subprocess.Popen([sys.executable, "-c", "pass"])  # killed, not yet reaped
+    time.sleep(1.0)
+    zombie = partial_name(str(tmp_path / "c.2")).replace(f".{os.getpid()}@", f".{exited.pid}@")
     elsewhere = ours.replace(socket.gethostname().replace(".", "_"), "otherhost")
     unknown = str(tmp_path / "c.1.abc.partial")
-    for name in (ours, theirs, elsewhere, unknown):
+    for name in (ours, theirs, zombie, elsewhere, unknown):
         open(name, "wb").close()
-    assert remove_dead_partials(str(tmp_path)) == 1
+    assert remove_dead_partials(str(tmp_path)) == 2
+    exited.wait()
     assert sorted(os.listdir(tmp_path)) == sorted(
         os.path.basename(n) for n in (ours, elsewhere, unknown)
     )
+
+
+@pytest.mark.parametrize(
+    ("make", "transient"),
+    [
+        (lambda b: b.EndpointConnectionError(endpoint_url="http://x"), True),
+        (lambda b: b.ReadTimeoutError(endpoint_url="http://x"), True),
+        (lambda b: b.ClientError({"Error": {"Code": "SlowDown"}}, "GetObject"), True),
+        (lambda b: b.NoCredentialsError(), False),
+        (lambda b: b.ParamValidationError(report="bad"), False),
+        (lambda b: b.ClientError({"Error": {"Code": "AccessDenied"}}, "GetObject"), False),
+        (lambda b: ConnectionResetError(104, "reset"), True),
+        (lambda b: FileNotFoundError("gone"), False),
+        (lambda b: RuntimeError("This class is not fork-safe"), False),
+    ],
+)
+def test_only_network_trouble_and_throttling_are_retried(make, transient):
+    import botocore.exceptions
+
+    from lakeio.format.location import is_transient
+
+    assert is_transient(make(botocore.exceptions)) is transient

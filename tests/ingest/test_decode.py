@@ -179,3 +179,27 @@ def test_png_exif_after_a_large_text_chunk_is_still_honoured():
     head = probe_header(data, "x.png", DecodeOptions())
     out = decode_image(data, "x.png", DecodeOptions())
     assert (head.width, head.height) == (20, 40) and out.shape == (40, 20, 3)
+
+
+def test_a_failure_in_lakeio_own_code_is_an_error_not_a_rejected_image(monkeypatch):
+    """Only the decoder's trouble with the bytes rejects a file; a lakeio bug must surface."""
+    import importlib
+    import io
+
+    from PIL import Image
+
+    from lakeio.errors import SourceError
+    from lakeio.ingest.decode import DecodeOptions
+    from lakeio.ingest.tasks import _decode
+
+    png = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(png, "PNG")
+    with pytest.raises(SourceError, match=r"x\.png"):  # the plugin's own trouble: a reject
+        _decode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "x.png", DecodeOptions(), None)
+
+    def bug(image, opts):
+        raise IndexError("a bug in lakeio")
+
+    monkeypatch.setattr(importlib.import_module("lakeio.ingest.decode"), "_to_colour", bug)
+    with pytest.raises(IndexError, match="a bug in lakeio"):
+        _decode(png.getvalue(), "y.png", DecodeOptions(), None)

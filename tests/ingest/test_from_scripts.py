@@ -63,10 +63,16 @@ def test_guarded_calls_and_calls_from_functions_under_the_guard_are_not_flagged(
 
         top = unguarded_script_line()
         if __name__ == "__main__":
-            print(repr(top), repr(build()), repr(unguarded_script_line()))
+            print(repr(top), repr(build()), repr(unguarded_script_line()), end=" ")
+        try:
+            if "run" in sys.argv[0] or __name__ == "__main__" and len(sys.argv) == 1:
+                print(repr(unguarded_script_line()))
+        finally:
+            pass
         """
     run = _run_script(tmp_path, body)
     assert run.returncode == 0, run.stderr
-    top, in_function, guarded = run.stdout.split()
+    top, in_function, guarded, in_try = run.stdout.split()
     assert top.endswith(":8'") and in_function == "None" and guarded == "None"
+    assert in_try == "None"  # a guard combined with other tests, inside a try block
     assert unguarded_script_line() is None  # pytest's own __main__ is not a script calling us

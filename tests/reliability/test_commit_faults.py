@@ -55,3 +55,33 @@ def test_a_failure_just_after_the_commit_is_a_warning_not_an_error(tmp_path):
                                 progress=False, echo=None)  # fmt: skip
     assert summary.version == 2 and FAULTS.injected == 1
     assert len(lakeio.open_dataset(url)) == 60
+
+
+def test_a_damaged_root_group_after_the_commit_is_a_warning(tmp_path):
+    lake = tmp_path / "lake"
+    _ingest(lake)
+    (lake / "zarr.json").write_text("{not json")  # the convenience copy only
+    with pytest.warns(LakeWarning, match="version 2 is committed.*root summary"):
+        summary = lakeio.ingest(255 - IMAGES, lake, labels=LABELS, mode="append",
+                                progress=False, echo=None)  # fmt: skip
+    assert summary.version == 2 and len(lakeio.open_dataset(lake)) == 60
+
+
+def test_an_append_overtaken_by_an_overwrite_with_another_layout_is_refused(tmp_path, monkeypatch):
+    from lakeio.ingest import commit
+
+    lake, real = tmp_path / "lake", commit.commit_manifest
+    _ingest(lake)
+    bigger = np.zeros((10, 16, 16, 3), np.uint8)
+
+    def overwrite_lands_first(dest, candidate):
+        monkeypatch.setattr(commit, "commit_manifest", real)
+        lakeio.ingest(bigger, lake, labels=np.zeros(10, int), mode="overwrite",
+                      progress=False, echo=None)  # fmt: skip
+        return real(dest, candidate)  # a conflict now: the append re-reads version 2
+
+    monkeypatch.setattr(commit, "commit_manifest", overwrite_lands_first)
+    with pytest.raises(IngestError, match="another layout"):
+        lakeio.ingest(255 - IMAGES, lake, labels=LABELS, mode="append", progress=False, echo=None)
+    ds = lakeio.open_dataset(lake)
+    assert ds.manifest.version == 2 and ds.manifest.fields["images"].shape == (16, 16, 3)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import threading
+import uuid
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ def _append(loc: Location, segment: str, start: threading.Barrier) -> int:
     """Commit one more segment the way an append does: read, build, commit, retry on conflict."""
     start.wait()
     conflicts = 0
-    while True:
+    for _ in range(10 * WRITERS):  # each conflict means another writer landed: bounded
         base = read_manifest(loc)
         entry = SegmentEntry(id=segment, samples=1, class_counts=(1,))
         try:
@@ -38,6 +39,7 @@ def _append(loc: Location, segment: str, start: threading.Barrier) -> int:
             return conflicts
         except CommitConflictError:
             conflicts += 1
+    raise AssertionError(f"{segment}: no commit after {conflicts} conflicts")
 
 
 def _race(loc: Location) -> tuple[Manifest, int]:
@@ -51,6 +53,7 @@ def _race(loc: Location) -> tuple[Manifest, int]:
         t.start()
     for t in threads:
         t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads) and len(conflicts) == WRITERS
     return read_manifest(loc), sum(conflicts)
 
 
@@ -120,7 +123,7 @@ register_implementation(_LastWriterWins.protocol, _LastWriterWins, clobber=True)
 
 
 def test_a_commit_replaced_by_another_writer_is_a_conflict_not_a_success():
-    loc = Location.of("lastwriterwins://lake")
+    loc = Location.of(f"lastwriterwins://{uuid.uuid4().hex}/lake")  # the store is per process
     base = _empty_lake(loc)
     _LastWriterWins.rivals = 1
     with pytest.raises(CommitConflictError, match="replaced"):

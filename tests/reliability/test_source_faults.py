@@ -10,6 +10,8 @@ from lakeio.testing.faults import FAULTS
 from lakeio.testing.images import write_image_folder
 
 FAULTY = (3, 17, 58)  # files whose reads fail
+# Size and channels given: no header probe first, so every fault lands in the segment tasks.
+NO_PROBE = {"size": (32, 32), "channels": 3}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +51,7 @@ def test_faults_within_the_read_deadline_are_retried_and_nothing_is_lost(
     root, files = jpeg_folder
     for i in FAULTY:
         FAULTS.arm(files[i], times=2)
-    summary = _ingest(root, tmp_path / "lake", threads)
+    summary = _ingest(root, tmp_path / "lake", threads, **NO_PROBE)
     assert FAULTS.injected == 2 * len(FAULTY)
     assert (summary.written, summary.rejected) == (80, 0)
     assert _lake_paths(tmp_path / "lake") == sorted(files)
@@ -62,14 +64,14 @@ def test_an_outage_fails_the_ingest_and_the_rerun_ingests_every_image(
     for i in FAULTY:
         FAULTS.arm(files[i], times=10**9)  # down until cleared
     with dask.config.set({"lakeio.read.deadline": 0.2}), pytest.raises(IngestError) as err:
-        _ingest(root, tmp_path / "lake", threads)
+        _ingest(root, tmp_path / "lake", threads, **NO_PROBE)
     assert any(files[i] in str(err.value) for i in FAULTY), err.value
     assert "cannot read" in str(err.value) and "resumes" in str(err.value)
     assert FAULTS.injected >= len(FAULTY)
     with pytest.raises(LakeNotFoundError):
         lakeio.open_dataset(tmp_path / "lake")  # nothing committed
     FAULTS.clear()  # the network is back
-    summary = _ingest(root, tmp_path / "lake", threads)
+    summary = _ingest(root, tmp_path / "lake", threads, **NO_PROBE)
     assert not summary.up_to_date
     assert (summary.written, summary.rejected) == (80, 0)
     assert _lake_paths(tmp_path / "lake") == sorted(files)
@@ -107,3 +109,14 @@ def test_a_botocore_error_while_probing_sizes_is_retried_not_fatal(jpeg_folder, 
     summary = _ingest(root, tmp_path / "lake", threads)
     assert FAULTS.injected == 2
     assert (summary.written, summary.rejected) == (80, 0)
+
+
+def test_seeded_fault_trials_lose_nothing_and_name_every_outage(tmp_path):
+    """The soak's case with 3 trials: each fails once naming the file that stays down, then
+    the rerun in the same client (right after the failed run's cancellations) commits all."""
+    from lakeio.testing.faults import run_source_fault_trials
+
+    write_image_folder(tmp_path / "src", 40, size=(24, 24), fmt="jpg", seed=5)
+    tally = run_source_fault_trials(tmp_path / "src", tmp_path, trials=3, seed=2)
+    assert (tally.trials, tally.lost) == (3, 0)
+    assert tally.detected == tally.recovered == 3 and tally.injected >= 3 * 4
