@@ -15,7 +15,7 @@ import numpy as np
 from lakeio.dataset import Dataset
 from lakeio.errors import CorruptChunkError
 from lakeio.format.chunks import crc32c_hex
-from lakeio.format.manifest import _refuse_constant
+from lakeio.format.manifest_checks import refuse_constant
 from lakeio.format.segment import (
     METADATA_CHECKSUMS,
     SUMMARY_CHECKSUM,
@@ -115,7 +115,7 @@ def _array_problem(ds: Dataset, key: str, seg, name: str, info, recorded) -> str
             return None
         return f"changed since it was written (crc32c {found}, recorded {recorded[name]})"
     try:  # a segment written before metadata checksums
-        doc = json.loads(raw, parse_constant=_refuse_constant)
+        doc = json.loads(raw, parse_constant=refuse_constant)
     except (ValueError, RecursionError) as exc:
         return f"array metadata is not JSON ({str(exc)[:80]})"
     shape = doc.get("shape") if isinstance(doc, dict) else None

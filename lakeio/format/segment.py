@@ -17,13 +17,8 @@ import numpy as np
 from lakeio.format.chunks import crc32c_hex, encode_chunk, encode_text_chunk
 from lakeio.format.codecs import parse_codec
 from lakeio.format.location import Location, remove_dead_partials
-from lakeio.format.manifest import (
-    MAX_BYTE_FIGURE,
-    MAX_SAMPLES,
-    SEGMENT_DIR,
-    FieldInfo,
-    _refuse_constant,
-)
+from lakeio.format.manifest import SEGMENT_DIR, FieldInfo
+from lakeio.format.manifest_checks import MAX_BYTE_FIGURE, MAX_SAMPLES, refuse_constant
 
 SUMMARY_ATTR = "lakeio_segment"
 METADATA_CHECKSUMS = "metadata_crc32c"  # in the summary: of each field's array zarr.json
@@ -169,7 +164,7 @@ def read_segment_summary(loc: Location, segment_id: str) -> dict[str, Any] | Non
     except FileNotFoundError:
         return None
     try:
-        doc = json.loads(raw, parse_constant=_refuse_constant)
+        doc = json.loads(raw, parse_constant=refuse_constant)
     except (ValueError, RecursionError):  # bad JSON or UTF-8, NaN, nested past the stack
         return None
     attrs = doc.get("attributes") if isinstance(doc, dict) else None

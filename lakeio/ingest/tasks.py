@@ -111,6 +111,15 @@ def _scratch(shape: tuple[int, ...]) -> np.ndarray:
     return buffer[:size].reshape(shape)
 
 
+def _check_shape(image: np.ndarray, shape: tuple[int, ...], path: str) -> None:
+    if image.shape != shape:
+        raise SourceError(
+            path,
+            f"size {image.shape[1]}x{image.shape[0]}x{image.shape[2]} (WxHxC) differs "
+            f"from the lake's {shape[1]}x{shape[0]}x{shape[2]}; pass --size HxW to resize",
+        )
+
+
 def run_segment_task(task: SegmentTask) -> dict[str, Any]:
     """Decode, validate and write one segment; returns its summary (with ``reused`` if it existed)."""
     existing = read_segment_summary(task.dest, task.segment_id)
@@ -124,12 +133,7 @@ def run_segment_task(task: SegmentTask) -> dict[str, Any]:
     for i in range(len(task)):
         try:
             image, label, path, nbytes = _read_source(task, i, images[len(labels)])
-            if image.shape != shape:
-                raise SourceError(
-                    path,
-                    f"size {image.shape[1]}x{image.shape[0]}x{image.shape[2]} (WxHxC) differs "
-                    f"from the lake's {shape[1]}x{shape[0]}x{shape[2]}; pass --size HxW to resize",
-                )
+            _check_shape(image, shape, path)
         except SourceError as exc:
             shown = display_path(exc.path)  # a name that is not UTF-8 prints as \xff escapes
             if not task.skip_errors:

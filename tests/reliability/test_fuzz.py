@@ -22,14 +22,13 @@ from lakeio.errors import CodecError, FormatError, SourceError
 from lakeio.format.codecs import CODECS, SHUFFLES, parse_codec
 from lakeio.format.location import Location
 from lakeio.format.manifest import (
-    MAX_CHUNK_BYTES,
-    MAX_SAMPLES,
     FieldInfo,
     Manifest,
     SegmentEntry,
     commit_manifest,
     manifest_key,
 )
+from lakeio.format.manifest_checks import MAX_CHUNK_BYTES, MAX_SAMPLES
 from lakeio.format.segment import SUMMARY_ATTR, read_segment_summary, write_segment
 from lakeio.ingest.decode import DecodeOptions
 from lakeio.ingest.options import parse_size as parse_hw
