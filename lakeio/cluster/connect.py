@@ -33,11 +33,13 @@ def dask_client(
     is printed through ``echo`` so the operator can watch the work.
     """
     if isinstance(cluster, Client):
+        require_workers(cluster)
         _announce(cluster, echo)
         yield cluster
         return
     if isinstance(cluster, str):
         with connect_address(cluster) as client:
+            require_workers(client)
             _announce(client, echo)
             yield client
         return
@@ -57,6 +59,24 @@ def dask_client(
         client.run(warm_worker)  # imports happen at start-up, not inside the first tasks
         _announce(client, echo)
         yield client
+
+
+def require_workers(client: Client, instead: str = "") -> list[str]:
+    """The cluster's workers, waiting up to ``lakeio.connect-timeout`` for a first one
+    (adaptive clusters start empty); with none, one error instead of tasks that wait for ever.
+    ``instead`` says what the user may do besides starting workers."""
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    if workers:
+        return workers
+    timeout = dask.config.get("lakeio.connect-timeout", "15s")
+    try:
+        client.wait_for_workers(1, timeout=timeout)
+    except TimeoutError:
+        raise LakeError(
+            f"the Dask cluster at {client.scheduler.address} has no workers (waited {timeout}, "
+            f"lakeio.connect-timeout); start some{instead}"
+        ) from None
+    return sorted(client.scheduler_info(n_workers=-1)["workers"])
 
 
 def connect_address(address: str) -> Client:

@@ -18,12 +18,12 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
 from math import inf
 
-import dask.config
 import numpy as np
 from dask.base import tokenize
 from distributed import Client
 
 from lakeio.cluster.affinity import owner
+from lakeio.cluster.connect import require_workers
 from lakeio.cluster.worker import LakeCachePlugin, load_chunks
 
 DECODE_MODES = ("trainer", "worker")
@@ -218,15 +218,4 @@ def _settle(future: Future, value=None, error: BaseException | None = None) -> N
 
 def _current_workers(client: Client) -> list[str]:
     """The cluster's workers now, waiting a little for a first one (adaptive clusters start empty)."""
-    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
-    if not workers:
-        timeout = dask.config.get("lakeio.connect-timeout", "15s")
-        try:
-            client.wait_for_workers(1, timeout=timeout)
-        except TimeoutError:
-            raise RuntimeError(
-                f"the Dask cluster at {client.scheduler.address} has no workers (waited {timeout}); "
-                "start some, or load in process (cluster=None)"
-            ) from None
-        workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
-    return workers
+    return require_workers(client, ", or load in process (cluster=None)")

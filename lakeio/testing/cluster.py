@@ -155,7 +155,8 @@ def process_cluster(
                 worker = [*dask, "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
                           "--no-dashboard", "--name", f"lakeio-test-{i}", "--local-directory", tmp, *secure]  # fmt: skip
                 procs.append(subprocess.Popen(_isolated(worker, private_dirs), **common))
-            _wait_for_workers(address, n_workers, timeout, tls)
+            if n_workers:  # a scheduler alone is a cluster too (tests of an empty one)
+                _wait_for_workers(address, n_workers, timeout, tls)
             yield address
         finally:
             for proc in reversed(procs):

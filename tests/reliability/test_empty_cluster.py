@@ -1,0 +1,53 @@
+"""A cluster with no workers: ingest, stats and the loader refuse in one line, never wait for ever
+(issue 10, item 5)."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import lakeio
+from lakeio.errors import LakeError
+from lakeio.testing.cluster import process_cluster
+
+LAKEIO = str(Path(sys.executable).with_name("lakeio"))
+
+
+@pytest.fixture(scope="module")
+def no_workers():
+    with process_cluster(n_workers=0) as address:
+        yield address
+
+
+@pytest.mark.parametrize("command", ["ingest", "stats"])
+def test_cli_commands_on_a_cluster_without_workers_refuse_in_one_line(
+    command, no_workers, png_folder, small_lake, tmp_path
+):
+    args = [png_folder[0], tmp_path / "lake"] if command == "ingest" else [small_lake[0]]
+    env = {**os.environ, "DASK_LAKEIO__CONNECT_TIMEOUT": "1s"}
+    started = time.monotonic()
+    run = subprocess.run(
+        [LAKEIO, command, *map(str, args), "--scheduler", no_workers],
+        capture_output=True, text=True, timeout=120, env=env,
+    )  # fmt: skip
+    assert run.returncode != 0
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"lakeio: error: the Dask cluster at {no_workers} has no workers (waited 1s, "
+        "lakeio.connect-timeout); start some"
+    )
+    assert time.monotonic() - started < 60
+
+
+def test_a_cluster_loader_without_workers_refuses(no_workers, small_lake):
+    import dask.config
+
+    ds = lakeio.open_dataset(small_lake[0])
+    with (
+        dask.config.set({"lakeio.connect-timeout": "1s"}),
+        pytest.raises(LakeError, match=r"has no workers .* or load in process"),
+        ds.loader(batch_size=32, cluster=no_workers) as loader,
+    ):
+        next(iter(loader))
