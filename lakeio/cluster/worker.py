@@ -168,6 +168,33 @@ def worker_stats(dask_worker) -> dict[str, Any]:
     return lake_totals(dask_worker.address)
 
 
+def gather_worker_stats(client, timeout: float | None = None) -> dict[str, dict[str, Any]]:
+    """Every worker's totals, asked of all at once; a worker that does not answer within
+    ``timeout`` seconds (``lakeio.stats-timeout``, default 5) is listed with an ``error``
+    instead of holding up the rest (a stopped or swapping worker never answers)."""
+    import asyncio
+
+    import dask.config
+
+    if timeout is None:
+        timeout = float(dask.config.get("lakeio.stats-timeout", 5))
+
+    async def one(address: str) -> tuple[str, dict[str, Any]]:
+        try:
+            ran = client._run(worker_stats, workers=[address])
+            return address, (await asyncio.wait_for(ran, timeout))[address]
+        except Exception as exc:  # no answer, gone meanwhile: say so for this worker only
+            late = isinstance(exc, (TimeoutError, asyncio.TimeoutError))
+            reason = f"no answer within {timeout:g} s" if late else exc
+            return address, {"error": f"{reason}"}
+
+    async def everyone() -> dict[str, dict[str, Any]]:
+        workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+        return dict(await asyncio.gather(*(one(w) for w in workers)))
+
+    return client.sync(everyone)
+
+
 _collector_registered = False
 
 

@@ -163,10 +163,10 @@ class Loader:
         s["stall_fraction"] = s["stall_seconds"] / s["seconds"] if s["seconds"] else 0.0
         s["cache"] = self.dataset.source.stats()
         if self.cluster is not None:
-            from lakeio.cluster.worker import worker_stats
+            from lakeio.cluster.worker import gather_worker_stats
 
             s["cluster_tasks"] = self.cluster_tasks
-            s["workers"] = self.cluster.client.run(worker_stats)
+            s["workers"] = gather_worker_stats(self.cluster.client)
         return s
 
     def __iter__(self) -> Iterator:

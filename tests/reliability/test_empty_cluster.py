@@ -51,3 +51,32 @@ def test_a_cluster_loader_without_workers_refuses(no_workers, small_lake):
         ds.loader(batch_size=32, cluster=no_workers) as loader,
     ):
         next(iter(loader))
+
+
+def test_loader_stats_name_a_stopped_worker_instead_of_blocking(small_lake):
+    """A worker that never answers (SIGSTOP) holds up nothing: the others' figures come back,
+    and it is listed as not answering."""
+    import signal
+
+    import dask.config
+    from distributed import Client
+
+    with process_cluster(n_workers=2) as address, Client(address) as client:
+        pids = client.run(os.getpid)
+        stopped = sorted(pids)[0]
+        ds = lakeio.open_dataset(small_lake[0])
+        with ds.loader(batch_size=32, cluster=client) as loader:
+            for _ in loader:
+                pass
+            os.kill(pids[stopped], signal.SIGSTOP)
+            try:
+                started = time.monotonic()
+                with dask.config.set({"lakeio.stats-timeout": 1}):
+                    workers = loader.stats()["workers"]
+                elapsed = time.monotonic() - started
+            finally:
+                os.kill(pids[stopped], signal.SIGCONT)
+    assert elapsed < 10
+    assert workers[stopped] == {"error": "no answer within 1 s"}
+    (other,) = set(workers) - {stopped}
+    assert "error" not in workers[other] and workers[other]
