@@ -19,7 +19,7 @@ import numpy as np
 from distributed import Client
 
 from lakeio.cache.config import Cache
-from lakeio.cluster.connect import dask_client
+from lakeio.cluster.connect import completed, dask_client
 from lakeio.dataset import open_dataset
 from lakeio.errors import CommitConflictError, LakeError
 from lakeio.format.manifest import Manifest, commit_manifest
@@ -66,13 +66,15 @@ def compute_stats(
         for i, block in enumerate(blocks)
     ]
     with dask_client(cluster, workers=workers, echo=echo) as client:
-        histograms, counts = client.compute(
+        futures = client.compute(
             [
                 dask.delayed(sum)(parts, dask_key_name=f"lakeio-stats-{token}"),
                 _class_counts(arrays["labels"], len(ds.classes)),
-            ],
-            sync=True,
+            ]
         )
+        for _ in completed(client, futures):  # an error if every worker goes for good
+            pass
+        histograms, counts = (f.result() for f in futures)
     stats = _summarize(histograms, counts, ds.manifest)
     committed = _commit_stats(ds.loc, ds.manifest, stats)
     return {**stats, "stored_in_version": committed.version}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -77,6 +78,32 @@ def require_workers(client: Client, instead: str = "") -> list[str]:
             f"lakeio.connect-timeout); start some{instead}"
         ) from None
     return sorted(client.scheduler_info(n_workers=-1)["workers"])
+
+
+def completed(client: Client, futures: list, poll: float = 1.0) -> Iterator:
+    """``futures`` as they finish (like ``as_completed``), but a cluster left without workers
+    for ``lakeio.connect-timeout`` (all died, none came back) is an error, not a wait for ever."""
+    from dask.utils import parse_timedelta
+    from distributed import wait
+
+    limit = parse_timedelta(dask.config.get("lakeio.connect-timeout", "15s"))
+    pending, empty_since = set(futures), None
+    while pending:
+        try:
+            done, pending = wait(pending, timeout=poll, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            done = set()
+        yield from done
+        if done or client.scheduler_info(n_workers=-1)["workers"]:
+            empty_since = None
+        elif empty_since is None:
+            empty_since = time.monotonic()
+        elif time.monotonic() - empty_since > limit:
+            raise LakeError(
+                f"every worker of the Dask cluster at {client.scheduler.address} is gone and "
+                f"none came back within {limit:g} s (lakeio.connect-timeout); nothing was "
+                "committed: start workers and rerun (work already written is kept)"
+            )
 
 
 def connect_address(address: str) -> Client:

@@ -15,10 +15,10 @@ from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
-from distributed import Client, as_completed
+from distributed import Client
 from tqdm.auto import tqdm
 
-from lakeio.cluster.connect import dask_client
+from lakeio.cluster.connect import completed, dask_client
 from lakeio.errors import (
     IngestError,
     LakeNotFoundError,
@@ -233,7 +233,7 @@ def _run_tasks(
     results: list[dict | None] = [None] * len(tasks)
     total = sum(len(t) for t in tasks)
     with tqdm(total=total, unit="img", desc="lakeio ingest", disable=not progress) as bar:
-        for future in as_completed(list(futures)):
+        for future in completed(client, list(futures)):
             i = futures[future]
             try:
                 results[i] = future.result()

@@ -80,3 +80,42 @@ def test_loader_stats_name_a_stopped_worker_instead_of_blocking(small_lake):
     assert workers[stopped] == {"error": "no answer within 1 s"}
     (other,) = set(workers) - {stopped}
     assert "error" not in workers[other] and workers[other]
+
+
+def test_an_ingest_whose_workers_all_die_for_good_stops_instead_of_waiting(tmp_path):
+    """The worker (and its nanny, so none comes back) is killed while a task is stuck on a
+    named pipe: the ingest must end with one error, not wait for ever."""
+    import signal
+    import threading
+
+    import dask.config
+    from distributed import Client
+
+    from lakeio.testing.images import write_image_folder
+
+    write_image_folder(tmp_path / "src", 8, size=(16, 16), fmt="png", seed=3)
+    os.mkfifo(tmp_path / "src" / "coffee" / "zzz.png")  # a read that never ends
+    outcome = []
+    with process_cluster(n_workers=1) as address, Client(address) as client:
+        (pid,) = client.run(os.getpid).values()
+        (nanny,) = client.run(os.getppid).values()
+
+        def ingest():
+            try:
+                lakeio.ingest(tmp_path / "src", tmp_path / "lake", cluster=address,
+                              size=(16, 16), channels=3, progress=False, echo=None)  # fmt: skip
+            except Exception as exc:
+                outcome.append(exc)
+
+        with dask.config.set({"lakeio.connect-timeout": "1s"}):
+            runner = threading.Thread(target=ingest)
+            runner.start()
+            time.sleep(3)  # the task is reading the pipe now
+            for victim in (nanny, pid):
+                os.kill(victim, signal.SIGKILL)
+            runner.join(timeout=60)
+    assert not runner.is_alive()
+    (error,) = outcome
+    assert isinstance(error, LakeError) and "is gone and none came back" in str(error)
+    with pytest.raises(LakeError):
+        lakeio.open_dataset(tmp_path / "lake")  # nothing committed
