@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import CancelledError
 from contextlib import contextmanager
 
 import dask.config
@@ -80,19 +81,24 @@ def require_workers(client: Client, instead: str = "") -> list[str]:
     return sorted(client.scheduler_info(n_workers=-1)["workers"])
 
 
-def completed(client: Client, futures: list, poll: float = 1.0) -> Iterator:
+def completed(client: Client, futures, poll: float = 1.0) -> Iterator:
     """``futures`` as they finish (like ``as_completed``), but a cluster left without workers
-    for ``lakeio.connect-timeout`` (all died, none came back) is an error, not a wait for ever."""
+    for ``lakeio.connect-timeout`` (all died, none came back) is an error, not a wait for ever.
+    Given a set, it waits for what the caller adds to it meanwhile too (a resubmitted task)."""
     from dask.utils import parse_timedelta
     from distributed import wait
 
     limit = parse_timedelta(dask.config.get("lakeio.connect-timeout", "15s"))
-    pending, empty_since = set(futures), None
+    pending = futures if isinstance(futures, set) else set(futures)  # the caller may add to it
+    empty_since = None
     while pending:
         try:
-            done, pending = wait(pending, timeout=poll, return_when="FIRST_COMPLETED")
+            done, _ = wait(list(pending), timeout=poll, return_when="FIRST_COMPLETED")
         except TimeoutError:
             done = set()
+        except CancelledError:  # wait() raises for cancelled futures: hand them on instead
+            done = {f for f in pending if f.done()}
+        pending -= done
         yield from done
         if done or client.scheduler_info(n_workers=-1)["workers"]:
             empty_since = None

@@ -10,15 +10,17 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from concurrent.futures import CancelledError
 from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 from distributed import Client
+from distributed.comm.core import CommClosedError
 from tqdm.auto import tqdm
 
-from lakeio.cluster.connect import completed, dask_client
+from lakeio.cluster.connect import completed, dask_client, require_workers
 from lakeio.errors import (
     IngestError,
     LakeNotFoundError,
@@ -206,6 +208,9 @@ def _check_mode(dest: Location, base: Manifest | None, mode: str) -> None:
         )
 
 
+LOST_DATA_RETRIES = 3  # scatters of one array task's data after workers holding it died
+
+
 def _submit(client: Client, task: SegmentTask, run: str):
     # Each run's tasks are its own: with the segment id alone as the key, Dask hands an ingest
     # into another lake the first one's result (and that lake misses the segment), and a rerun
@@ -214,9 +219,21 @@ def _submit(client: Client, task: SegmentTask, run: str):
     if task.src is not None:
         return client.submit(run_segment_task, task, key=key, retries=2)
     # arrays travel as scattered data, not inside the task graph
-    data = client.scatter((task.images, task.labels), hash=False)
+    data = _scatter(client, (task.images, task.labels))
     lean = replace(task, images=None, labels=None)
     return client.submit(_run_array_task, lean, data, key=key, retries=2)
+
+
+def _scatter(client: Client, data):
+    """Scatter ``data``; a worker dying during it (``Stream is closed``) is tried around."""
+    for attempt in range(LOST_DATA_RETRIES + 1):
+        try:
+            return client.scatter(data, hash=False)
+        except CommClosedError:
+            if attempt == LOST_DATA_RETRIES:
+                raise
+            require_workers(client)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _run_array_task(task: SegmentTask, data) -> dict:
@@ -230,13 +247,24 @@ def _run_tasks(
     """Run the segment tasks with a progress bar; in ``fail`` mode stop at the first bad file."""
     run = uuid.uuid4().hex[:8]
     futures = {_submit(client, task, run): i for i, task in enumerate(tasks)}
+    pending, lost = set(futures), [0] * len(tasks)
     results: list[dict | None] = [None] * len(tasks)
     total = sum(len(t) for t in tasks)
     with tqdm(total=total, unit="img", desc="lakeio ingest", disable=not progress) as bar:
-        for future in completed(client, list(futures)):
+        for future in completed(client, pending):
             i = futures[future]
             try:
                 results[i] = future.result()
+            except (CancelledError, CommClosedError):
+                # The worker holding an array task's scattered data died with it: this client
+                # still has the arrays, so scatter them again (folder tasks reread their files).
+                if tasks[i].src is not None or lost[i] >= LOST_DATA_RETRIES:
+                    raise
+                lost[i] += 1
+                again = _submit(client, tasks[i], f"{run}-{lost[i]}")
+                futures[again] = i
+                pending.add(again)
+                continue
             except SourceError as exc:
                 client.cancel(list(futures))
                 raise IngestError(
