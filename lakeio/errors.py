@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 
+def clipped(text: str, limit: int = 40) -> str:
+    """``text`` cut to ``limit`` characters for a message: a bad value may be megabytes long,
+    and the message must name it without copying it."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class LakeError(Exception):
     """Root of every error lakeio raises on purpose; the CLI prints these as one line."""
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import re
 
+from lakeio.errors import clipped
+
 _UNITS = {
     "": 1, "b": 1,
     "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
@@ -29,6 +31,6 @@ def parse_size(value: int | float | str | None, name: str = "size") -> int | Non
     match = _PATTERN.fullmatch(text)
     unit = match.group(2).lower() if match else None
     if not match or unit not in _UNITS:
-        shown = text if len(text) <= 40 else text[:37] + "..."
+        shown = clipped(text)
         raise ValueError(f"{name}: {shown!r} is not a size such as '512MB', '8GiB' or 1000000")
     return parse_size(float(match.group(1)) * _UNITS[unit], name)

@@ -22,7 +22,7 @@ from lakeio.format.segment import (
     chunk_count,
     field_document,
     group_document,
-    read_segment_summary,
+    parse_segment_summary,
     summary_checksum,
 )
 
@@ -75,17 +75,17 @@ def _check_segment_summary(ds: Dataset, s: int, report: VerifyReport) -> None:
     (checksummed, and agreeing with the manifest) and each field's array metadata (checked
     against the checksums the summary recorded, or, in older segments, by content)."""
     seg, m = ds.manifest.segments[s], ds.manifest
-    summary = read_segment_summary(ds.loc, seg.id)
+    raw = _read_metadata(ds, f"{seg.key}/zarr.json")  # read once: summary and bytes both
+    summary = parse_segment_summary(raw) if isinstance(raw, bytes) else None
     recorded = (summary or {}).get(METADATA_CHECKSUMS)
-    problems = [(f"{seg.key}/zarr.json", _group_problem(ds, seg, summary))]
+    problems = [(f"{seg.key}/zarr.json", _group_problem(seg, raw, summary))]
     for name, info in m.fields.items():
         key = f"{seg.key}/{name}/zarr.json"
         problems.append((key, _array_problem(ds, key, seg, name, info, recorded)))
     report.problems += [(key, problem) for key, problem in problems if problem]
 
 
-def _group_problem(ds: Dataset, seg, summary: dict | None) -> str | None:
-    raw = _read_metadata(ds, f"{seg.key}/zarr.json")
+def _group_problem(seg, raw: bytes | str, summary: dict | None) -> str | None:
     if isinstance(raw, str):
         return raw
     if summary is None:

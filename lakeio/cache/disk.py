@@ -14,7 +14,6 @@ value whose write failed midway is removed, never left behind or served.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import hashlib
 import os
@@ -29,6 +28,7 @@ import diskcache
 
 from lakeio.cache.tier import TierStats
 from lakeio.errors import CorruptChunkError, LakeError
+from lakeio.format.location import is_storage_full
 
 LOCK_STRIPES = 256  # lock files; keys share one by hash, so a clash only delays a fetch
 # What a disk that is full, out of inodes or read-only raises out of diskcache and SQLite.
@@ -329,7 +329,7 @@ os.register_at_fork(
 def _disk_full(exc: BaseException) -> bool:
     """No space or inodes left: what a full disk looks like to open(), mkdir() and SQLite."""
     if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        return is_storage_full(exc)
     return isinstance(exc, sqlite3.Error) and "full" in str(exc).lower()
 
 

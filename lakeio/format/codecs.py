@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lakeio.errors import CodecError
+from lakeio.errors import CodecError, clipped
 
 SHUFFLES = ("noshuffle", "shuffle", "bitshuffle")
 
@@ -101,7 +101,7 @@ def parse_codec(spec: str) -> CodecSpec:
     """Parse a codec spec string; a bad one raises `CodecError` listing the valid forms."""
     if not isinstance(spec, str) or not spec.strip():
         raise CodecError(f"codec spec must be a non-empty string; valid: {_valid_list()}")
-    shown = spec if len(spec) <= 40 else spec[:37] + "..."  # a message, not a copy of the input
+    shown = clipped(spec)
     parts = spec.strip().lower().split(":")
     name, args = parts[0], parts[1:]
     info = CODECS.get(name)
@@ -124,7 +124,7 @@ def parse_codec(spec: str) -> CodecSpec:
 
 
 def _parse_level(spec: str, text: str, info: CodecInfo) -> int:
-    shown = text if len(text) <= 12 else text[:9] + "..."
+    shown = clipped(text, 12)
     if not (text.isascii() and text.isdigit()):  # int() alone takes " 5", "+5", "1_0" and "٣"
         raise CodecError(f"codec {spec!r}: level {shown!r} is not an integer (ASCII digits)")
     low, high = info.levels  # type: ignore[misc]

@@ -10,7 +10,7 @@ import math
 import re
 from typing import Any
 
-from lakeio.errors import CodecError, FormatError
+from lakeio.errors import CodecError, FormatError, clipped
 from lakeio.format.codecs import parse_codec
 from lakeio.format.manifest import (
     FORMAT_NAME,
@@ -46,8 +46,7 @@ def refuse_constant(name: str) -> Any:
 
 def _short(value: Any) -> str:
     """A value for a message, cut short: a manifest's value may be megabytes long."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
+    return clipped(repr(value), 60)
 
 
 def _found(value: Any) -> str:

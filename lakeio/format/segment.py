@@ -163,6 +163,11 @@ def read_segment_summary(loc: Location, segment_id: str) -> dict[str, Any] | Non
         raw = loc.read_bytes(f"{segment_key(segment_id)}/zarr.json")
     except FileNotFoundError:
         return None
+    return parse_segment_summary(raw)
+
+
+def parse_segment_summary(raw: bytes) -> dict[str, Any] | None:
+    """The completion summary in a segment group's ``zarr.json`` bytes, or None (as above)."""
     try:
         doc = json.loads(raw, parse_constant=refuse_constant)
     except (ValueError, RecursionError):  # bad JSON or UTF-8, NaN, nested past the stack

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -237,8 +238,35 @@ def decode_image(
 ) -> np.ndarray:
     """Decode one encoded image into an (H, W, C) uint8 array; `SourceError` if it cannot be.
 
-    ``out``, if given, is a buffer the result may (not must) be decoded into.
+    ``out``, if given, is a buffer the result may (not must) be decoded into. Hostile bytes
+    trip decoder plugins in ways they do not report as decode errors: any exception raised
+    inside Pillow or simplejpeg is a `SourceError` naming the file too. One raised in lakeio's
+    own code is a bug, not a bad image: it propagates, so it can never reject images quietly.
     """
+    try:
+        return _decode_image(data, path, opts, out)
+    except (SourceError, MemoryError):
+        raise
+    except Exception as exc:
+        if not _raised_by_decoder(exc):
+            raise
+        raise SourceError(
+            path, f"image could not be decoded ({type(exc).__name__}: {exc})"
+        ) from None
+
+
+_DECODERS = (f"{os.sep}PIL{os.sep}", f"{os.sep}simplejpeg{os.sep}")
+
+
+def _raised_by_decoder(exc: BaseException) -> bool:
+    """Whether the innermost frame of ``exc`` is in Pillow or simplejpeg."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and any(d in tb.tb_frame.f_code.co_filename for d in _DECODERS)
+
+
+def _decode_image(data: bytes, path: str, opts: DecodeOptions, out: np.ndarray | None):
     if data[:3] == b"\xff\xd8\xff":
         pixels = _decode_plain_jpeg(data, path, opts, out)
         if pixels is not None:

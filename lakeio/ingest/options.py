@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass
 
+from lakeio.errors import clipped
 from lakeio.format.codecs import parse_codec
 from lakeio.ingest.decode import DecodeOptions
 
@@ -84,7 +85,7 @@ def parse_size(text: str) -> tuple[int, int]:
     """
     match = _SIZE.fullmatch(text)
     if match is None:
-        shown = text if len(text) <= 40 else text[:37] + "..."
+        shown = clipped(text)
         raise ValueError(f"size {shown!r} is not HxW (e.g. 224x224)")
     height = int(match.group(1))
     width = int(match.group(2) or height)

@@ -54,37 +54,10 @@ def _read_source(task: SegmentTask, i: int, out: np.ndarray) -> tuple[np.ndarray
             if _broken_link(task.src, item.path):  # the folder's content: no rerun mends it
                 raise SourceError(item.path, "broken symbolic link (no target)") from None
             raise SourceReadError(item.path, f"cannot read file ({exc.strerror or exc})") from None
-        return _decode(data, item.path, task.decode, out), item.label, item.path, len(data)
+        return decode_image(data, item.path, task.decode, out), item.label, item.path, len(data)
     name = task.names[i]
     image = conform_array(task.images[i], name, task.decode)
     return image, int(task.labels[i]), name, image.nbytes
-
-
-def _decode(data: bytes, path: str, opts: DecodeOptions, out: np.ndarray) -> np.ndarray:
-    """`decode_image`, with a decoder plugin's own failure (hostile bytes trip plugins in ways
-    they do not report as decode errors) turned into a `SourceError` naming the file. A failure
-    raised in lakeio's code is a bug, not a bad image: it stops the ingest, never rejects."""
-    try:
-        return decode_image(data, path, opts, out)
-    except (SourceError, MemoryError):
-        raise
-    except Exception as exc:
-        if not _raised_by_decoder(exc):
-            raise
-        raise SourceError(
-            path, f"image could not be decoded ({type(exc).__name__}: {exc})"
-        ) from None
-
-
-_DECODERS = (f"{os.sep}PIL{os.sep}", f"{os.sep}simplejpeg{os.sep}")
-
-
-def _raised_by_decoder(exc: BaseException) -> bool:
-    """Whether the innermost frame of ``exc`` is in Pillow or simplejpeg."""
-    tb = exc.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    return tb is not None and any(d in tb.tb_frame.f_code.co_filename for d in _DECODERS)
 
 
 def _broken_link(src: Location, path: str) -> bool:

@@ -24,8 +24,7 @@ import numpy as np
 from PIL import Image
 
 from lakeio.errors import SourceError
-from lakeio.ingest.decode import DecodeOptions
-from lakeio.ingest.tasks import _decode
+from lakeio.ingest.decode import DecodeOptions, decode_image
 from lakeio.testing.tally import Tally
 
 KINDS = ("flip", "truncate", "insert", "overwrite", "dimensions", "marker", "fix-crc")
@@ -147,7 +146,7 @@ def decode_outcome(
     expected = (*opts.size, opts.channels)
     started = time.perf_counter()
     try:
-        pixels = _decode(data, path, opts, np.empty(expected, np.uint8))
+        pixels = decode_image(data, path, opts, np.empty(expected, np.uint8))
     except SourceError as exc:
         kind = "rejected" if exc.path == path else "lost"
         detail = exc.reason if exc.path == path else f"SourceError names {exc.path!r}"

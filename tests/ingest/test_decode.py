@@ -189,17 +189,16 @@ def test_a_failure_in_lakeio_own_code_is_an_error_not_a_rejected_image(monkeypat
     from PIL import Image
 
     from lakeio.errors import SourceError
-    from lakeio.ingest.decode import DecodeOptions
-    from lakeio.ingest.tasks import _decode
+    from lakeio.ingest.decode import DecodeOptions, decode_image
 
     png = io.BytesIO()
     Image.new("RGB", (4, 4)).save(png, "PNG")
     with pytest.raises(SourceError, match=r"x\.png"):  # the plugin's own trouble: a reject
-        _decode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "x.png", DecodeOptions(), None)
+        decode_image(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "x.png", DecodeOptions(), None)
 
     def bug(image, opts):
         raise IndexError("a bug in lakeio")
 
     monkeypatch.setattr(importlib.import_module("lakeio.ingest.decode"), "_to_colour", bug)
     with pytest.raises(IndexError, match="a bug in lakeio"):
-        _decode(png.getvalue(), "y.png", DecodeOptions(), None)
+        decode_image(png.getvalue(), "y.png", DecodeOptions(), None)

@@ -459,9 +459,9 @@ def test_a_mutated_image_decodes_to_the_lake_size_or_is_a_source_error_naming_it
 def test_specific_mutations_are_refused_with_their_reason(which, change, reason):
     name, data = SEEDS[which]
     with pytest.raises(SourceError, match=reason) as err:
-        from lakeio.ingest.tasks import _decode
+        from lakeio.ingest.decode import decode_image
 
-        _decode(mutate(data, change), f"cls/{name}", OPTS, np.empty((32, 32, 3), np.uint8))
+        decode_image(mutate(data, change), f"cls/{name}", OPTS, np.empty((32, 32, 3), np.uint8))
     assert err.value.path == f"cls/{name}"
 
 
@@ -489,9 +489,9 @@ def test_a_folder_of_mutated_images_ingests_into_report_lines(tmp_path, threads)
     ds = lakeio.open_dataset(tmp_path / "lake")
     paths = [ds.sample(i, ("paths",))["paths"] for i in range(len(ds))]
     assert sorted(paths) == sorted(set(files) - rejected)
-    from lakeio.ingest.tasks import _decode
+    from lakeio.ingest.decode import decode_image
 
     for i, path in enumerate(paths):
-        pixels = _decode(files[path], path, OPTS, np.empty((32, 32, 3), np.uint8))
+        pixels = decode_image(files[path], path, OPTS, np.empty((32, 32, 3), np.uint8))
         np.testing.assert_array_equal(ds[i][0], pixels)
     assert verify_lake(ds).ok
