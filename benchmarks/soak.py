@@ -79,6 +79,12 @@ def _fuzz(work: Path, scale: float) -> list[Tally]:
     return [run_decode_fuzz(trials=int(2000 * scale), seed=1)]
 
 
+def _churn(work: Path, scale: float) -> list[Tally]:
+    from lakeio.testing.churn import EVENTS, run_churn_trials
+
+    return [run_churn_trials(work, trials=max(len(EVENTS), int(20 * scale)), seed=1)]
+
+
 CASES: dict[str, Callable[[Path, float], list[Tally]]] = {
     "kill": _kill,
     "corrupt": _corrupt,
@@ -86,6 +92,7 @@ CASES: dict[str, Callable[[Path, float], list[Tally]]] = {
     "crowd": _crowd,
     "full disk": _full_disk,
     "fuzz": _fuzz,
+    "churn": _churn,
 }
 
 

@@ -15,15 +15,21 @@ from collections import OrderedDict
 
 import numpy as np
 
+from lakeio.cache.schedule import Schedule
 from lakeio.cache.tier import TierStats
 
 POLICIES = ("plan", "lru")
 
 
 class MemoryTier:
-    """Decoded chunks (ndarrays) up to ``capacity`` bytes; a chunk larger than that is not kept."""
+    """Decoded chunks (ndarrays) up to ``capacity`` bytes; a chunk larger than that is not kept.
 
-    def __init__(self, capacity: int, policy: str = "plan") -> None:
+    ``schedule`` holds what the plan says about next uses: one reader's word by default, or a
+    `SharedSchedule` where many readers share the tier (a Dask worker's)."""
+
+    def __init__(
+        self, capacity: int, policy: str = "plan", schedule: Schedule | None = None
+    ) -> None:
         if policy not in POLICIES:
             raise ValueError(
                 f"eviction policy must be one of {', '.join(POLICIES)}, not {policy!r}"
@@ -31,15 +37,21 @@ class MemoryTier:
         self.capacity = int(capacity)
         self.policy = policy
         self._items: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._next_use: dict[str, float] = {}
+        self._schedule = schedule if schedule is not None else Schedule()
         self._bytes = 0
         self._lock = threading.Lock()
         self._stats = TierStats()
 
-    def schedule(self, next_use: dict[str, float]) -> None:
-        """Tell the tier when keys are needed next (smaller = sooner); unknown keys count as never."""
+    def schedule(self, next_use: dict[str, float], reader: str = "", now: float = 0.0) -> None:
+        """Tell the tier when keys are needed next (smaller = sooner); unknown keys count as never.
+        ``reader`` and its clock's ``now`` matter to a shared schedule only."""
         with self._lock:
-            self._next_use.update(next_use)
+            self._schedule.tell(next_use, reader, now)
+
+    def forget(self, reader: str) -> None:
+        """``reader`` will not read again: its plan no longer counts."""
+        with self._lock:
+            self._schedule.forget(reader)
 
     def get(self, key: str) -> np.ndarray | None:
         with self._lock:
@@ -71,14 +83,26 @@ class MemoryTier:
 
     def _victim(self) -> str:
         """The key to drop: least recently used, or (plan) the one needed furthest ahead."""
-        if self.policy == "lru" or not self._next_use:
+        if self.policy == "lru" or self._schedule.empty:
             return next(iter(self._items))
         victim, latest = None, -math.inf
         for key in self._items:  # least recently used first, so ties go to the older entry
-            when = self._next_use.get(key, math.inf)
+            when = self._schedule.when(key)
             if when > latest:
                 victim, latest = key, when
         return victim
+
+    def resize(self, capacity: int) -> int:
+        """Set the capacity, evicting by the policy down to it; the bytes evicted."""
+        with self._lock:
+            self.capacity = max(0, int(capacity))
+            freed = 0
+            while self._bytes > self.capacity:
+                dropped = self._items.pop(self._victim())
+                self._bytes -= dropped.nbytes
+                freed += dropped.nbytes
+                self._stats.evictions += 1
+            return freed
 
     def evict(self, key: str) -> None:
         with self._lock:
@@ -100,5 +124,5 @@ class MemoryTier:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
-            self._next_use.clear()
+            self._schedule.clear()
             self._bytes = 0

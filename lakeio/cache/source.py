@@ -26,20 +26,30 @@ STORED_PREFIX = "stored:"  # memory-tier keys of stored (not decoded) chunk byte
 
 
 class ChunkSource:
-    """Decoded chunks of a lake's fields, served from the cheapest tier that has them."""
+    """Decoded chunks of a lake's fields, served from the cheapest tier that has them.
 
-    def __init__(self, loc: Location, manifest: Manifest, cache: Cache | None = None) -> None:
+    ``memory`` is a memory tier shared with other sources (a Dask worker's one budget for every
+    lake and version it serves); by default the source has its own, sized by ``cache``."""
+
+    def __init__(
+        self,
+        loc: Location,
+        manifest: Manifest,
+        cache: Cache | None = None,
+        memory: MemoryTier | None = None,
+    ) -> None:
         self.loc = loc
         self.manifest = manifest
         self.cache = cache or Cache()
-        self.memory = (
-            MemoryTier(self.cache.memory, self.cache.eviction) if self.cache.memory else None
-        )
+        if memory is None and self.cache.memory:
+            memory = MemoryTier(self.cache.memory, self.cache.eviction)
+        self.memory = memory
         self.disk = DiskTier(self.cache.disk, self.cache.disk_size) if self.cache.disk else None
         self._codecs = {name: parse_codec(f.codec) for name, f in manifest.fields.items()}
         self._lock = threading.Lock()
         self._counts = {
             "requests": 0,
+            "memory_hits": 0,  # this source's own (the memory tier may serve other sources too)
             "origin_reads": 0,
             "origin_bytes": 0,
             "decode_seconds": 0.0,
@@ -87,8 +97,10 @@ class ChunkSource:
                 raise exc.of_lake(self.loc.describe()) from None
             if self.memory is not None:
                 self.memory.put(cache_key, value)
-        self._add("hit_seconds" if hit else "miss_seconds", time.perf_counter() - started)
-        self._add("requests", 1)
+        with self._lock:
+            self._counts["hit_seconds" if hit else "miss_seconds"] += time.perf_counter() - started
+            self._counts["requests"] += 1
+            self._counts["memory_hits"] += hit
         return value
 
     def _load_stored(self, key: str) -> bytes:
@@ -114,10 +126,13 @@ class ChunkSource:
         """Verify and decode stored chunk bytes of ``field`` (e.g. received from a worker)."""
         return self._decode(field, raw, key)
 
-    def schedule(self, refs_and_times, stored: bool = False) -> None:
+    def schedule(
+        self, refs_and_times, stored: bool = False, reader: str = "", now: float = 0.0
+    ) -> None:
         """Tell the memory tier when chunks are needed next: ((segment, chunk), time) pairs.
 
-        ``stored`` schedules the stored-bytes entries (`get_raw`) instead of the decoded ones."""
+        ``stored`` schedules the stored-bytes entries (`get_raw`) instead of the decoded ones;
+        ``reader`` and ``now`` (on the reader's clock) matter where readers share the tier."""
         if self.memory is None:
             return
         prefix = STORED_PREFIX if stored else ""
@@ -125,7 +140,7 @@ class ChunkSource:
         for (segment, chunk), when in refs_and_times:
             for field in self.manifest.fields:
                 times[prefix + self.loc.describe(self.key(segment, field, chunk))] = when
-        self.memory.schedule(times)
+        self.memory.schedule(times, reader, now)
 
     def read_origin(self, segment: int, field: str, chunk: int) -> np.ndarray:
         """The chunk decoded straight from the origin, bypassing every tier (for verification)."""
@@ -190,6 +205,8 @@ class ChunkSource:
             c = dict(self._counts)
         requests = c["requests"]
         memory = self.memory.stats() if self.memory is not None else None
+        if memory is not None:  # requests and hits are this source's, the rest the tier's
+            memory.requests, memory.hits = requests, c["memory_hits"]
         out: dict[str, Any] = {
             "requests": requests,
             "origin_reads": c["origin_reads"],

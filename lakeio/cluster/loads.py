@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 import uuid
-from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass
 from math import inf
+from typing import Any
 
+import dask.config
 import numpy as np
 from dask.base import tokenize
 from distributed import Client
@@ -25,8 +28,10 @@ from distributed import Client
 from lakeio.cluster.affinity import owner
 from lakeio.cluster.connect import require_workers
 from lakeio.cluster.worker import LakeCachePlugin, load_chunks
+from lakeio.errors import LakeError
 
 DECODE_MODES = ("trainer", "worker")
+MAX_ATTEMPTS = 5  # submissions of one task: moves to new owners and retries after cancellation
 
 
 @dataclass(frozen=True)
@@ -70,8 +75,29 @@ def register_lake(client: Client, dataset) -> str:
     return token
 
 
+@dataclass
+class _Group:
+    """One task's chunks, the futures waiting for them, and the task serving them now (a task
+    whose owner left is replaced by one on the chunk's new owner)."""
+
+    chunks: list[int]
+    results: dict[int, Future]
+    task: Any = None
+    owner: str | None = None
+    attempt: int = 0
+    received: bool = False
+
+
 class ClusterLoads:
-    """Chunk loads for one epoch of one trainer, as tasks on the cluster (see the module doc)."""
+    """Chunk loads for one epoch of one trainer, as tasks on the cluster (see the module doc).
+
+    Ownership follows the workers that exist now: a watcher asks the scheduler for its workers
+    every ``lakeio.cluster.check-interval`` while tasks are out, and moves the tasks of an owner
+    that left to the chunks' new owners. (Dask alone parks a task pinned to a vanished worker as
+    ``no-worker`` when no worker was left at that moment, and keeps it there when new ones
+    join.) A cluster left with no workers for ``lakeio.connect-timeout`` fails the loads with
+    one error instead of a wait for ever.
+    """
 
     def __init__(
         self,
@@ -84,6 +110,8 @@ class ClusterLoads:
         budget: int,
         threads: int = 4,
         next_use: dict[int, float] | None = None,
+        reader: str = "",
+        epoch: int = 0,
     ) -> None:
         self.client = client
         self.dataset = dataset
@@ -93,19 +121,19 @@ class ClusterLoads:
         self._refs = dataset._chunk_table[0]
         self._order = order
         self._next_use = next_use
+        self._reader, self._epoch = reader, epoch
         self._position = {c: i for i, c in enumerate(order)}
         workers = _current_workers(client)
         self._workers = len(workers)
-        self._owner = (
-            {c: owner(self._chunk_name(c), workers) for c in order} if options.affinity else {}
-        )
+        self._known = frozenset(workers)
+        self._owners: dict[int, str] = {}  # chunk → owner among self._known (filled on demand)
         chunk_bytes = max(1, dataset.chunk_nbytes(fields))
         # Tens of MB per task, but no task may hold more than a share of the prefetch budget
         # (with many workers the share, not task_bytes, sets the size).
         share = budget // (2 * self._workers * chunk_bytes)
         self._group = max(1, min(64, options.task_bytes // chunk_bytes, share))
         self._pending: dict[int, Future] = {}  # chunk → its result, for chunks already submitted
-        self._tasks: list = []  # the Dask futures of groups not yet fully received
+        self._out: list[_Group] = []  # groups not yet received
         self._pool = ThreadPoolExecutor(
             max_workers=max(1, threads), thread_name_prefix="lakeio-recv"
         )
@@ -113,7 +141,12 @@ class ClusterLoads:
         self._nonce = uuid.uuid4().hex[:10]
         self._lock = threading.Lock()
         self._closed = False
+        self._stop = threading.Event()
+        self._watcher = threading.Thread(target=self._watch, name="lakeio-owners", daemon=True)
+        self._watcher.start()
         self.tasks = 0
+        self.moved = 0  # tasks moved to a new owner after theirs left
+        self.retried = 0  # tasks submitted again after someone else cancelled them
 
     def _chunk_name(self, chunk: int) -> str:
         """What ownership is hashed on: the chunk itself, whatever fields a loader reads."""
@@ -121,6 +154,14 @@ class ClusterLoads:
         return (
             f"{self.dataset.loc.url}#{self.dataset.manifest.segments[ref.segment].id}/{ref.chunk}"
         )
+
+    def _owner(self, chunk: int) -> str | None:
+        if not self.options.affinity:
+            return None
+        home = self._owners.get(chunk)
+        if home is None:
+            home = self._owners[chunk] = owner(self._chunk_name(chunk), sorted(self._known))
+        return home
 
     def start(self, chunk: int) -> Future:
         """The future of ``chunk``'s decoded fields; submits its group's task on first request."""
@@ -136,53 +177,155 @@ class ClusterLoads:
         group = [chunk]
         if self._group == 1:
             return group
-        home = self._owner.get(chunk)
+        home = self._owner(chunk)
         start = self._position[chunk] + 1
         horizon = start + 4 * self._group * self._workers  # look no further than a few tasks ahead
         for c in self._order[start:horizon]:
-            if c not in self._pending and c != chunk and self._owner.get(c) == home:
+            if c not in self._pending and c != chunk and self._owner(c) == home:
                 group.append(c)
                 if len(group) == self._group:
                     break
         return group
 
     def _submit_group(self, chunk: int) -> None:
-        group = self._group_for(chunk)
-        refs = [(self._refs[c].segment, self._refs[c].chunk) for c in group]
-        placement = {}
-        if self.options.affinity:
-            placement = {"workers": [self._owner[chunk]], "allow_other_workers": True}
-        when = None if self._next_use is None else [self._next_use.get(c, inf) for c in group]
-        task = self.client.submit(
-            load_chunks, self.token, refs, self.fields, self.options.decode, when,
-            key=f"lakeio-load-{self._nonce}-{chunk}", pure=False, **placement,
-        )  # fmt: skip
+        chunks = self._group_for(chunk)
+        group = _Group(chunks, {c: Future() for c in chunks})
+        self._submit(group)
         self.tasks += 1
-        self._tasks.append(task)
-        results = {c: Future() for c in group}
-        self._pending.update(results)
-        self._pool.submit(self._receive, task, group, results)
+        self._out.append(group)
+        self._pending.update(group.results)
+        self._pool.submit(self._receive, group)
 
-    def _receive(self, task, group: list[int], results: dict[int, Future]) -> None:
-        """Fetch a group's result once (straight from the worker), then hand out its chunks."""
-        try:
-            payload = self.client.gather(task, direct=self._direct)
-        except BaseException as exc:  # incl. cancellation: every waiting chunk learns of it
-            for future in results.values():
-                _settle(future, error=exc)
-            return
-        finally:
+    def _submit(self, group: _Group) -> None:
+        """Submit ``group``'s task to its first chunk's owner now (holding the lock)."""
+        first = group.chunks[0]
+        refs = [(self._refs[c].segment, self._refs[c].chunk) for c in group.chunks]
+        placement = {}
+        group.owner = self._owner(first)
+        if group.owner is not None:
+            placement = {"workers": [group.owner], "allow_other_workers": True}
+        plan = None
+        if self._next_use is not None:
+            # this reader's clock, in epochs: where the loads are now, and each chunk's next use
+            now = self._epoch + self._position[first] / max(1, len(self._order))
+            plan = (self._reader, now, [self._next_use.get(c, inf) for c in group.chunks])
+        retry = f"-{group.attempt}" if group.attempt else ""
+        group.task = self.client.submit(
+            load_chunks, self.token, refs, self.fields, self.options.decode, plan,
+            key=f"lakeio-load-{self._nonce}-{first}{retry}", pure=False, **placement,
+        )  # fmt: skip
+
+    def _receive(self, group: _Group) -> None:
+        """Fetch a group's result once (straight from the worker), then hand out its chunks.
+        A task replaced meanwhile (its owner left) is waited for in its replacement."""
+        while True:
+            task = group.task
+            try:
+                payload = self.client.gather(task, direct=self._direct)
+            except BaseException as exc:  # incl. cancellation: every waiting chunk learns of it
+                with self._lock:
+                    replaced = group.task is not task and not self._closed
+                    if not replaced and self._cancelled_by_others(exc, group):
+                        group.attempt += 1  # e.g. another client restarted the cluster
+                        self._submit(group)
+                        self.retried += 1
+                        replaced = True
+                task.release()
+                if replaced:
+                    continue
+                self._finish(group)
+                for future in group.results.values():
+                    _settle(future, error=exc)
+                return
             task.release()  # the worker may drop the result; its own cache keeps the chunks
-            with self._lock:
-                if task in self._tasks:
-                    self._tasks.remove(task)
-        for index, chunk in enumerate(group):
-            if results[chunk].done():  # cancelled: the epoch was abandoned
+            self._finish(group)
+            break
+        for index, chunk in enumerate(group.chunks):
+            if group.results[chunk].done():  # cancelled: the epoch was abandoned
                 continue
             try:
-                _settle(results[chunk], value=self._unpack(payload, index, chunk))
+                _settle(group.results[chunk], value=self._unpack(payload, index, chunk))
             except BaseException as exc:  # a chunk damaged on the wire fails that chunk only
-                _settle(results[chunk], error=exc)
+                _settle(group.results[chunk], error=exc)
+
+    def _cancelled_by_others(self, error: BaseException, group: _Group) -> bool:
+        """``group``'s task was cancelled, and not by these loads (nor too often to go on)."""
+        return (
+            isinstance(error, CancelledError)
+            and not self._closed
+            and not group.received
+            and group.attempt < MAX_ATTEMPTS
+        )
+
+    def _finish(self, group: _Group) -> None:
+        """``group`` is received (or failed): no longer out, and a replacement is not needed."""
+        with self._lock:
+            group.received = True
+            if group in self._out:
+                self._out.remove(group)
+            late = group.task
+        if late is not None and late.status == "pending":
+            self.client.cancel([late])
+
+    def _watch(self) -> None:
+        """Move the tasks of owners that left; fail the loads if no worker comes back."""
+        from dask.utils import parse_timedelta
+
+        interval = parse_timedelta(dask.config.get("lakeio.cluster.check-interval", "1s"))
+        limit = parse_timedelta(dask.config.get("lakeio.connect-timeout", "15s"))
+        empty_since = None
+        while not self._stop.wait(interval):
+            with self._lock:
+                if not self._out:
+                    empty_since = None
+                    continue
+            try:
+                workers = frozenset(self.client.ncores())
+            except Exception:  # the scheduler is unreachable this time: ask again next time
+                continue
+            if workers:
+                empty_since = None
+                self._follow(workers)
+                continue
+            empty_since = time.monotonic() if empty_since is None else empty_since
+            if time.monotonic() - empty_since > limit:
+                self._fail_all(
+                    LakeError(
+                        f"every worker of the Dask cluster at {self.client.scheduler.address} "
+                        f"is gone and none came back within {limit:g} s "
+                        "(lakeio.connect-timeout); start workers, or load in process "
+                        "(cluster=None)"
+                    )
+                )
+                return
+
+    def _follow(self, workers: frozenset[str]) -> None:
+        """Owners are now chosen among ``workers``; tasks whose owner left go to new owners."""
+        replaced = []
+        with self._lock:
+            if self._closed or workers == self._known:
+                return
+            self._known = workers
+            self._owners.clear()
+            for group in self._out if self.options.affinity else ():
+                if group.received or group.owner in workers:
+                    continue
+                replaced.append(group.task)
+                group.attempt += 1
+                self._submit(group)
+                self.moved += 1
+        if replaced:
+            self.client.cancel(replaced)
+
+    def _fail_all(self, error: BaseException) -> None:
+        with self._lock:
+            groups, self._out = list(self._out), []
+            for group in groups:
+                group.received = True
+        for group in groups:
+            for future in group.results.values():
+                _settle(future, error=error)
+            self.client.cancel([group.task])
 
     def _unpack(self, payload: dict, index: int, chunk: int) -> dict[str, np.ndarray]:
         if self.options.decode == "worker":
@@ -196,15 +339,18 @@ class ClusterLoads:
 
     def close(self) -> None:
         """Cancel what is still running on the cluster and stop receiving (an abandoned epoch)."""
+        self._stop.set()
         with self._lock:
             self._closed = True
-            tasks, self._tasks = list(self._tasks), []
+            tasks = [group.task for group in self._out]
+            self._out = []
             for pending in self._pending.values():
                 pending.cancel()
             self._pending.clear()
         if tasks:
             self.client.cancel(tasks)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._watcher.join(timeout=5)
 
 
 def _settle(future: Future, value=None, error: BaseException | None = None) -> None:

@@ -1,23 +1,26 @@
-"""The worker side of cluster loading: one tiered cache per lake per worker, and the load task.
+"""The worker side of cluster loading: a tiered cache per lake on each worker, and the load task.
 
-A `LakeCachePlugin` registered on the cluster gives every worker (present and future) its own
+A `LakeCachePlugin` registered on the cluster gives every worker (present and future) a
 `ChunkSource` for a lake — memory tier, disk tier, origin — built from the `Cache` the trainer
-opened the lake with. `load_chunks` is the task the trainer submits: it serves a group of chunks
-from that worker's tiers. The worker's figures reach the scheduler with each heartbeat (for the
-lakeio dashboard page) and its own Prometheus ``/metrics`` endpoint.
+opened the lake with. The memory tier is the worker's one budget, shared by every lake and
+version it serves (`lakeio.cluster.worker_memory`). `load_chunks` is the task the trainer
+submits: it serves a group of chunks from that worker's tiers. The worker's figures reach the
+scheduler with each heartbeat (for the lakeio dashboard page) and its own Prometheus
+``/metrics`` endpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from dataclasses import replace
 from typing import Any
 
 from distributed import WorkerPlugin, get_worker
 
 from lakeio.cache.config import Cache
 from lakeio.cache.source import ChunkSource
+from lakeio.cluster.worker_memory import memory_of, release_worker_memory, worker_memory
 from lakeio.format.location import Location
 from lakeio.format.manifest import Manifest
 
@@ -41,10 +44,12 @@ class LakeCachePlugin(WorkerPlugin):
 
     def setup(self, worker) -> None:
         key = (worker.address, self.token)
+        memory = worker_memory(worker)
+        memory.want(self.cache.memory)
         with _lock:
             if key not in _sources:
-                cache = _within_worker_memory(self.cache, worker)
-                _sources[key] = ChunkSource(self.loc, self.manifest, cache)
+                tier = memory.tier if self.cache.memory else None
+                _sources[key] = ChunkSource(self.loc, self.manifest, self.cache, memory=tier)
                 _served[key] = {"chunks": 0, "bytes": 0, "tasks": 0}
         worker.metrics[METRICS_KEY] = worker_metrics
         _register_prometheus_collector()
@@ -53,18 +58,11 @@ class LakeCachePlugin(WorkerPlugin):
         with _lock:
             source = _sources.pop((worker.address, self.token), None)
             _served.pop((worker.address, self.token), None)
+            last = not any(address == worker.address for address, _ in _sources)
         if source is not None and source.disk is not None:
             source.disk.close()
-
-
-def _within_worker_memory(cache: Cache, worker) -> Cache:
-    """The trainer's Cache, its memory tier capped at half the worker's Dask memory limit (the
-    rest is for task results in flight; a tier above the limit would get the worker paused or
-    restarted by its nanny)."""
-    limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
-    if limit and cache.memory > limit // 2:
-        return replace(cache, memory=int(limit // 2))
-    return cache
+        if last:  # no lake left on this worker: its memory budget goes too
+            release_worker_memory(worker)
 
 
 def _source(token: str) -> tuple[ChunkSource, dict[str, float]]:
@@ -84,18 +82,21 @@ def load_chunks(
     refs: list[tuple[int, int]],
     fields: tuple[str, ...],
     decode: str,
-    next_use: list[float] | None = None,
+    plan: tuple[str, float, list[float]] | None = None,
 ) -> dict[str, list]:
     """Chunks ``refs`` ((segment, chunk) pairs) of ``fields`` from this worker's tiers.
 
     ``decode="worker"`` returns decoded arrays, ``"trainer"`` the stored (compressed, checksummed)
     bytes for the trainer to verify and decode. One list entry per ref, per field.
-    ``next_use`` (in epochs, e.g. 3.25) says when each chunk is needed again: the worker's
-    plan-aware memory tier then evicts the chunk needed furthest ahead, as in process.
+    ``plan`` is (reader, now, next uses): on the reader's clock (epochs, e.g. 3.25), where it
+    is now and when each chunk is needed again by any rank of its job. The worker's plan-aware
+    memory tier evicts the chunk that every reader needs furthest ahead of its own present.
     """
     source, served = _source(token)
-    if next_use is not None:
-        source.schedule(zip(refs, next_use, strict=True), stored=decode != "worker")
+    if plan is not None and source.cache.eviction == "plan":
+        reader, now, next_use = plan
+        refs_and_times = zip(refs, next_use, strict=True)
+        source.schedule(refs_and_times, stored=decode != "worker", reader=reader, now=now)
     out: dict[str, list] = {f: [] for f in fields}
     nbytes = 0
     for segment, chunk in refs:
@@ -116,6 +117,25 @@ def load_chunks(
     return out
 
 
+def forget_reader(reader: str, dask_worker=None) -> None:
+    """For ``client.run``: a closed loader's plan no longer holds chunks in this worker's tier."""
+    memory = memory_of((dask_worker or get_worker()).address)
+    if memory is not None:
+        memory.tier.forget(reader)
+
+
+def tell_workers_to_forget(client, reader: str, timeout: float = 5.0) -> None:
+    """Best effort, bounded by ``timeout``: a worker that does not hear it forgets ``reader``
+    after ``lakeio.worker.plan-ttl`` anyway."""
+    import asyncio
+
+    async def tell() -> None:
+        await asyncio.wait_for(client._run(forget_reader, reader, on_error="ignore"), timeout)
+
+    with contextlib.suppress(Exception):
+        client.sync(tell)
+
+
 _last_snapshot: dict[str, tuple[float, float, float]] = {}
 
 
@@ -134,22 +154,25 @@ def worker_metrics(worker) -> dict[str, Any]:
 
 
 def lake_totals(address: str) -> dict[str, Any]:
-    """Requests and hits per tier, origin reads and bytes, chunks and bytes served, on one worker."""
+    """Requests and hits per tier, origin reads and bytes, chunks and bytes served, on one worker;
+    the memory tier's size, capacity and what it shed under memory pressure (one per worker)."""
     with _lock:
         keys = [k for k in _sources if k[0] == address]
         pairs = [(_sources[k], dict(_served[k])) for k in keys]
     totals: dict[str, Any] = dict.fromkeys(
-        ("memory_requests", "memory_hits", "memory_bytes", "memory_capacity", "disk_requests",
-         "disk_hits", "origin_reads", "origin_bytes", "chunks", "bytes", "tasks",
-         "access_requests", "hit_seconds", "miss_seconds"), 0,
+        ("memory_requests", "memory_hits", "memory_bytes", "memory_capacity", "memory_items",
+         "memory_shed_bytes", "memory_sheds", "plan_readers", "disk_requests", "disk_hits",
+         "origin_reads", "origin_bytes", "chunks", "bytes", "tasks", "access_requests",
+         "hit_seconds", "miss_seconds"), 0,
     )  # fmt: skip
+    memory_budget = memory_of(address)
+    if memory_budget is not None:
+        totals.update(memory_budget.figures())
     for source, served in pairs:
         stats = source.stats(sizes=False)  # runs on the worker's event loop: no SQLite queries
         memory, disk = stats["memory"] or {}, stats["disk"] or {}
         totals["memory_requests"] += memory.get("requests", 0)
         totals["memory_hits"] += memory.get("hits", 0)
-        totals["memory_bytes"] += memory.get("bytes_held", 0)
-        totals["memory_capacity"] += source.memory.capacity if source.memory else 0
         totals["disk_requests"] += disk.get("requests", 0)
         totals["disk_hits"] += disk.get("hits", 0)
         totals["access_requests"] += stats["requests"]
@@ -238,6 +261,11 @@ class _WorkerCollector:
             ),
             "memory_bytes": GaugeMetricFamily(
                 "lakeio_memory_tier_bytes", "Bytes held in the memory tier", labels=["worker"]
+            ),
+            "memory_shed_bytes": CounterMetricFamily(
+                "lakeio_memory_shed_bytes",
+                "Bytes the memory tier gave up because the worker neared its memory limit",
+                labels=["worker"],
             ),
         }
         for address in addresses:

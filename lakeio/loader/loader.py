@@ -11,6 +11,7 @@ import math
 import queue
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -20,7 +21,7 @@ import torch
 
 from lakeio.loader.batch import gather
 from lakeio.loader.device import DeviceOptions, DeviceStage
-from lakeio.loader.plan import PlanSpec, batch_count, batch_slices, rank_order
+from lakeio.loader.plan import PlanSpec, batch_count, batch_slices, first_need, rank_order
 from lakeio.loader.prefetch import ChunkPrefetcher, ThreadLoads, first_and_last_use
 
 _DONE = object()
@@ -83,6 +84,9 @@ class Loader:
         self.cluster = cluster  # a lakeio.cluster.session.ClusterSession, or None: in process
         self.cluster_options = cluster_options
         self.cluster_tasks = 0
+        self.cluster_tasks_moved = 0
+        self.cluster_tasks_retried = 0
+        self._reader = uuid.uuid4().hex  # names this loader's plan to the workers' caches
         self._spare = None  # (epoch, prefetch) started ahead for the epoch expected next
         self._spare_lock = threading.Lock()
         self._closed = False
@@ -104,6 +108,9 @@ class Loader:
             self._closed = True
         self._drop_spare()
         if self.cluster is not None:
+            from lakeio.cluster.worker import tell_workers_to_forget
+
+            tell_workers_to_forget(self.cluster.client, self._reader)
             self.cluster.close()
             self.cluster = None
 
@@ -166,6 +173,8 @@ class Loader:
             from lakeio.cluster.worker import gather_worker_stats
 
             s["cluster_tasks"] = self.cluster_tasks
+            s["cluster_tasks_moved"] = self.cluster_tasks_moved  # their owner left mid-epoch
+            s["cluster_tasks_retried"] = self.cluster_tasks_retried  # cancelled by others
             s["workers"] = gather_worker_stats(self.cluster.client)
         return s
 
@@ -363,12 +372,15 @@ class Loader:
         from lakeio.cluster.loads import ClusterLoads
 
         token = self.cluster.token_for(self.dataset)
-        # when each chunk is needed again, in epochs: the workers' plan-aware eviction uses it
-        positions = self._next_epoch_positions(0, epoch)
-        next_use = {c: epoch + 1 + p / max(1, len(positions)) for c, p in positions.items()}
+        # When each chunk is needed again by any rank, in epochs: the workers' plan-aware
+        # eviction serves every rank (and every job) reading the lake, not just this one.
+        chunk_of, _ = self.dataset.sample_chunks()
+        soonest = first_need(self._members, chunk_of, self.plan, epoch + 1)
+        next_use = {c: epoch + 1 + f for c, f in soonest.items()}
         loads = ClusterLoads(
             self.cluster.client, self.dataset, token, self.stream.fields, this_epoch,
             self.cluster_options, budget, threads=self.stream.threads, next_use=next_use,
+            reader=self._reader, epoch=epoch,
         )  # fmt: skip
         return _CountingLoads(loads, self)
 
@@ -431,6 +443,8 @@ class _CountingLoads:
     def close(self) -> None:
         self._loads.close()
         self._loader.cluster_tasks += self._loads.tasks
+        self._loader.cluster_tasks_moved += self._loads.moved
+        self._loader.cluster_tasks_retried += self._loads.retried
 
 
 def _put(q: queue.Queue, item, stop: threading.Event) -> None:

@@ -61,14 +61,40 @@ def samples_per_rank(total: int, spec: PlanSpec) -> int:
     return math.ceil(total / spec.world_size)
 
 
-def rank_order(chunks: list[np.ndarray], spec: PlanSpec, epoch: int) -> np.ndarray:
-    """This rank's samples for ``epoch``, in order (global sample indices)."""
+def rank_orders(chunks: list[np.ndarray], spec: PlanSpec, epoch: int) -> np.ndarray:
+    """Every rank's samples for ``epoch``, in order: row r is rank r's share."""
     order = global_order(chunks, spec, epoch)
     per_rank = samples_per_rank(len(order), spec)
     needed = per_rank * spec.world_size
     if needed > len(order) and len(order):  # pad by repeating the start of the order
         order = np.concatenate([order, np.resize(order, needed - len(order))])
-    return order[spec.rank * per_rank : (spec.rank + 1) * per_rank]
+    return order[:needed].reshape(spec.world_size, per_rank)
+
+
+def rank_order(chunks: list[np.ndarray], spec: PlanSpec, epoch: int) -> np.ndarray:
+    """This rank's samples for ``epoch``, in order (global sample indices)."""
+    return rank_orders(chunks, spec, epoch)[spec.rank]
+
+
+def first_need(
+    chunks: list[np.ndarray], chunk_of: np.ndarray, spec: PlanSpec, epoch: int
+) -> dict[int, float]:
+    """When each chunk is first read in ``epoch`` by any rank, as a share of the epoch (0 = at
+    its start; ranks read their shares side by side). Chunks no rank reads are left out.
+
+    For caches that serve all ranks (a Dask worker's): one rank's plan alone would call a
+    chunk that only another rank reads next "never needed"."""
+    shares = rank_orders(chunks, spec, epoch)
+    per_rank = shares.shape[1]
+    if not per_rank:
+        return {}
+    n_chunks = int(chunk_of.max()) + 1 if len(chunk_of) else 0
+    soonest = np.full(n_chunks, np.inf)
+    for share in shares:
+        ids, first = np.unique(chunk_of[share], return_index=True)
+        np.minimum.at(soonest, ids, first / per_rank)
+    needed = np.flatnonzero(np.isfinite(soonest))
+    return dict(zip(needed.tolist(), soonest[needed].tolist(), strict=True))
 
 
 def batch_count(total: int, spec: PlanSpec) -> int:

@@ -121,18 +121,45 @@ def _isolated(command: list[str], private_dirs: tuple[str, ...]) -> list[str]:
             f'{mounts} && exec "$@"', "sh", *command]  # fmt: skip
 
 
+def worker_command(
+    address: str, name: str, local_directory: str, memory_limit: str = "auto", extra=()
+) -> list[str]:
+    """The `dask worker` command line for one single-threaded worker (with its nanny) of the
+    scheduler at ``address``."""
+    return [*_dask_cli(), "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
+            "--no-dashboard", "--name", name, "--local-directory", local_directory,
+            "--memory-limit", memory_limit, *extra]  # fmt: skip
+
+
+@contextmanager
+def extra_worker(address: str, name: str = "lakeio-test-extra", memory_limit: str = "auto"):
+    """One more worker process for the cluster at ``address``, stopped on exit (a worker that
+    joins later, e.g. after all the others died for good)."""
+    with tempfile.TemporaryDirectory(prefix="lakeio-worker-") as tmp:
+        proc = subprocess.Popen(
+            worker_command(address, name, tmp, memory_limit),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )  # fmt: skip
+        try:
+            yield proc
+        finally:
+            _stop(proc)
+
+
 @contextmanager
 def process_cluster(
     n_workers: int = 2,
     timeout: float = 60.0,
     private_dirs: tuple[str, ...] = (),
     tls: TLSFiles | None = None,
+    memory_limit: str = "auto",
 ) -> Iterator[str]:
     """Start a scheduler and ``n_workers`` single-threaded worker processes; yield the address.
 
     ``private_dirs``: folders each worker sees as its own empty tmpfs, to stand in for workers
     on other machines writing to their local disks. ``tls``: every connection is TLS with these
-    files (the address is ``tls://127.0.0.1:…``; clients need ``security=tls.security()``)."""
+    files (the address is ``tls://127.0.0.1:…``; clients need ``security=tls.security()``).
+    ``memory_limit``: each worker's (``dask worker --memory-limit``, e.g. "1GB")."""
     dask = _dask_cli()
     secure = ["--protocol", "tls", *tls.cli_args()] if tls is not None else []
     with tempfile.TemporaryDirectory(prefix="lakeio-cluster-") as tmp:
@@ -152,8 +179,7 @@ def process_cluster(
         try:
             address = _wait_for_address(scheduler_file, procs[0], timeout)
             for i in range(n_workers):
-                worker = [*dask, "worker", address, "--nthreads", "1", "--host", "127.0.0.1",
-                          "--no-dashboard", "--name", f"lakeio-test-{i}", "--local-directory", tmp, *secure]  # fmt: skip
+                worker = worker_command(address, f"lakeio-test-{i}", tmp, memory_limit, secure)
                 procs.append(subprocess.Popen(_isolated(worker, private_dirs), **common))
             if n_workers:  # a scheduler alone is a cluster too (tests of an empty one)
                 _wait_for_workers(address, n_workers, timeout, tls)

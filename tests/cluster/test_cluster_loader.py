@@ -13,18 +13,8 @@ from distributed import Client, LocalCluster
 
 import lakeio
 from lakeio.cluster.affinity import owner
+from lakeio.testing.batches import assert_same, collect
 from lakeio.testing.cluster import process_cluster
-
-
-def _batches(loader) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(images.numpy().copy(), labels.numpy().copy()) for images, labels in loader]
-
-
-def _assert_same(got, expected) -> None:
-    assert len(got) == len(expected)
-    for (gi, gl), (ei, el) in zip(got, expected, strict=True):
-        np.testing.assert_array_equal(gi, ei)
-        np.testing.assert_array_equal(gl, el)
 
 
 @pytest.mark.parametrize("decode", ["trainer", "worker"])
@@ -33,13 +23,13 @@ def test_cluster_loader_gives_the_in_process_batches_on_real_worker_processes(
 ):
     path, _, _ = small_lake
     ds = lakeio.open_dataset(path)
-    expected = _batches(ds.loader(24, seed=5))
+    expected = collect(ds.loader(24, seed=5))
     with ds.loader(24, seed=5, cluster=client, decode=decode) as loader:
-        _assert_same(_batches(loader), expected)
+        assert_same(collect(loader), expected)
         loader.set_epoch(1)
         ds_epoch1 = lakeio.open_dataset(path).loader(24, seed=5)
         ds_epoch1.set_epoch(1)
-        _assert_same(_batches(loader), _batches(ds_epoch1))
+        assert_same(collect(loader), collect(ds_epoch1))
         stats = loader.stats()
     assert stats["cluster_tasks"] > 0
     assert set(stats["workers"]) == set(client.scheduler_info(n_workers=-1)["workers"])
@@ -50,7 +40,7 @@ def test_cluster_loader_gives_the_in_process_batches_on_real_worker_processes(
 def test_cluster_loader_resumes_from_a_state_dict(small_lake, client):
     path, _, _ = small_lake
     ds = lakeio.open_dataset(path)
-    full = _batches(ds.loader(16, seed=2))
+    full = collect(ds.loader(16, seed=2))
     with ds.loader(16, seed=2, cluster=client) as first:
         taken = []
         for images, labels in first:
@@ -60,8 +50,8 @@ def test_cluster_loader_resumes_from_a_state_dict(small_lake, client):
         state = first.state_dict()
     with lakeio.open_dataset(path).loader(16, seed=2, cluster=client) as second:
         second.load_state_dict(state)
-        rest = _batches(second)
-    _assert_same(taken + rest, full)
+        rest = collect(second)
+    assert_same(taken + rest, full)
 
 
 def test_two_clients_share_one_cluster_each_rank_exactly_once(small_lake, cluster_address):
@@ -77,7 +67,7 @@ def test_two_clients_share_one_cluster_each_rank_exactly_once(small_lake, cluste
                     16, seed=9, rank=rank, world_size=2, drop_last=True, cluster=own
                 ) as loader,
             ):
-                results[rank] = _batches(loader)
+                results[rank] = collect(loader)
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
@@ -89,8 +79,8 @@ def test_two_clients_share_one_cluster_each_rank_exactly_once(small_lake, cluste
     assert not errors, errors
     ds = lakeio.open_dataset(path)
     for rank in (0, 1):
-        expected = _batches(ds.loader(16, seed=9, rank=rank, world_size=2, drop_last=True))
-        _assert_same(results[rank], expected)
+        expected = collect(ds.loader(16, seed=9, rank=rank, world_size=2, drop_last=True))
+        assert_same(results[rank], expected)
     delivered = np.concatenate([im for r in (0, 1) for im, _ in results[r]])
     # drop_last: 203 samples -> 6 global batches of 32 = 192 samples, each once overall
     assert len(delivered) == 192
@@ -122,10 +112,10 @@ def _second_epoch_figures(ds, **options) -> dict[str, int]:
     loader = ds.loader(32, prefetch_next_epoch=False, **options)
     names = ("memory_requests", "memory_hits", "origin_reads")
     with loader:
-        _batches(loader)
+        collect(loader)
         before = loader.stats()["workers"]
         loader.set_epoch(1)
-        _batches(loader)
+        collect(loader)
         after = loader.stats()["workers"]
     return {n: sum(after[w][n] - before[w][n] for w in after) for n in names}
 
@@ -165,7 +155,7 @@ def test_killing_a_worker_mid_epoch_loses_and_duplicates_nothing(tmp_path, decod
     with process_cluster(n_workers=2) as address, Client(address, timeout="30s") as client:
         path, images = _tiny_lake(tmp_path, client, chunks=48)
         ds = lakeio.open_dataset(path)
-        expected = _batches(ds.loader(16, seed=4, shuffle_window=4))
+        expected = collect(ds.loader(16, seed=4, shuffle_window=4))
         pids = client.run(os.getpid)
         victim_address = sorted(pids)[0]
         chunk_bytes = ds.chunk_nbytes(("images", "labels"))
@@ -181,7 +171,7 @@ def test_killing_a_worker_mid_epoch_loses_and_duplicates_nothing(tmp_path, decod
                     os.kill(pids[victim_address], signal.SIGKILL)
                     time.sleep(0.5)  # the next loads meet the dead worker
             tasks = loader.cluster_tasks
-        _assert_same(got, expected)
+        assert_same(got, expected)
         assert victim_address not in client.scheduler_info(n_workers=-1)["workers"]
         assert tasks == len(ds.chunk_members())  # one chunk per task, every one delivered
         flat = np.concatenate([im for im, _ in got]).reshape(-1, images[0].size)
@@ -191,15 +181,15 @@ def test_killing_a_worker_mid_epoch_loses_and_duplicates_nothing(tmp_path, decod
 def test_cluster_by_address_and_local_cluster_owned_by_the_loader(small_lake, cluster_address):
     path, _, _ = small_lake
     ds = lakeio.open_dataset(path)
-    expected = _batches(ds.loader(32, seed=8))
+    expected = collect(ds.loader(32, seed=8))
     with ds.loader(32, seed=8, cluster=cluster_address) as loader:
-        _assert_same(_batches(loader), expected)
+        assert_same(collect(loader), expected)
         client = loader.cluster.client
     assert client.status == "closed"  # a client the loader made is the loader's to close
     with ds.loader(32, seed=8, cluster="local") as loader:
         local = loader.cluster.client.cluster
         assert len(local.workers) >= 1
-        _assert_same(_batches(loader), expected)
+        assert_same(collect(loader), expected)
     assert local.status.name == "closed"
 
 
@@ -244,7 +234,7 @@ def test_ownership_does_not_depend_on_the_fields_a_loader_reads(small_lake, clie
     owners = []
     for fields in (("images", "labels"), ("labels", "images"), ("labels",)):
         loads = ClusterLoads(client, ds, token, fields, order, ClusterOptions(), budget=1 << 30)
-        owners.append(loads._owner)
+        owners.append({c: loads._owner(c) for c in order})
         loads.close()
     assert owners[0] == owners[1] == owners[2]
 
@@ -252,7 +242,7 @@ def test_ownership_does_not_depend_on_the_fields_a_loader_reads(small_lake, clie
 def test_abandoning_an_epoch_stops_its_threads_and_the_next_one_is_complete(small_lake, client):
     path, _, _ = small_lake
     ds = lakeio.open_dataset(path)
-    expected = _batches(ds.loader(16, seed=6))
+    expected = collect(ds.loader(16, seed=6))
     with ds.loader(16, seed=6, cluster=client) as loader:
         iterator = iter(loader)
         next(iterator)
@@ -264,7 +254,7 @@ def test_abandoning_an_epoch_stops_its_threads_and_the_next_one_is_complete(smal
         ):
             assert time.monotonic() < deadline, [t.name for t in threading.enumerate()]
             time.sleep(0.05)
-        _assert_same(_batches(loader), expected)
+        assert_same(collect(loader), expected)
 
 
 def test_a_corrupt_chunk_reaches_the_training_loop_as_a_clear_error(tmp_path, client):
@@ -337,7 +327,7 @@ def test_the_next_epoch_loads_ahead_and_its_batches_are_still_the_plan(small_lak
     ds = lakeio.open_dataset(path)
     with ds.loader(16, seed=3, cluster=client) as loader:
         before = loader.stats()["workers"]
-        first = _batches(loader)
+        first = collect(loader)
         deadline = time.monotonic() + 10
         while True:  # epoch 1's first chunks are loaded before anyone asks for them
             now = loader.stats()["workers"]
@@ -347,10 +337,10 @@ def test_the_next_epoch_loads_ahead_and_its_batches_are_still_the_plan(small_lak
             assert time.monotonic() < deadline, "nothing was loaded ahead"
             time.sleep(0.05)
         loader.set_epoch(1)
-        second = _batches(loader)
+        second = collect(loader)
         loader.set_epoch(5)  # not the epoch loaded ahead: that work is dropped, not used
-        sixth = _batches(loader)
+        sixth = collect(loader)
     for epoch, got in ((0, first), (1, second), (5, sixth)):
         fresh = lakeio.open_dataset(path).loader(16, seed=3)
         fresh.set_epoch(epoch)
-        _assert_same(got, _batches(fresh))
+        assert_same(got, collect(fresh))

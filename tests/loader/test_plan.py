@@ -81,3 +81,33 @@ def test_no_shuffle_keeps_lake_order():
     chunks = _chunks([3, 4, 5])
     spec = PlanSpec(batch_size=4, shuffle=False)
     np.testing.assert_array_equal(rank_order(chunks, spec, 7), np.arange(12))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    sizes=layouts,
+    world=st.integers(1, 5),
+    batch=st.integers(1, 17),
+    seed=st.integers(0, 3),
+    drop_last=st.booleans(),
+)
+def test_first_need_is_the_soonest_read_of_each_chunk_by_any_rank(
+    sizes, world, batch, seed, drop_last
+):
+    """What a cache shared by all ranks is told: for every chunk any rank reads, the earliest
+    share of the epoch at which one does (ranks read side by side), and nothing else."""
+    from lakeio.loader.plan import first_need
+
+    chunks = _chunks(sizes)
+    chunk_of = np.repeat(np.arange(len(sizes)), sizes)
+    spec = PlanSpec(batch, True, seed, 2, drop_last, 0, world)
+    got = first_need(chunks, chunk_of, spec, epoch=1)
+    want: dict[int, float] = {}
+    for rank in range(world):
+        order = rank_order(chunks, PlanSpec(batch, True, seed, 2, drop_last, rank, world), 1)
+        for position, sample in enumerate(order.tolist()):
+            c = int(chunk_of[sample])
+            want[c] = min(want.get(c, math.inf), position / len(order))
+    assert got.keys() == want.keys()
+    assert all(math.isclose(got[c], want[c]) for c in want)
+    assert all(0 <= f < 1 for f in got.values())

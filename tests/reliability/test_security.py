@@ -24,6 +24,7 @@ from lakeio.format.location import Location
 from lakeio.format.manifest import FieldInfo, Manifest, SegmentEntry, commit_manifest, manifest_key
 from lakeio.format.segment import write_segment
 from lakeio.info import format_info, lake_info
+from lakeio.testing.batches import assert_same, collect
 from lakeio.testing.cluster import process_cluster, self_signed_tls
 from lakeio.testing.images import photo_crops, write_image_folder
 from lakeio.verify import verify_lake
@@ -258,17 +259,6 @@ def tls_cluster(tmp_path_factory):
         yield address, tls
 
 
-def _batches(loader) -> list[tuple[np.ndarray, np.ndarray]]:
-    return [(images.numpy().copy(), labels.numpy().copy()) for images, labels in loader]
-
-
-def _assert_same(got, expected) -> None:
-    assert len(got) == len(expected) > 0
-    for (gi, gl), (ei, el) in zip(got, expected, strict=True):
-        np.testing.assert_array_equal(gi, ei)
-        np.testing.assert_array_equal(gl, el)
-
-
 def test_a_tls_cluster_refuses_plain_tcp_and_foreign_certificates(tls_cluster, tmp_path):
     address, _ = tls_cluster
     assert address.startswith("tls://127.0.0.1:")
@@ -295,9 +285,9 @@ def test_ingest_and_cluster_loader_run_end_to_end_over_tls(tls_cluster, tmp_path
             progress=False, echo=None,
         )  # fmt: skip
         ds = lakeio.open_dataset(tmp_path / "lake")
-        expected = _batches(ds.loader(10, seed=3))
+        expected = collect(ds.loader(10, seed=3))
         with ds.loader(10, seed=3, cluster=client) as loader:
-            _assert_same(_batches(loader), expected)
+            assert_same(collect(loader), expected)
             assert loader.stats()["cluster_tasks"] > 0
     assert summary.written == len(ds) == 48
     pixels = {rel: image for rel, image, _ in written}
@@ -312,4 +302,4 @@ def test_a_tls_address_takes_its_certificates_from_dask_config(tls_cluster, tmp_
         lakeio.ingest(tmp_path / "src", tmp_path / "lake", cluster=address, echo=None)
         ds = lakeio.open_dataset(tmp_path / "lake")
         with ds.loader(8, seed=1, cluster=address) as loader:
-            _assert_same(_batches(loader), _batches(ds.loader(8, seed=1)))
+            assert_same(collect(loader), collect(ds.loader(8, seed=1)))

@@ -1,0 +1,171 @@
+"""One lakeio memory budget per Dask worker, shared by every lake and version it serves, and
+given back before Dask's memory manager has to act.
+
+A worker serves whatever trainers ask of it: several lakes, several snapshots of one lake (a
+`lakeio stats` run makes a new version), several jobs. Their decoded chunks live in one
+`MemoryTier` of at most ``lakeio.worker.memory-fraction`` of the worker's memory limit (or the
+largest ``Cache(memory=...)`` a lake asked for, if smaller). Chunk keys name immutable segments,
+so versions that share segments share their cached chunks too.
+
+Dask pauses a worker whose process memory passes ``distributed.worker.memory.pause`` (80% of
+its limit) and spills its task results past ``spill`` (70%). Cached chunks are the cheapest
+memory to give up, so a periodic check sheds the tier (by the plan: chunks needed furthest
+ahead first) as soon as the process passes ``lakeio.worker.shed-fraction`` (65%), and lets it
+grow back slowly once there is room again. Without this, a tier that fills a worker to its
+pause threshold pauses it for good: nothing it holds is Dask's to spill.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import threading
+from typing import Any
+
+import dask.config
+import psutil
+
+from lakeio.cache.memory import MemoryTier
+from lakeio.cache.schedule import SharedSchedule
+
+dask.config.update_defaults(
+    {
+        "lakeio": {
+            "worker": {
+                "memory-fraction": 0.5,  # the tier's ceiling, of the worker's memory limit
+                "shed-fraction": 0.65,  # process memory above which the tier gives way
+                "shed-interval": "200ms",
+                "plan-ttl": "10 minutes",  # a reader silent this long no longer holds chunks
+            }
+        }
+    }
+)
+
+
+class WorkerMemory:
+    """The worker's memory tier and its budget (see the module doc)."""
+
+    def __init__(self, memory_limit: int | None, rss=None) -> None:
+        from dask.utils import parse_timedelta
+
+        self.limit = int(memory_limit) if memory_limit else None
+        fraction = float(dask.config.get("lakeio.worker.memory-fraction"))
+        self.ceiling = int(self.limit * fraction) if self.limit else None
+        self.shed_at = (
+            int(self.limit * float(dask.config.get("lakeio.worker.shed-fraction")))
+            if self.limit
+            else None
+        )
+        self.step = int(self.limit * 0.05) if self.limit else 0  # hysteresis and regrowth
+        ttl = parse_timedelta(dask.config.get("lakeio.worker.plan-ttl"))
+        self.tier = MemoryTier(0, "plan", schedule=SharedSchedule(ttl=ttl))
+        self.wanted = 0  # the largest Cache(memory=...) of the lakes registered here
+        self.allowed = self.ceiling  # lowered under memory pressure, raised back slowly
+        self.shed_bytes = 0
+        self.sheds = 0
+        self._rss = rss or (lambda: psutil.Process().memory_info().rss)
+        self._lock = threading.Lock()
+
+    def want(self, nbytes: int) -> None:
+        """A lake registered here asks for ``nbytes`` of memory tier."""
+        with self._lock:
+            self.wanted = max(self.wanted, int(nbytes))
+            self._apply()
+
+    def _apply(self) -> None:
+        capacity = self.wanted
+        if self.ceiling is not None:
+            capacity = min(capacity, self.ceiling)
+        if self.allowed is not None:
+            capacity = min(capacity, self.allowed)
+        self.tier.resize(capacity)
+
+    def relieve(self) -> int:
+        """Shed the tier if the process is over ``shed-fraction`` of its limit (or let it grow
+        back if well under); the bytes shed. Called periodically on the worker."""
+        if self.shed_at is None:
+            return 0
+        rss = self._rss()
+        with self._lock:
+            held = self.tier.stats().bytes_held
+            if rss > self.shed_at and held:
+                excess = rss - self.shed_at + self.step
+                self.allowed = max(0, held - excess)
+                before = held
+                self._apply()
+                freed = before - self.tier.stats().bytes_held
+                self.shed_bytes += freed
+                self.sheds += 1
+            elif rss < self.shed_at - 2 * self.step and self.allowed < self.ceiling:
+                self.allowed = min(self.ceiling, self.allowed + self.step)
+                self._apply()
+                return 0
+            else:
+                return 0
+        if freed:
+            release_free_memory()
+        return freed
+
+    def figures(self) -> dict[str, Any]:
+        stats = self.tier.stats()
+        return {
+            "memory_bytes": stats.bytes_held,
+            "memory_capacity": self.tier.capacity,
+            "memory_items": stats.items,
+            "memory_shed_bytes": self.shed_bytes,
+            "memory_sheds": self.sheds,
+            "plan_readers": self.tier._schedule.readers,
+        }
+
+
+_memories: dict[str, WorkerMemory] = {}  # worker address → its budget
+_lock = threading.Lock()
+
+
+def worker_memory(worker) -> WorkerMemory:
+    """This worker's budget, made (and its periodic check started) on first use."""
+    with _lock:
+        memory = _memories.get(worker.address)
+        if memory is not None:
+            return memory
+        limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
+        memory = _memories[worker.address] = WorkerMemory(limit)
+    _start_relief(worker, memory)
+    return memory
+
+
+def memory_of(address: str) -> WorkerMemory | None:
+    with _lock:
+        return _memories.get(address)
+
+
+def release_worker_memory(worker) -> None:
+    """Drop the worker's budget, its cached chunks and its periodic check."""
+    with _lock:
+        memory = _memories.pop(worker.address, None)
+    callback = worker.periodic_callbacks.pop("lakeio-memory", None)
+    if callback is not None:
+        callback.stop()
+    if memory is not None:
+        memory.tier.clear()
+
+
+def _start_relief(worker, memory: WorkerMemory) -> None:
+    """Check memory every ``lakeio.worker.shed-interval`` on the worker's event loop (the
+    worker stops its periodic callbacks when it closes)."""
+    from dask.utils import parse_timedelta
+    from tornado.ioloop import PeriodicCallback
+
+    if memory.shed_at is None:
+        return  # no memory limit: nothing to keep under
+    interval = parse_timedelta(dask.config.get("lakeio.worker.shed-interval"), "ms") * 1000
+    callback = PeriodicCallback(memory.relieve, interval)
+    worker.periodic_callbacks["lakeio-memory"] = callback
+    callback.start()
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise, and the worker's
+    process memory, which Dask watches, would not go down)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
