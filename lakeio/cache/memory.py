@@ -9,7 +9,6 @@ larger than the budget are the case where LRU fails: each chunk is evicted just 
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import OrderedDict
 
@@ -74,35 +73,41 @@ class MemoryTier:
                 self._bytes -= old.nbytes
             self._items[key] = value
             self._bytes += size
-            while self._bytes > self.capacity:
-                victim = self._victim()
-                dropped = self._items.pop(victim)
-                self._bytes -= dropped.nbytes
-                self._stats.evictions += 1
+            self._evict_to(self.capacity)
             return key in self._items
 
-    def _victim(self) -> str:
-        """The key to drop: least recently used, or (plan) the one needed furthest ahead."""
-        if self.policy == "lru" or self._schedule.empty:
-            return next(iter(self._items))
-        victim, latest = None, -math.inf
-        for key in self._items:  # least recently used first, so ties go to the older entry
-            when = self._schedule.when(key)
-            if when > latest:
-                victim, latest = key, when
-        return victim
+    def _evict_to(self, capacity: int) -> int:
+        """Drop entries until at most ``capacity`` bytes are held (holding the lock): least
+        recently used first, or (plan) the ones needed furthest ahead, ties to the older entry.
+        Each entry's next use is asked once per call; the bytes dropped."""
+        if self._bytes <= capacity:
+            return 0
+        order = list(self._items)  # least recently used first
+        if self.policy == "plan":
+            self._schedule.expire()
+            if not self._schedule.empty:
+                when = [self._schedule.when(key) for key in order]
+                order = [order[i] for i in sorted(range(len(order)), key=lambda i: -when[i])]
+        freed = 0
+        for key in order:
+            if self._bytes <= capacity:
+                break
+            dropped = self._items.pop(key)
+            self._bytes -= dropped.nbytes
+            freed += dropped.nbytes
+            self._stats.evictions += 1
+        return freed
 
     def resize(self, capacity: int) -> int:
         """Set the capacity, evicting by the policy down to it; the bytes evicted."""
         with self._lock:
             self.capacity = max(0, int(capacity))
-            freed = 0
-            while self._bytes > self.capacity:
-                dropped = self._items.pop(self._victim())
-                self._bytes -= dropped.nbytes
-                freed += dropped.nbytes
-                self._stats.evictions += 1
-            return freed
+            return self._evict_to(self.capacity)
+
+    def plan_readers(self) -> int:
+        """Readers whose plans the tier currently follows."""
+        with self._lock:
+            return self._schedule.readers
 
     def evict(self, key: str) -> None:
         with self._lock:

@@ -32,6 +32,13 @@ class Schedule:
     def forget(self, reader: str) -> None:
         """``reader`` is done (one reader: nothing to do; its word stands until replaced)."""
 
+    def expire(self) -> None:
+        """Drop what no longer holds (one reader: nothing expires)."""
+
+    @property
+    def readers(self) -> int:
+        return 1 if self._next_use else 0
+
     @property
     def empty(self) -> bool:
         return not self._next_use
@@ -44,7 +51,11 @@ class Schedule:
 class _Reader:
     now: float = 0.0
     heard: float = 0.0
+    tells: int = 0
     due: dict[str, float] = field(default_factory=dict)
+
+
+PRUNE_EVERY = 64  # tells of one reader between sweeps of its passed dues
 
 
 class SharedSchedule(Schedule):
@@ -54,6 +65,8 @@ class SharedSchedule(Schedule):
     the soonest any reader still expects it, counted from that reader's present: ``due - now``.
     Dues already passed no longer count (the reader read the key, from here or elsewhere). A
     reader silent for ``ttl`` seconds is forgotten, so a finished job stops holding chunks.
+    Within one epoch a reader's clock only moves forward (loads of one epoch may arrive out of
+    order); a new epoch, earlier or later, sets it.
     """
 
     def __init__(self, ttl: float = 600.0, clock: Callable[[], float] = time.monotonic) -> None:
@@ -63,13 +76,22 @@ class SharedSchedule(Schedule):
         self._readers: dict[str, _Reader] = {}
 
     def tell(self, next_use: Mapping[str, float], reader: str = "", now: float = 0.0) -> None:
-        heard = self._clock()
-        self._readers = {
-            name: r for name, r in self._readers.items() if heard - r.heard <= self.ttl
-        }
-        entry = self._readers.setdefault(reader, _Reader())
-        entry.now, entry.heard = now, heard
+        self.expire()
+        entry = self._readers.setdefault(reader, _Reader(now=now))
+        same_epoch = math.floor(now) == math.floor(entry.now)
+        entry.now = max(entry.now, now) if same_epoch else now
+        entry.heard = self._clock()
         entry.due.update(next_use)
+        entry.tells += 1
+        if entry.tells % PRUNE_EVERY == 0:
+            entry.due = {key: due for key, due in entry.due.items() if due >= entry.now}
+
+    def expire(self) -> None:
+        """Forget readers silent for longer than ``ttl``."""
+        heard = self._clock()
+        stale = [name for name, r in self._readers.items() if heard - r.heard > self.ttl]
+        for name in stale:
+            del self._readers[name]
 
     def when(self, key: str) -> float:
         soonest = math.inf
@@ -89,9 +111,8 @@ class SharedSchedule(Schedule):
 
     @property
     def readers(self) -> int:
-        """Readers heard from within ``ttl``."""
-        heard = self._clock()
-        return sum(1 for r in self._readers.values() if heard - r.heard <= self.ttl)
+        """Readers heard from within ``ttl`` (as of the last `expire`)."""
+        return len(self._readers)
 
     def clear(self) -> None:
         self._readers.clear()

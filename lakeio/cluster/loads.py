@@ -31,7 +31,9 @@ from lakeio.cluster.worker import LakeCachePlugin, load_chunks
 from lakeio.errors import LakeError
 
 DECODE_MODES = ("trainer", "worker")
-MAX_ATTEMPTS = 5  # submissions of one task: moves to new owners and retries after cancellation
+MAX_RETRIES = 4  # resubmissions of one task after others cancelled it (a restart, say)
+
+dask.config.update_defaults({"lakeio": {"cluster": {"check-interval": "1s"}}})
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,8 @@ class _Group:
     results: dict[int, Future]
     task: Any = None
     owner: str | None = None
-    attempt: int = 0
+    moves: int = 0  # to new owners, after the owner left
+    retries: int = 0  # after someone else cancelled the task
     received: bool = False
 
 
@@ -197,49 +200,36 @@ class ClusterLoads:
         self._pool.submit(self._receive, group)
 
     def _submit(self, group: _Group) -> None:
-        """Submit ``group``'s task to its first chunk's owner now (holding the lock)."""
+        """Submit ``group``'s task to its first chunk's owner now (holding the lock); the group
+        changes only once the submission went through."""
         first = group.chunks[0]
         refs = [(self._refs[c].segment, self._refs[c].chunk) for c in group.chunks]
-        placement = {}
-        group.owner = self._owner(first)
-        if group.owner is not None:
-            placement = {"workers": [group.owner], "allow_other_workers": True}
+        home = self._owner(first)
+        placement = {} if home is None else {"workers": [home], "allow_other_workers": True}
         plan = None
         if self._next_use is not None:
             # this reader's clock, in epochs: where the loads are now, and each chunk's next use
             now = self._epoch + self._position[first] / max(1, len(self._order))
             plan = (self._reader, now, [self._next_use.get(c, inf) for c in group.chunks])
-        retry = f"-{group.attempt}" if group.attempt else ""
+        attempt = group.moves + group.retries
+        retry = f"-{attempt}" if attempt else ""
         group.task = self.client.submit(
             load_chunks, self.token, refs, self.fields, self.options.decode, plan,
             key=f"lakeio-load-{self._nonce}-{first}{retry}", pure=False, **placement,
         )  # fmt: skip
+        group.owner = home
 
     def _receive(self, group: _Group) -> None:
-        """Fetch a group's result once (straight from the worker), then hand out its chunks.
-        A task replaced meanwhile (its owner left) is waited for in its replacement."""
-        while True:
-            task = group.task
-            try:
-                payload = self.client.gather(task, direct=self._direct)
-            except BaseException as exc:  # incl. cancellation: every waiting chunk learns of it
-                with self._lock:
-                    replaced = group.task is not task and not self._closed
-                    if not replaced and self._cancelled_by_others(exc, group):
-                        group.attempt += 1  # e.g. another client restarted the cluster
-                        self._submit(group)
-                        self.retried += 1
-                        replaced = True
-                task.release()
-                if replaced:
-                    continue
-                self._finish(group)
-                for future in group.results.values():
-                    _settle(future, error=exc)
-                return
-            task.release()  # the worker may drop the result; its own cache keeps the chunks
+        """Fetch a group's result once (straight from the worker), then hand out its chunks;
+        whatever goes wrong, every chunk waiting on the group learns of it."""
+        try:
+            payload = self._result(group)
+        except BaseException as exc:  # incl. cancellation and a closed client
             self._finish(group)
-            break
+            for future in group.results.values():
+                _settle(future, error=exc)
+            return
+        self._finish(group)
         for index, chunk in enumerate(group.chunks):
             if group.results[chunk].done():  # cancelled: the epoch was abandoned
                 continue
@@ -248,13 +238,35 @@ class ClusterLoads:
             except BaseException as exc:  # a chunk damaged on the wire fails that chunk only
                 _settle(group.results[chunk], error=exc)
 
+    def _result(self, group: _Group) -> dict:
+        """The group's payload. A task replaced meanwhile (its owner left) is waited for in its
+        replacement; one cancelled by someone else (a restart) is submitted again."""
+        while True:
+            task = group.task
+            try:
+                return self.client.gather(task, direct=self._direct)
+            except BaseException as exc:
+                with self._lock:
+                    if self._closed:
+                        raise
+                    if group.task is not task:
+                        continue
+                    if not self._cancelled_by_others(exc, group):
+                        raise
+                    group.retries += 1
+                    self._submit(group)
+                    self.retried += 1
+            finally:
+                task.release()  # the worker may drop the result; its own cache keeps the chunks
+
     def _cancelled_by_others(self, error: BaseException, group: _Group) -> bool:
-        """``group``'s task was cancelled, and not by these loads (nor too often to go on)."""
+        """``group``'s task was cancelled, not by these loads nor by closing the client, and
+        not too often to go on."""
         return (
             isinstance(error, CancelledError)
-            and not self._closed
+            and self.client.status == "running"
             and not group.received
-            and group.attempt < MAX_ATTEMPTS
+            and group.retries < MAX_RETRIES
         )
 
     def _finish(self, group: _Group) -> None:
@@ -264,35 +276,40 @@ class ClusterLoads:
             if group in self._out:
                 self._out.remove(group)
             late = group.task
-        if late is not None and late.status == "pending":
+        if late is not None and late.status == "pending" and self.client.status == "running":
             self.client.cancel([late])
 
     def _watch(self) -> None:
-        """Move the tasks of owners that left; fail the loads if no worker comes back."""
+        """Move the tasks of owners that left; fail the loads if, for ``lakeio.connect-timeout``,
+        the cluster has no workers or its scheduler does not answer."""
         from dask.utils import parse_timedelta
 
-        interval = parse_timedelta(dask.config.get("lakeio.cluster.check-interval", "1s"))
+        interval = parse_timedelta(dask.config.get("lakeio.cluster.check-interval"))
         limit = parse_timedelta(dask.config.get("lakeio.connect-timeout", "15s"))
-        empty_since = None
+        trouble_since = None
         while not self._stop.wait(interval):
             with self._lock:
                 if not self._out:
-                    empty_since = None
+                    trouble_since = None
                     continue
+            if self.client.status != "running":
+                return  # closed: the gathers fail, and say so
             try:
                 workers = frozenset(self.client.ncores())
-            except Exception:  # the scheduler is unreachable this time: ask again next time
-                continue
+                trouble = "has no workers"
+            except Exception as exc:  # counts like an empty cluster: nobody serves the loads
+                workers, trouble = frozenset(), f"does not answer ({type(exc).__name__})"
             if workers:
-                empty_since = None
-                self._follow(workers)
+                trouble_since = None
+                with contextlib.suppress(Exception):  # a failed move is tried again next time
+                    self._follow(workers)
                 continue
-            empty_since = time.monotonic() if empty_since is None else empty_since
-            if time.monotonic() - empty_since > limit:
+            trouble_since = time.monotonic() if trouble_since is None else trouble_since
+            if time.monotonic() - trouble_since > limit:
                 self._fail_all(
                     LakeError(
-                        f"every worker of the Dask cluster at {self.client.scheduler.address} "
-                        f"is gone and none came back within {limit:g} s "
+                        f"the Dask cluster at {self.client.scheduler.address} {trouble}: every "
+                        f"worker is gone and none came back within {limit:g} s "
                         "(lakeio.connect-timeout); start workers, or load in process "
                         "(cluster=None)"
                     )
@@ -310,9 +327,15 @@ class ClusterLoads:
             for group in self._out if self.options.affinity else ():
                 if group.received or group.owner in workers:
                     continue
-                replaced.append(group.task)
-                group.attempt += 1
-                self._submit(group)
+                old = group.task
+                group.moves += 1
+                try:
+                    self._submit(group)
+                except Exception:  # e.g. the client is closing: try again next time
+                    group.moves -= 1
+                    self._known = frozenset()
+                    break
+                replaced.append(old)
                 self.moved += 1
         if replaced:
             self.client.cancel(replaced)
@@ -325,7 +348,8 @@ class ClusterLoads:
         for group in groups:
             for future in group.results.values():
                 _settle(future, error=error)
-            self.client.cancel([group.task])
+            with contextlib.suppress(Exception):
+                self.client.cancel([group.task])
 
     def _unpack(self, payload: dict, index: int, chunk: int) -> dict[str, np.ndarray]:
         if self.options.decode == "worker":

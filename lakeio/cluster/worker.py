@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distributed import WorkerPlugin, get_worker
 
@@ -23,6 +23,9 @@ from lakeio.cache.source import ChunkSource
 from lakeio.cluster.worker_memory import memory_of, release_worker_memory, worker_memory
 from lakeio.format.location import Location
 from lakeio.format.manifest import Manifest
+
+if TYPE_CHECKING:
+    from distributed import Client, Worker
 
 METRICS_KEY = "lakeio"
 _sources: dict[tuple[str, str], ChunkSource] = {}  # (worker address, lake token) → its cache
@@ -93,7 +96,7 @@ def load_chunks(
     memory tier evicts the chunk that every reader needs furthest ahead of its own present.
     """
     source, served = _source(token)
-    if plan is not None and source.cache.eviction == "plan":
+    if plan is not None:
         reader, now, next_use = plan
         refs_and_times = zip(refs, next_use, strict=True)
         source.schedule(refs_and_times, stored=decode != "worker", reader=reader, now=now)
@@ -117,14 +120,14 @@ def load_chunks(
     return out
 
 
-def forget_reader(reader: str, dask_worker=None) -> None:
+def forget_reader(reader: str, dask_worker: Worker | None = None) -> None:
     """For ``client.run``: a closed loader's plan no longer holds chunks in this worker's tier."""
     memory = memory_of((dask_worker or get_worker()).address)
     if memory is not None:
         memory.tier.forget(reader)
 
 
-def tell_workers_to_forget(client, reader: str, timeout: float = 5.0) -> None:
+def tell_workers_to_forget(client: Client, reader: str, timeout: float = 5.0) -> None:
     """Best effort, bounded by ``timeout``: a worker that does not hear it forgets ``reader``
     after ``lakeio.worker.plan-ttl`` anyway."""
     import asyncio

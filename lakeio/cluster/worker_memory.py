@@ -10,8 +10,10 @@ so versions that share segments share their cached chunks too.
 Dask pauses a worker whose process memory passes ``distributed.worker.memory.pause`` (80% of
 its limit) and spills its task results past ``spill`` (70%). Cached chunks are the cheapest
 memory to give up, so a periodic check sheds the tier (by the plan: chunks needed furthest
-ahead first) as soon as the process passes ``lakeio.worker.shed-fraction`` (65%), and lets it
-grow back slowly once there is room again. Without this, a tier that fills a worker to its
+ahead first) as soon as the process passes ``lakeio.worker.shed-fraction`` (65%, or 5% below
+the worker's own spill or pause fraction if that is lower), and lets it grow back slowly once
+there is room again. These settings are read in the worker processes (their dask config, or
+``DASK_LAKEIO__WORKER__...`` in their environment), not in the trainer. Without this, a tier that fills a worker to its
 pause threshold pauses it for good: nothing it holds is Dask's to spill.
 """
 
@@ -20,13 +22,17 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import dask.config
 import psutil
 
 from lakeio.cache.memory import MemoryTier
 from lakeio.cache.schedule import SharedSchedule
+
+if TYPE_CHECKING:
+    from distributed import Worker
 
 dask.config.update_defaults(
     {
@@ -43,19 +49,28 @@ dask.config.update_defaults(
 
 
 class WorkerMemory:
-    """The worker's memory tier and its budget (see the module doc)."""
+    """The worker's memory tier and its budget (see the module doc).
 
-    def __init__(self, memory_limit: int | None, rss=None) -> None:
+    ``spill`` and ``pause`` are Dask's fractions for this worker (False where turned off): the
+    tier sheds 5% of the limit below the lower of them if that is below ``shed-fraction``."""
+
+    def __init__(
+        self,
+        memory_limit: int | None,
+        spill: float | bool = 0.7,
+        pause: float | bool = 0.8,
+        rss: Callable[[], int] | None = None,
+    ) -> None:
         from dask.utils import parse_timedelta
 
         self.limit = int(memory_limit) if memory_limit else None
         fraction = float(dask.config.get("lakeio.worker.memory-fraction"))
+        shed = float(dask.config.get("lakeio.worker.shed-fraction"))
+        for dask_fraction in (spill, pause):
+            if dask_fraction is not False and dask_fraction is not None:
+                shed = min(shed, round(float(dask_fraction) - 0.05, 6))
         self.ceiling = int(self.limit * fraction) if self.limit else None
-        self.shed_at = (
-            int(self.limit * float(dask.config.get("lakeio.worker.shed-fraction")))
-            if self.limit
-            else None
-        )
+        self.shed_at = int(self.limit * shed) if self.limit else None
         self.step = int(self.limit * 0.05) if self.limit else 0  # hysteresis and regrowth
         ttl = parse_timedelta(dask.config.get("lakeio.worker.plan-ttl"))
         self.tier = MemoryTier(0, "plan", schedule=SharedSchedule(ttl=ttl))
@@ -72,36 +87,33 @@ class WorkerMemory:
             self.wanted = max(self.wanted, int(nbytes))
             self._apply()
 
-    def _apply(self) -> None:
+    def _apply(self) -> int:
+        """Size the tier to what is wanted, within the ceiling and what pressure allows; the
+        bytes this evicted."""
         capacity = self.wanted
         if self.ceiling is not None:
             capacity = min(capacity, self.ceiling)
         if self.allowed is not None:
             capacity = min(capacity, self.allowed)
-        self.tier.resize(capacity)
+        return self.tier.resize(capacity)
 
     def relieve(self) -> int:
-        """Shed the tier if the process is over ``shed-fraction`` of its limit (or let it grow
-        back if well under); the bytes shed. Called periodically on the worker."""
+        """Shed the tier if the process is over ``shed_at`` (or let the tier grow back if well
+        under); the bytes shed. Called periodically on the worker."""
         if self.shed_at is None:
             return 0
         rss = self._rss()
+        freed = 0
         with self._lock:
             held = self.tier.stats().bytes_held
             if rss > self.shed_at and held:
-                excess = rss - self.shed_at + self.step
-                self.allowed = max(0, held - excess)
-                before = held
-                self._apply()
-                freed = before - self.tier.stats().bytes_held
+                self.allowed = max(0, held - (rss - self.shed_at + self.step))
+                freed = self._apply()
                 self.shed_bytes += freed
                 self.sheds += 1
             elif rss < self.shed_at - 2 * self.step and self.allowed < self.ceiling:
                 self.allowed = min(self.ceiling, self.allowed + self.step)
                 self._apply()
-                return 0
-            else:
-                return 0
         if freed:
             release_free_memory()
         return freed
@@ -114,7 +126,7 @@ class WorkerMemory:
             "memory_items": stats.items,
             "memory_shed_bytes": self.shed_bytes,
             "memory_sheds": self.sheds,
-            "plan_readers": self.tier._schedule.readers,
+            "plan_readers": self.tier.plan_readers(),
         }
 
 
@@ -122,14 +134,18 @@ _memories: dict[str, WorkerMemory] = {}  # worker address → its budget
 _lock = threading.Lock()
 
 
-def worker_memory(worker) -> WorkerMemory:
+def worker_memory(worker: Worker) -> WorkerMemory:
     """This worker's budget, made (and its periodic check started) on first use."""
     with _lock:
         memory = _memories.get(worker.address)
         if memory is not None:
             return memory
-        limit = getattr(getattr(worker, "memory_manager", None), "memory_limit", None)
-        memory = _memories[worker.address] = WorkerMemory(limit)
+        manager = getattr(worker, "memory_manager", None)
+        memory = _memories[worker.address] = WorkerMemory(
+            getattr(manager, "memory_limit", None),
+            spill=getattr(manager, "memory_spill_fraction", 0.7),
+            pause=getattr(manager, "memory_pause_fraction", 0.8),
+        )
     _start_relief(worker, memory)
     return memory
 
@@ -139,7 +155,7 @@ def memory_of(address: str) -> WorkerMemory | None:
         return _memories.get(address)
 
 
-def release_worker_memory(worker) -> None:
+def release_worker_memory(worker: Worker) -> None:
     """Drop the worker's budget, its cached chunks and its periodic check."""
     with _lock:
         memory = _memories.pop(worker.address, None)
@@ -150,7 +166,7 @@ def release_worker_memory(worker) -> None:
         memory.tier.clear()
 
 
-def _start_relief(worker, memory: WorkerMemory) -> None:
+def _start_relief(worker: Worker, memory: WorkerMemory) -> None:
     """Check memory every ``lakeio.worker.shed-interval`` on the worker's event loop (the
     worker stops its periodic callbacks when it closes)."""
     from dask.utils import parse_timedelta

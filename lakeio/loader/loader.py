@@ -374,9 +374,11 @@ class Loader:
         token = self.cluster.token_for(self.dataset)
         # When each chunk is needed again by any rank, in epochs: the workers' plan-aware
         # eviction serves every rank (and every job) reading the lake, not just this one.
-        chunk_of, _ = self.dataset.sample_chunks()
-        soonest = first_need(self._members, chunk_of, self.plan, epoch + 1)
-        next_use = {c: epoch + 1 + f for c, f in soonest.items()}
+        next_use = None  # Cache(eviction="lru"): the workers are not told the plan
+        if self.dataset.source.cache.eviction == "plan":
+            chunk_of, _ = self.dataset.sample_chunks()
+            soonest = first_need(self._members, chunk_of, self.plan, epoch + 1)
+            next_use = {c: epoch + 1 + f for c, f in soonest.items()}
         loads = ClusterLoads(
             self.cluster.client, self.dataset, token, self.stream.fields, this_epoch,
             self.cluster_options, budget, threads=self.stream.threads, next_use=next_use,

@@ -61,9 +61,9 @@ class _Workers:
             )
 
     def stop(self, proc: subprocess.Popen) -> None:
-        from lakeio.testing.cluster import _stop
+        from lakeio.testing.cluster import stop_process
 
-        _stop(proc)
+        stop_process(proc)
         self.procs.remove(proc)
 
     def stop_all(self) -> None:

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,7 +122,11 @@ def _isolated(command: list[str], private_dirs: tuple[str, ...]) -> list[str]:
 
 
 def worker_command(
-    address: str, name: str, local_directory: str, memory_limit: str = "auto", extra=()
+    address: str,
+    name: str,
+    local_directory: str,
+    memory_limit: str = "auto",
+    extra: Sequence[str] = (),
 ) -> list[str]:
     """The `dask worker` command line for one single-threaded worker (with its nanny) of the
     scheduler at ``address``."""
@@ -132,7 +136,9 @@ def worker_command(
 
 
 @contextmanager
-def extra_worker(address: str, name: str = "lakeio-test-extra", memory_limit: str = "auto"):
+def extra_worker(
+    address: str, name: str = "lakeio-test-extra", memory_limit: str = "auto"
+) -> Iterator[subprocess.Popen]:
     """One more worker process for the cluster at ``address``, stopped on exit (a worker that
     joins later, e.g. after all the others died for good)."""
     with tempfile.TemporaryDirectory(prefix="lakeio-worker-") as tmp:
@@ -143,7 +149,7 @@ def extra_worker(address: str, name: str = "lakeio-test-extra", memory_limit: st
         try:
             yield proc
         finally:
-            _stop(proc)
+            stop_process(proc)
 
 
 @contextmanager
@@ -186,7 +192,7 @@ def process_cluster(
             yield address
         finally:
             for proc in reversed(procs):
-                _stop(proc)
+                stop_process(proc)
 
 
 def _wait_for_address(scheduler_file: str, proc: subprocess.Popen, timeout: float) -> str:
@@ -210,7 +216,8 @@ def _wait_for_workers(address: str, n: int, timeout: float, tls: TLSFiles | None
         client.wait_for_workers(n, timeout=timeout)
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group of ``proc``, SIGKILL if it lingers."""
     if proc.poll() is not None:
         return
     try:

@@ -401,3 +401,27 @@ def test_churn_case_every_event_with_three_trainers_on_two_versions(tmp_path):
     assert tally.lost == 0, tally.notes
     assert tally.trials == tally.injected == tally.recovered == len(EVENTS)
     assert tally.detected >= 1  # at least "every worker replaced" moved tasks to new owners
+
+
+def test_closing_the_client_mid_epoch_ends_the_epoch_at_once_with_an_error(tmp_path):
+    """Closing the client cancels its tasks: that is not someone else's cancellation to retry,
+    and the waiting chunks must learn of it now, not after lakeio.load-timeout."""
+    import dask.config
+    from distributed import Client
+
+    with process_cluster(n_workers=2) as address:
+        client = Client(address, timeout="30s")
+        _distinct_lake(tmp_path / "lake", client)
+        ds = lakeio.open_dataset(tmp_path / "lake")
+        chunk_bytes = ds.chunk_nbytes(("images", "labels"))
+        loader = ds.loader(16, seed=1, cluster=client, prefetch_bytes=2 * chunk_bytes, threads=1)
+        with dask.config.set({"lakeio.load-timeout": "120s"}), loader:
+            batches = iter(loader)
+            next(batches)
+            started = time.monotonic()
+            client.close()
+            with pytest.raises(Exception) as caught:  # whichever Dask raises
+                for _ in batches:
+                    pass
+    assert time.monotonic() - started < 30
+    assert not isinstance(caught.value, TimeoutError), caught.value
