@@ -3,6 +3,8 @@
 from lakeio.cache.config import Cache
 from lakeio.dataset import Dataset, open_dataset
 from lakeio.errors import (
+    ChunkError,
+    ChunkUnavailableError,
     CodecError,
     CorruptChunkError,
     FormatError,
@@ -18,6 +20,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Cache",
+    "ChunkError",
+    "ChunkUnavailableError",
     "CodecError",
     "CorruptChunkError",
     "Dataset",

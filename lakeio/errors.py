@@ -29,22 +29,37 @@ class LakeNotFoundError(FormatError, FileNotFoundError):
     """No lake (no committed manifest) at the given location."""
 
 
-class CorruptChunkError(LakeError, OSError):
-    """A stored chunk that is missing, fails its checksum, or does not decode to its shape."""
+class ChunkError(LakeError, OSError):
+    """A chunk that cannot be served; names the chunk key and, where known, the lake."""
+
+    kind = "chunk"
 
     def __init__(self, key: str, reason: str, lake: str = "") -> None:
         where = f" of lake {lake}" if lake else ""
-        super().__init__(f"corrupt chunk {key}{where}: {reason}")
+        super().__init__(f"{self.kind} {key}{where}: {reason}")
         self.key = key
         self.reason = reason
         self.lake = lake
 
-    def of_lake(self, lake: str) -> CorruptChunkError:
+    def of_lake(self, lake: str) -> ChunkError:
         """The same error naming the lake too (raised where the chunk's lake is known)."""
-        return self if self.lake else CorruptChunkError(self.key, self.reason, lake)
+        return self if self.lake else type(self)(self.key, self.reason, lake)
 
     def __reduce__(self):  # keep (key, reason, lake) across process boundaries (Dask workers)
         return (type(self), (self.key, self.reason, self.lake))
+
+
+class CorruptChunkError(ChunkError):
+    """A stored chunk that fails its checksum or does not decode to its shape."""
+
+    kind = "corrupt chunk"
+
+
+class ChunkUnavailableError(ChunkError):
+    """A chunk the store will not give: missing from it (404) or access denied (403). Permanent,
+    so never retried: the training loop gets it at once."""
+
+    kind = "unavailable chunk"
 
 
 class ReadError(LakeError, OSError):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from lakeio.dataset import Dataset
-from lakeio.errors import CorruptChunkError
+from lakeio.errors import ChunkError, CorruptChunkError
 from lakeio.format.chunks import crc32c_hex
 from lakeio.format.manifest_checks import refuse_constant
 from lakeio.format.segment import (
@@ -53,7 +53,7 @@ def verify_lake(ds: Dataset, progress: Callable[[int], None] | None = None) -> V
                     if name == "labels":
                         key = ds.source.key(s, name, c)
                         _check_labels(chunk, seg.samples - c * m.chunk_samples, len(m.classes), key)
-                except CorruptChunkError as exc:
+                except ChunkError as exc:
                     report.problems.append((exc.key, exc.reason))
                 report.chunks_checked += 1
                 if progress:

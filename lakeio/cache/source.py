@@ -15,7 +15,7 @@ import numpy as np
 from lakeio.cache.config import Cache
 from lakeio.cache.disk import DiskTier
 from lakeio.cache.memory import MemoryTier
-from lakeio.errors import CorruptChunkError
+from lakeio.errors import ChunkError, ChunkUnavailableError, CorruptChunkError
 from lakeio.format.chunks import decode_chunk, decode_text_chunk, verify_checksum
 from lakeio.format.codecs import parse_codec
 from lakeio.format.location import Location
@@ -93,7 +93,7 @@ class ChunkSource:
         if not hit:
             try:
                 value = load()
-            except CorruptChunkError as exc:
+            except ChunkError as exc:
                 raise exc.of_lake(self.loc.describe()) from None
             if self.memory is not None:
                 self.memory.put(cache_key, value)
@@ -147,7 +147,7 @@ class ChunkSource:
         key = self.key(segment, field, chunk)
         try:
             return self._decode(field, self._origin(key), key)
-        except CorruptChunkError as exc:
+        except ChunkError as exc:
             raise exc.of_lake(self.loc.describe()) from None
 
     def _load(self, field: str, key: str, cache_key: str) -> np.ndarray:
@@ -177,7 +177,9 @@ class ChunkSource:
         try:
             raw = self.loc.read_bytes(key)
         except FileNotFoundError:
-            raise CorruptChunkError(key, "missing from the store") from None
+            raise ChunkUnavailableError(key, "missing from the store") from None
+        except PermissionError as exc:  # e.g. S3's 403 AccessDenied: not retried, named
+            raise ChunkUnavailableError(key, f"access denied by the store ({exc})") from None
         self._add("origin_reads", 1)
         self._add("origin_bytes", len(raw))
         return raw

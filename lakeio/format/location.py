@@ -46,6 +46,8 @@ class Location:
             fs, root = fsspec.core.url_to_fs(
                 self.url, **_bounded_retries(self.url, self.storage_options)
             )
+            if "retries" in type(fs).__dict__ and "retries" not in self.storage_options:
+                fs.retries = 1  # s3fs's own retry layer (5 by default): lakeio's deadline rules
             cached = (os.getpid(), fs, root.rstrip("/"))
             self.__dict__["_fs_cache"] = cached  # a frozen dataclass: set without __setattr__
         return cached[1], cached[2]

@@ -266,12 +266,12 @@ def test_state_saved_after_an_epochs_last_batch_resumes_with_the_next_epoch(smal
 def test_a_failing_read_reaches_the_training_loop_as_an_error(small_lake, tmp_path):
     import shutil
 
-    from lakeio.errors import CorruptChunkError
+    from lakeio.errors import ChunkUnavailableError
 
     shutil.copytree(small_lake[0], tmp_path / "lake")
     next((tmp_path / "lake" / "segments").iterdir()).joinpath("images", "c.0.0.0.0").unlink()
     loader = lakeio.open_dataset(tmp_path / "lake").loader(batch_size=16)
-    with pytest.raises(CorruptChunkError, match="missing from the store"):
+    with pytest.raises(ChunkUnavailableError, match="missing from the store"):
         for _ in loader:
             pass
 

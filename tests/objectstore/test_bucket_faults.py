@@ -1,0 +1,80 @@
+"""A lake in a bucket behind the fault proxy: transient faults are survived with the exact
+batches, permanent ones end the epoch at once with one error naming the chunk and the lake."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+import lakeio
+from lakeio.errors import ChunkUnavailableError
+from lakeio.testing.batches import assert_same, collect
+from lakeio.testing.s3proxy import FaultProxy, ProxyFaults
+
+URL = "s3://lakeio-test/faults/lake"
+
+
+@pytest.fixture(scope="module")
+def bucket_lake(s3_options):
+    """48 chunks of 8 small distinct images in moto's bucket; the in-process reference batches."""
+    rng = np.random.default_rng(3)
+    n = 48 * 8
+    images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    images[:, 0, 0, 0], images[:, 0, 0, 1] = np.arange(n) % 256, np.arange(n) // 256
+    lakeio.ingest(images, URL, labels=rng.integers(0, 4, n), chunk_samples=8, codec="lz4",
+                  storage_options=s3_options, progress=False, echo=None)  # fmt: skip
+    reference = collect(lakeio.open_dataset(URL, storage_options=s3_options).loader(32, seed=5))
+    return reference
+
+
+def _through(proxy: FaultProxy, s3_options: dict) -> dict:
+    return {**s3_options, "endpoint_url": proxy.endpoint}
+
+
+def test_an_epoch_under_503s_and_resets_delivers_the_same_batches(bucket_lake, s3_options):
+    faults = ProxyFaults(slowdown_every=4, reset_every=9, truncate_every=13)
+    with FaultProxy(s3_options["endpoint_url"], faults) as proxy:
+        ds = lakeio.open_dataset(URL, storage_options=_through(proxy, s3_options))
+        got = collect(ds.loader(32, seed=5))
+        counts = proxy.counts
+    assert_same(got, bucket_lake)
+    assert counts["slowdown"] >= 10 and counts["reset"] >= 5 and counts["truncated"] >= 3
+
+
+@pytest.mark.parametrize("fault", ["deny", "missing"])
+def test_a_denied_or_missing_chunk_ends_the_epoch_at_once_naming_chunk_and_lake(
+    bucket_lake, s3_options, fault
+):
+    pattern = "lakeio-test/faults/lake/segments/s000005-*/images/*"
+    with FaultProxy(s3_options["endpoint_url"], ProxyFaults(**{fault: (pattern,)})) as proxy:
+        ds = lakeio.open_dataset(URL, storage_options=_through(proxy, s3_options))
+        started = time.monotonic()
+        with pytest.raises(ChunkUnavailableError) as caught:
+            collect(ds.loader(32, seed=5))
+        elapsed = time.monotonic() - started
+        counts = proxy.counts
+    error = caught.value
+    assert elapsed < 10
+    assert error.key.startswith("segments/s000005-") and "/images/c." in error.key
+    assert error.lake == URL
+    assert URL in str(error) and error.key in str(error)
+    assert ("access denied" if fault == "deny" else "missing from the store") in str(error)
+    assert counts["denied" if fault == "deny" else "missing"] == 1  # asked once: never retried
+
+
+def test_on_the_cluster_a_denied_chunk_reaches_the_trainer_naming_chunk_and_lake(
+    bucket_lake, s3_options, client
+):
+    pattern = "lakeio-test/faults/lake/segments/s000007-*/labels/*"
+    with FaultProxy(s3_options["endpoint_url"], ProxyFaults(deny=(pattern,))) as proxy:
+        ds = lakeio.open_dataset(URL, storage_options=_through(proxy, s3_options))
+        started = time.monotonic()
+        with (
+            pytest.raises(ChunkUnavailableError, match=r"/labels/c\.\d+ of lake s3://") as caught,
+            ds.loader(32, seed=5, cluster=client) as loader,
+        ):
+            collect(loader)
+    assert time.monotonic() - started < 10
+    assert caught.value.lake == URL and "access denied" in caught.value.reason
