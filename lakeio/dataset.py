@@ -81,7 +81,7 @@ class Dataset:
     def load_chunk(self, chunk: int, fields) -> dict[str, np.ndarray]:
         """The decoded chunk ``chunk`` (an id from `sample_chunks`) for each field."""
         ref = self._chunk_table[0][chunk]
-        return {f: self.source.get(ref.segment, f, ref.chunk) for f in fields}
+        return self.source.get_fields(ref.segment, tuple(fields), ref.chunk)
 
     def schedule_chunks(self, chunk_times) -> None:
         """Pass (chunk id, next use) pairs to the memory tier's plan-aware eviction."""

@@ -11,11 +11,14 @@ served them.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import threading
 import time
 import uuid
 from concurrent.futures import CancelledError, Future, InvalidStateError, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 from math import inf
 from typing import Any
@@ -244,7 +247,7 @@ class ClusterLoads:
         while True:
             task = group.task
             try:
-                return self.client.gather(task, direct=self._direct)
+                return self._gather(task)
             except BaseException as exc:
                 with self._lock:
                     if self._closed:
@@ -258,6 +261,30 @@ class ClusterLoads:
                     self.retried += 1
             finally:
                 task.release()  # the worker may drop the result; its own cache keeps the chunks
+
+    def _gather(self, task) -> dict:
+        """``task``'s result, fetched once (straight from its worker). Waited for here, a second
+        at a time, rather than in ``client.gather``: a gather in flight when the client closes
+        never returns, and its thread would hold up the interpreter's exit."""
+        loop = self.client.loop.asyncio_loop
+        if self.client.status != "running" or loop.is_closed():
+            raise CancelledError(f"the Dask client was closed ({self.client.status})")
+        coroutine = self.client._gather([task], direct=self._direct)
+        try:
+            pending = asyncio.run_coroutine_threadsafe(coroutine, loop)
+        except RuntimeError:  # the loop closed meanwhile
+            coroutine.close()
+            raise CancelledError(f"the Dask client was closed ({self.client.status})") from None
+        while True:
+            try:
+                return pending.result(timeout=1.0)[0]
+            except FuturesTimeout:
+                if self.client.status != "running":
+                    pending.cancel()
+                    if inspect.getcoroutinestate(coroutine) == inspect.CORO_CREATED:
+                        coroutine.close()  # never started: the loop stopped first
+                    closed = f"the Dask client was closed ({self.client.status})"
+                    raise CancelledError(closed) from None
 
     def _cancelled_by_others(self, error: BaseException, group: _Group) -> bool:
         """``group``'s task was cancelled, not by these loads nor by closing the client, and
@@ -284,7 +311,7 @@ class ClusterLoads:
         the cluster has no workers or its scheduler does not answer."""
         from dask.utils import parse_timedelta
 
-        interval = parse_timedelta(dask.config.get("lakeio.cluster.check-interval"))
+        interval = parse_timedelta(dask.config.get("lakeio.cluster.check-interval", "1s"))
         limit = parse_timedelta(dask.config.get("lakeio.connect-timeout", "15s"))
         trouble_since = None
         while not self._stop.wait(interval):
@@ -292,8 +319,11 @@ class ClusterLoads:
                 if not self._out:
                     trouble_since = None
                     continue
-            if self.client.status != "running":
-                return  # closed: the gathers fail, and say so
+            if self.client.status != "running":  # a gather in flight may never return
+                self._fail_all(
+                    LakeError(f"the Dask client of these loads was closed ({self.client.status})")
+                )
+                return
             try:
                 workers = frozenset(self.client.ncores())
                 trouble = "has no workers"
@@ -371,8 +401,9 @@ class ClusterLoads:
             for pending in self._pending.values():
                 pending.cancel()
             self._pending.clear()
-        if tasks:
-            self.client.cancel(tasks)
+        if tasks and self.client.status == "running":
+            with contextlib.suppress(Exception):  # closing meanwhile: nothing left to cancel
+                self.client.cancel(tasks)
         self._pool.shutdown(wait=True, cancel_futures=True)
         self._watcher.join(timeout=5)
 

@@ -34,6 +34,8 @@ from lakeio.cache.schedule import SharedSchedule
 if TYPE_CHECKING:
     from distributed import Worker
 
+# (the gets below repeat these defaults: a dask.config.set entered before this module is
+# imported removes the key again on exit)
 dask.config.update_defaults(
     {
         "lakeio": {
@@ -64,15 +66,15 @@ class WorkerMemory:
         from dask.utils import parse_timedelta
 
         self.limit = int(memory_limit) if memory_limit else None
-        fraction = float(dask.config.get("lakeio.worker.memory-fraction"))
-        shed = float(dask.config.get("lakeio.worker.shed-fraction"))
+        fraction = float(dask.config.get("lakeio.worker.memory-fraction", 0.5))
+        shed = float(dask.config.get("lakeio.worker.shed-fraction", 0.65))
         for dask_fraction in (spill, pause):
             if dask_fraction is not False and dask_fraction is not None:
                 shed = min(shed, round(float(dask_fraction) - 0.05, 6))
         self.ceiling = int(self.limit * fraction) if self.limit else None
         self.shed_at = int(self.limit * shed) if self.limit else None
         self.step = int(self.limit * 0.05) if self.limit else 0  # hysteresis and regrowth
-        ttl = parse_timedelta(dask.config.get("lakeio.worker.plan-ttl"))
+        ttl = parse_timedelta(dask.config.get("lakeio.worker.plan-ttl", "10 minutes"))
         self.tier = MemoryTier(0, "plan", schedule=SharedSchedule(ttl=ttl))
         self.wanted = 0  # the largest Cache(memory=...) of the lakes registered here
         self.allowed = self.ceiling  # lowered under memory pressure, raised back slowly
@@ -174,7 +176,7 @@ def _start_relief(worker: Worker, memory: WorkerMemory) -> None:
 
     if memory.shed_at is None:
         return  # no memory limit: nothing to keep under
-    interval = parse_timedelta(dask.config.get("lakeio.worker.shed-interval"), "ms") * 1000
+    interval = parse_timedelta(dask.config.get("lakeio.worker.shed-interval", "200ms"), "ms") * 1000
     callback = PeriodicCallback(memory.relieve, interval)
     worker.periodic_callbacks["lakeio-memory"] = callback
     callback.start()

@@ -307,12 +307,16 @@ def _raise_naming(exc: BaseException, path: str) -> NoReturn:
 
 def _bounded_retries(url: str, options: dict[str, Any]) -> dict[str, Any]:
     """s3fs and botocore retry on top of each other (5 x 5 x 5): keep theirs small, lakeio's own
-    deadline-bounded retry (`with_retries`) decides. Options the user gave are left alone."""
+    deadline-bounded retry (`with_retries`) decides; and allow as many connections as lakeio
+    keeps requests in flight. Options the user gave are left alone."""
     if not url.startswith(("s3://", "s3a://")):
         return options
     options = dict(options)
     config = dict(options.get("config_kwargs") or {})
     config.setdefault("retries", {"mode": "standard", "total_max_attempts": 2})
+    # botocore's pool holds 10 connections: fewer requests in flight than the loader keeps
+    # (lakeio.read.max-in-flight chunks, each field its own request)
+    config.setdefault("max_pool_connections", 128)
     options["config_kwargs"] = config
     return options
 

@@ -225,11 +225,12 @@ def _submit(client: Client, task: SegmentTask, run: str):
 
 
 def _scatter(client: Client, data):
-    """Scatter ``data``; a worker dying during it (``Stream is closed``) is tried around."""
+    """Scatter ``data``; a worker dying during it is tried around: ``Stream is closed`` while
+    sending, or a ``KeyError`` naming it when the scheduler records where the data went."""
     for attempt in range(LOST_DATA_RETRIES + 1):
         try:
             return client.scatter(data, hash=False)
-        except CommClosedError:
+        except (CommClosedError, KeyError):
             if attempt == LOST_DATA_RETRIES:
                 raise
             require_workers(client)

@@ -29,7 +29,7 @@ def make_loader(
     world_size: int | None = None,
     output: str = "tuple",
     prefetch_bytes: int | None = None,
-    threads: int = 4,
+    threads: int | None = None,
     prefetch_next_epoch: bool = True,
     cluster=None,
     decode: str = "worker",
@@ -47,6 +47,10 @@ def make_loader(
     chunks of the next one (the usual ``set_epoch(e + 1)``) while the training loop finishes;
     another epoch (or none) next just drops that work.
     ``transform`` is called on each batch (a dict of tensors) after the device stage.
+    ``threads`` load chunks in process: by default 4 for a lake on a local disk, and for a
+    remote one as many as the prefetch budget has chunks (at most ``lakeio.read.max-in-flight``,
+    32), since there each load mostly waits for the store: Little's law wants rate × latency /
+    chunk size requests in flight, and the budget bounds what may be.
 
     ``cluster`` (a `distributed.Client`, a scheduler address, or ``"local"``) runs the chunk
     loads as ``lakeio-load-…`` tasks on the Dask workers, each worker caching the chunks it owns

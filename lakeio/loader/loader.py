@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import dask.config
 import numpy as np
 import torch
 
@@ -36,7 +37,7 @@ class StreamOptions:
 
     fields: tuple[str, ...] = ("images", "labels")
     prefetch_bytes: int | None = None
-    threads: int = 4
+    threads: int | None = None  # None: chosen for the store (`Loader._load_threads`)
     ahead: int = 2
     output: str = "tuple"
     prefetch_next_epoch: bool = True
@@ -169,6 +170,9 @@ class Loader:
         s["samples_per_s"] = s["samples"] / s["seconds"] if s["seconds"] else 0.0
         s["stall_fraction"] = s["stall_seconds"] / s["seconds"] if s["seconds"] else 0.0
         s["cache"] = self.dataset.source.stats()
+        s["load_threads"] = (
+            (self.stream.threads or 4) if self.cluster else self._load_threads(self._budget())
+        )
         if self.cluster is not None:
             from lakeio.cluster.worker import gather_worker_stats
 
@@ -338,11 +342,12 @@ class Loader:
         chunk_of, row_of = ds.sample_chunks()
         batch_chunks = [chunk_of[b] for b in batches]
         this_epoch, _ = first_and_last_use(batch_chunks)
-        budget = self.stream.prefetch_bytes or 2 * self.plan.window * ds.chunk_nbytes(fields)
+        budget = self._budget()
         if self.cluster is not None:
             loads = self._cluster_loads(this_epoch, budget, epoch)
         else:
-            loads = ThreadLoads(self._scheduled_load(this_epoch, epoch, after), self.stream.threads)
+            threads = self._load_threads(budget)
+            loads = ThreadLoads(self._scheduled_load(this_epoch, epoch, after), threads)
         prefetcher = ChunkPrefetcher(
             start=loads.start,
             chunk_bytes=lambda c: ds.chunk_nbytes(fields),
@@ -350,6 +355,23 @@ class Loader:
             budget=budget,
         )
         return prefetcher, loads, batch_chunks, row_of, after
+
+    def _budget(self) -> int:
+        """Bytes of decoded chunks held or in flight: as asked, or two shuffle windows."""
+        chunk = self.dataset.chunk_nbytes(self.stream.fields)
+        return self.stream.prefetch_bytes or 2 * self.plan.window * chunk
+
+    def _load_threads(self, budget: int) -> int:
+        """Threads loading chunks in process: as asked; else 4 on a local disk, and for a remote
+        store as many as the budget has chunks (each load there mostly waits on a round trip),
+        up to ``lakeio.read.max-in-flight``."""
+        if self.stream.threads:
+            return self.stream.threads
+        if self.dataset.loc.is_local:
+            return 4
+        chunks = budget // max(1, self.dataset.chunk_nbytes(self.stream.fields))
+        limit = int(dask.config.get("lakeio.read.max-in-flight", 32))
+        return max(4, min(limit, chunks))
 
     def _scheduled_load(
         self, this_epoch: list[int], epoch: int, after: int = 0
@@ -381,7 +403,7 @@ class Loader:
             next_use = {c: epoch + 1 + f for c, f in soonest.items()}
         loads = ClusterLoads(
             self.cluster.client, self.dataset, token, self.stream.fields, this_epoch,
-            self.cluster_options, budget, threads=self.stream.threads, next_use=next_use,
+            self.cluster_options, budget, threads=self.stream.threads or 4, next_use=next_use,
             reader=self._reader, epoch=epoch,
         )  # fmt: skip
         return _CountingLoads(loads, self)

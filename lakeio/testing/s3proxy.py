@@ -89,7 +89,8 @@ class FaultProxy:
     @property
     def counts(self) -> dict[str, int]:
         """Requests seen and faults injected so far: ``requests``, ``slowdown``, ``reset``,
-        ``truncated``, ``denied``, ``missing``, and ``delay_ms`` (latency added, in total)."""
+        ``truncated``, ``denied``, ``missing``, ``delay_ms`` (latency added, in total), and
+        ``peak_in_flight`` (the most requests it was answering at once)."""
         with self._state.lock:
             return dict(self._state.counts)
 
@@ -181,6 +182,17 @@ class FaultProxy:
             return fault, delay, f
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        with self._state.lock:
+            counts = self._state.counts
+            counts["in_flight"] += 1
+            counts["peak_in_flight"] = max(counts["peak_in_flight"], counts["in_flight"])
+        try:
+            return await self._answer(request)
+        finally:
+            with self._state.lock:
+                self._state.counts["in_flight"] -= 1
+
+    async def _answer(self, request: web.Request) -> web.StreamResponse:
         path = urlsplit(str(request.rel_url)).path
         key = unquote(path.lstrip("/"))
         fault, delay, faults = self._decide(request.method, key)
