@@ -31,23 +31,6 @@ SETTINGS = {
 }
 
 
-def _bucket():
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1",
-        aws_access_key_id="bench", aws_secret_access_key="bench",
-    ).create_bucket(Bucket="lakeio-bench")  # fmt: skip
-    options = {"key": "bench", "secret": "bench", "endpoint_url": endpoint,
-               "client_kwargs": {"region_name": "us-east-1"}}  # fmt: skip
-    return server, options
-
-
 def _lake(url: str, options: dict, n: int, size: int) -> int:
     import lakeio
     from lakeio.testing.images import photo_crops
@@ -79,14 +62,14 @@ def main() -> None:
     args = p.parse_args()
 
     from lakeio.testing.s3proxy import FaultProxy, ProxyFaults
+    from lakeio.testing.s3server import moto_bucket
 
-    server, options = _bucket()
     lakes = {
         "64x64": (int(20000 * args.scale), 64),
         "224x224": (int(2000 * args.scale), 224),
     }
     rows = []
-    try:
+    with moto_bucket("lakeio-bench", key="bench", secret="bench") as options:
         for name, (n, size) in lakes.items():
             url = f"s3://lakeio-bench/{name}"
             nbytes = _lake(url, options, n, size)
@@ -117,8 +100,6 @@ def main() -> None:
                     f"{min(shares[setting]):.2f}–{max(shares[setting]):.2f} | "
                     f"{c.get('requests', 0):,} | {faults:,} |"
                 )
-    finally:
-        server.stop()
     table = "\n".join([
         "| lake | through the proxy | first epoch, s (median) | decoded MB/s | share of +0 ms (per round) | requests | faults injected |",
         "|---|---|---|---|---|---|---|",

@@ -58,21 +58,7 @@ def small_lake(tmp_path_factory, client):
 @pytest.fixture(scope="session")
 def s3_options():
     """An S3-compatible server (moto) on 127.0.0.1 with a bucket `lakeio-test`; yields s3fs options."""
-    import boto3
-    from moto.server import ThreadedMotoServer
+    from lakeio.testing.s3server import moto_bucket
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    boto3.client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing",
-    ).create_bucket(Bucket="lakeio-test")  # fmt: skip
-    yield {
-        "key": "testing",
-        "secret": "testing",
-        "endpoint_url": endpoint,
-        "client_kwargs": {"region_name": "us-east-1"},
-    }
-    server.stop()
+    with moto_bucket("lakeio-test") as options:
+        yield options

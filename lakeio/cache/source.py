@@ -89,9 +89,8 @@ class ChunkSource:
             return {f: self.get(segment, f, chunk) for f in fields}
         pool = self._field_pool()
         rest = {f: pool.submit(self.get, segment, f, chunk) for f in fields[1:]}
-        out = {fields[0]: self.get(segment, fields[0], chunk)}
-        out.update((f, future.result()) for f, future in rest.items())
-        return {f: out[f] for f in fields}
+        first = self.get(segment, fields[0], chunk)  # meanwhile, here
+        return {fields[0]: first, **{f: future.result() for f, future in rest.items()}}
 
     def _field_pool(self) -> ThreadPoolExecutor:
         """This process's pool: a forked child (a DataLoader worker) inherits the parent's pool

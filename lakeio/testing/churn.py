@@ -23,8 +23,6 @@ import time
 from itertools import zip_longest
 from pathlib import Path
 
-import numpy as np
-
 from lakeio.testing.batches import collect, same
 from lakeio.testing.tally import Tally
 
@@ -105,15 +103,10 @@ def _apply(event: str, client, workers: _Workers, joined: list) -> None:
 
 def _lake(path: Path, client) -> None:
     """Small distinct images, 48 chunks of 8; version 2 by `lakeio stats`."""
-    import lakeio
     from lakeio.stats import compute_stats
+    from lakeio.testing.lakes import distinct_lake
 
-    rng = np.random.default_rng(0)
-    n = 48 * 8
-    images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
-    images[:, 0, 0, 0], images[:, 0, 0, 1] = np.arange(n) % 256, np.arange(n) // 256
-    lakeio.ingest(images, path, labels=rng.integers(0, 4, n), cluster=client, chunk_samples=8,
-                  codec="lz4", progress=False, echo=None)  # fmt: skip
+    distinct_lake(path, cluster=client)
     compute_stats(path, cluster=client, echo=None)
 
 

@@ -15,6 +15,7 @@ import lakeio
 from lakeio.cluster.affinity import owner
 from lakeio.testing.batches import assert_same, collect
 from lakeio.testing.cluster import process_cluster
+from lakeio.testing.lakes import distinct_lake
 
 
 @pytest.mark.parametrize("decode", ["trainer", "worker"])
@@ -91,17 +92,8 @@ def test_two_clients_share_one_cluster_each_rank_exactly_once(small_lake, cluste
 
 
 def _tiny_lake(tmp_path, client, chunks: int = 64, chunk_samples: int = 8):
-    rng = np.random.default_rng(0)
-    n = chunks * chunk_samples
-    images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
-    images[:, 0, 0, 0] = np.arange(n) % 256  # every sample distinct
-    images[:, 0, 0, 1] = np.arange(n) // 256
-    labels = rng.integers(0, 4, n)
     path = tmp_path / "lake"
-    lakeio.ingest(
-        images, path, labels=labels, cluster=client, chunk_samples=chunk_samples,
-        codec="lz4", progress=False, echo=None,
-    )  # fmt: skip
+    images = distinct_lake(path, chunks, chunk_samples, cluster=client)
     return path, images
 
 

@@ -11,6 +11,7 @@ import pytest
 import lakeio
 from lakeio.errors import ChunkUnavailableError
 from lakeio.testing.batches import assert_same, collect
+from lakeio.testing.lakes import distinct_lake
 from lakeio.testing.s3proxy import FaultProxy, ProxyFaults
 
 URL = "s3://lakeio-test/faults/lake"
@@ -19,12 +20,7 @@ URL = "s3://lakeio-test/faults/lake"
 @pytest.fixture(scope="module")
 def bucket_lake(s3_options):
     """48 chunks of 8 small distinct images in moto's bucket; the in-process reference batches."""
-    rng = np.random.default_rng(3)
-    n = 48 * 8
-    images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
-    images[:, 0, 0, 0], images[:, 0, 0, 1] = np.arange(n) % 256, np.arange(n) // 256
-    lakeio.ingest(images, URL, labels=rng.integers(0, 4, n), chunk_samples=8, codec="lz4",
-                  storage_options=s3_options, progress=False, echo=None)  # fmt: skip
+    distinct_lake(URL, seed=3, storage_options=s3_options)
     reference = collect(lakeio.open_dataset(URL, storage_options=s3_options).loader(32, seed=5))
     return reference
 
@@ -84,7 +80,9 @@ def test_on_the_cluster_a_denied_chunk_reaches_the_trainer_naming_chunk_and_lake
 def test_a_chunks_fields_are_fetched_at_once_from_a_bucket(bucket_lake, s3_options):
     """Each field is its own object: one after the other, a labels chunk of a few bytes would
     cost a full round trip after its images chunk."""
-    with FaultProxy(s3_options["endpoint_url"], ProxyFaults(latency=0.3)) as proxy:
+    # a second per request: on a busy 2-core machine two concurrent requests may set off a few
+    # hundred ms apart, and must still be seen in flight together
+    with FaultProxy(s3_options["endpoint_url"], ProxyFaults(latency=1.0)) as proxy:
         ds = lakeio.open_dataset(
             URL, storage_options=_through(proxy, s3_options), cache=lakeio.Cache(memory=0)
         )

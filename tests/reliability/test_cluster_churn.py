@@ -15,6 +15,7 @@ import lakeio
 from lakeio.errors import LakeError
 from lakeio.testing.batches import assert_same, collect
 from lakeio.testing.cluster import process_cluster
+from lakeio.testing.lakes import distinct_lake
 
 LAKEIO = str(Path(sys.executable).with_name("lakeio"))
 
@@ -164,21 +165,6 @@ def test_an_array_ingest_survives_a_worker_killed_while_holding_its_data(tmp_pat
         )
 
 
-def _distinct_lake(path, client, chunks: int = 48, chunk_samples: int = 8):
-    """Tiny images, every one distinct, ``chunk_samples`` to a chunk."""
-    rng = np.random.default_rng(0)
-    n = chunks * chunk_samples
-    images = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
-    images[:, 0, 0, 0] = np.arange(n) % 256
-    images[:, 0, 0, 1] = np.arange(n) // 256
-    labels = rng.integers(0, 4, n)
-    lakeio.ingest(
-        images, path, labels=labels, cluster=client, chunk_samples=chunk_samples,
-        codec="lz4", progress=False, echo=None,
-    )  # fmt: skip
-    return images
-
-
 def _worker_pids(client) -> list[int]:
     return list(client.run(os.getpid).values())
 
@@ -200,7 +186,7 @@ def test_an_epoch_goes_on_when_every_worker_is_replaced(tmp_path, how):
         Client(address, timeout="30s") as client,
         dask.config.set({"lakeio.cluster.check-interval": "0.2s", "lakeio.load-timeout": "90s"}),
     ):
-        images = _distinct_lake(tmp_path / "lake", client)
+        images = distinct_lake(tmp_path / "lake", cluster=client)
         ds = lakeio.open_dataset(tmp_path / "lake")
         expected = collect(ds.loader(16, seed=4, shuffle_window=4))
         chunk_bytes = ds.chunk_nbytes(("images", "labels"))
@@ -243,7 +229,7 @@ def test_a_cluster_loader_whose_workers_all_die_for_good_fails_in_one_error(tmp_
         Client(address, timeout="30s") as client,
         dask.config.set({"lakeio.cluster.check-interval": "0.2s", "lakeio.connect-timeout": "2s"}),
     ):
-        _distinct_lake(tmp_path / "lake", client)
+        distinct_lake(tmp_path / "lake", cluster=client)
         ds = lakeio.open_dataset(tmp_path / "lake")
         chunk_bytes = ds.chunk_nbytes(("images", "labels"))
         loader = ds.loader(16, seed=1, cluster=client, prefetch_bytes=2 * chunk_bytes, threads=1)
@@ -273,8 +259,8 @@ def test_every_lake_and_version_on_a_worker_shares_one_memory_budget(tmp_path):
     from lakeio.stats import compute_stats
 
     with process_cluster(n_workers=2) as address, Client(address, timeout="30s") as client:
-        _distinct_lake(tmp_path / "a", client, chunks=64)
-        _distinct_lake(tmp_path / "b", client, chunks=64)
+        distinct_lake(tmp_path / "a", 64, cluster=client)
+        distinct_lake(tmp_path / "b", 64, cluster=client)
         probe = lakeio.open_dataset(tmp_path / "a")
         lake_bytes = len(probe.chunk_members()) * probe.chunk_nbytes(("images", "labels"))
         budget = lake_bytes  # each worker could hold a whole lake, not two
@@ -385,7 +371,7 @@ def test_plan_aware_eviction_on_workers_serves_every_rank_and_every_job(tmp_path
     rates = {}
     with process_cluster(n_workers=2) as address, Client(address, timeout="30s") as client:
         for i, (name, jobs) in enumerate(scenarios.items()):
-            _distinct_lake(tmp_path / f"lake{i}", client, chunks=96)
+            distinct_lake(tmp_path / f"lake{i}", 96, cluster=client)
             rates[name] = hit_rate(client, tmp_path / f"lake{i}", jobs)
     alone = rates["one rank"]
     assert 0.15 < alone < 0.4, rates  # about the cached share: the chunks needed soonest
@@ -411,7 +397,7 @@ def test_closing_the_client_mid_epoch_ends_the_epoch_at_once_with_an_error(tmp_p
 
     with process_cluster(n_workers=2) as address:
         client = Client(address, timeout="30s")
-        _distinct_lake(tmp_path / "lake", client)
+        distinct_lake(tmp_path / "lake", cluster=client)
         ds = lakeio.open_dataset(tmp_path / "lake")
         chunk_bytes = ds.chunk_nbytes(("images", "labels"))
         loader = ds.loader(16, seed=1, cluster=client, prefetch_bytes=2 * chunk_bytes, threads=1)
