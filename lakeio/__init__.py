@@ -13,6 +13,7 @@ from lakeio.errors import (
     LakeNotFoundError,
     ReadError,
     SourceError,
+    WriteError,
 )
 from lakeio.ingest import IngestOptions, IngestSummary, ingest
 
@@ -33,6 +34,7 @@ __all__ = [
     "LakeNotFoundError",
     "ReadError",
     "SourceError",
+    "WriteError",
     "__version__",
     "ingest",
     "open_dataset",

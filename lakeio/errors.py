@@ -30,23 +30,31 @@ class LakeNotFoundError(FormatError, FileNotFoundError):
 
 
 class ChunkError(LakeError, OSError):
-    """A chunk that cannot be served; names the chunk key and, where known, the lake."""
+    """A chunk that cannot be served; names the chunk key and, where known, the lake and the
+    Dask worker that tried (on the cluster path, where one worker's view of the store, e.g. its
+    credentials, may differ from the others')."""
 
     kind = "chunk"
 
-    def __init__(self, key: str, reason: str, lake: str = "") -> None:
+    def __init__(self, key: str, reason: str, lake: str = "", worker: str = "") -> None:
         where = f" of lake {lake}" if lake else ""
-        super().__init__(f"{self.kind} {key}{where}: {reason}")
+        by = f" (read by worker {worker})" if worker else ""
+        super().__init__(f"{self.kind} {key}{where}{by}: {reason}")
         self.key = key
         self.reason = reason
         self.lake = lake
+        self.worker = worker
 
     def of_lake(self, lake: str) -> ChunkError:
         """The same error naming the lake too (raised where the chunk's lake is known)."""
-        return self if self.lake else type(self)(self.key, self.reason, lake)
+        return self if self.lake else type(self)(self.key, self.reason, lake, self.worker)
 
-    def __reduce__(self):  # keep (key, reason, lake) across process boundaries (Dask workers)
-        return (type(self), (self.key, self.reason, self.lake))
+    def on_worker(self, worker: str) -> ChunkError:
+        """The same error naming the worker that met it."""
+        return type(self)(self.key, self.reason, self.lake, worker)
+
+    def __reduce__(self):  # keep its fields across process boundaries (Dask workers)
+        return (type(self), (self.key, self.reason, self.lake, self.worker))
 
 
 class CorruptChunkError(ChunkError):
@@ -64,6 +72,10 @@ class ChunkUnavailableError(ChunkError):
 
 class ReadError(LakeError, OSError):
     """A read from the store that kept failing until lakeio's deadline; names the object."""
+
+
+class WriteError(LakeError, OSError):
+    """A write to the store that kept failing until lakeio's deadline; names the object."""
 
 
 class IngestError(LakeError, RuntimeError):

@@ -12,6 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import dask.config
 import numpy as np
 
 from lakeio.cache.config import Cache
@@ -25,7 +26,6 @@ from lakeio.format.manifest import Manifest
 from lakeio.format.segment import chunk_key
 
 STORED_PREFIX = "stored:"  # memory-tier keys of stored (not decoded) chunk bytes
-FIELD_THREADS = 16  # fetching the other fields of chunks from a remote store
 
 
 class ChunkSource:
@@ -59,6 +59,7 @@ class ChunkSource:
             "origin_seconds": 0.0,  # time in origin reads: their latency plus transfer
             "decode_seconds": 0.0,
             "corrupt_refetched": 0,
+            "corrupt_reread": 0,  # origin bodies that failed their checksum and were read again
             "hit_seconds": 0.0,
             "miss_seconds": 0.0,
         }
@@ -82,22 +83,37 @@ class ChunkSource:
     def get_fields(
         self, segment: int, fields: tuple[str, ...], chunk: int
     ) -> dict[str, np.ndarray]:
-        """Chunk ``chunk`` of each of ``fields``. From a remote store they are fetched at once
-        (each field is its own object: one after the other, a 3 KB labels chunk would cost a
-        full round trip after its 4 MB images chunk)."""
-        if len(fields) < 2 or self.loc.is_local:
-            return {f: self.get(segment, f, chunk) for f in fields}
+        """Chunk ``chunk`` of each of ``fields``, fetched at once from a remote store (see
+        `get_many`)."""
+        values = self.get_many([(segment, f, chunk) for f in fields])
+        return dict(zip(fields, values, strict=True))
+
+    def get_many(self, items: list[tuple[int, str, int]], stored: bool = False) -> list[np.ndarray]:
+        """The chunks ``items`` ((segment, field, chunk) triples), decoded (``stored``: their
+        verified stored bytes, as `get_raw`). From a remote store they are fetched at once:
+        each field of each chunk is its own object, and one after the other a 3 KB labels
+        chunk would cost a full round trip after its 4 MB images chunk."""
+        get = self.get_raw if stored else self.get
+        if len(items) < 2 or self.loc.is_local:
+            return [get(*item) for item in items]
         pool = self._field_pool()
-        rest = {f: pool.submit(self.get, segment, f, chunk) for f in fields[1:]}
-        first = self.get(segment, fields[0], chunk)  # meanwhile, here
-        return {fields[0]: first, **{f: future.result() for f, future in rest.items()}}
+        rest = [pool.submit(get, *item) for item in items[1:]]
+        try:
+            first = get(*items[0])  # meanwhile, here
+            return [first, *(future.result() for future in rest)]
+        finally:
+            for future in rest:  # after a failure: what has not started never will
+                future.cancel()
 
     def _field_pool(self) -> ThreadPoolExecutor:
         """This process's pool: a forked child (a DataLoader worker) inherits the parent's pool
         object but none of its threads, and work submitted there would wait for ever."""
         with self._lock:
             if self._pool is None or self._pool[0] != os.getpid():
-                pool = ThreadPoolExecutor(FIELD_THREADS, thread_name_prefix="lakeio-field")
+                pool = ThreadPoolExecutor(
+                    int(dask.config.get("lakeio.read.max-in-flight", 32)),
+                    thread_name_prefix="lakeio-fetch",
+                )
                 self._pool = (os.getpid(), pool)
             return self._pool[1]
 
@@ -201,13 +217,34 @@ class ChunkSource:
             return decoded[-1]
 
     def _origin(self, key: str) -> bytes:
+        """The chunk's bytes from the origin. From a remote store, a body whose checksum fails
+        is read again until one passes, or two reads agree (a damaged copy in the store is the
+        same every time; a byte changed in transit is not), or ``lakeio.read.deadline`` ends;
+        then the caller's check names the chunk."""
+        raw = self._origin_once(key)
+        if self.loc.is_local:
+            return raw
+        deadline = time.monotonic() + float(dask.config.get("lakeio.read.deadline", 60))
+        previous = None
+        while True:
+            try:
+                verify_checksum(raw, key)
+                return raw
+            except CorruptChunkError:
+                if raw == previous or time.monotonic() > deadline:
+                    return raw
+            self._add("corrupt_reread", 1)
+            previous, raw = raw, self._origin_once(key)
+
+    def _origin_once(self, key: str) -> bytes:
         started = time.perf_counter()
         try:
             raw = self.loc.read_bytes(key)
         except FileNotFoundError:
             raise ChunkUnavailableError(key, "missing from the store") from None
         except PermissionError as exc:  # e.g. S3's 403 AccessDenied: not retried, named
-            raise ChunkUnavailableError(key, f"access denied by the store ({exc})") from None
+            reason = exc.strerror if exc.filename and exc.strerror else f"access denied ({exc})"
+            raise ChunkUnavailableError(key, reason) from None
         with self._lock:
             self._counts["origin_reads"] += 1
             self._counts["origin_bytes"] += len(raw)
@@ -247,6 +284,7 @@ class ChunkSource:
             "origin_read_s": c["origin_seconds"] / c["origin_reads"] if c["origin_reads"] else 0.0,
             "decode_seconds": round(c["decode_seconds"], 6),
             "corrupt_refetched": c["corrupt_refetched"],
+            "corrupt_reread": c["corrupt_reread"],
             "memory": memory.as_dict() if memory else None,
             "disk": self.disk.stats(sizes).as_dict() if self.disk is not None else None,
         }

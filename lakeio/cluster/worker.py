@@ -21,6 +21,7 @@ from distributed import WorkerPlugin, get_worker
 from lakeio.cache.config import Cache
 from lakeio.cache.source import ChunkSource
 from lakeio.cluster.worker_memory import memory_of, release_worker_memory, worker_memory
+from lakeio.errors import ChunkError, ReadError
 from lakeio.format.location import Location
 from lakeio.format.manifest import Manifest
 
@@ -100,24 +101,32 @@ def load_chunks(
         reader, now, next_use = plan
         refs_and_times = zip(refs, next_use, strict=True)
         source.schedule(refs_and_times, stored=decode != "worker", reader=reader, now=now)
+    items = [(segment, field, chunk) for segment, chunk in refs for field in fields]
+    try:
+        # decode="trainer": uint8 arrays, which Dask ships without a copy on either side
+        # (bytes objects are rebuilt by copying), and the trainer checksums in place
+        values = source.get_many(items, stored=decode != "worker")
+    except ChunkError as exc:  # which worker met it: its credentials or network may differ
+        raise exc.on_worker(_worker_label()) from None
+    except ReadError as exc:
+        raise ReadError(f"worker {_worker_label()} could not read the lake: {exc}") from None
     out: dict[str, list] = {f: [] for f in fields}
     nbytes = 0
-    for segment, chunk in refs:
-        for field in fields:
-            if decode == "worker":
-                value = source.get(segment, field, chunk)
-                nbytes += int(getattr(value, "nbytes", 0))
-            else:
-                # a uint8 array: Dask ships arrays without a copy on either side (bytes
-                # objects are rebuilt by copying), and the trainer checksums it in place
-                value = source.get_raw(segment, field, chunk)
-                nbytes += value.nbytes
-            out[field].append(value)
+    for (_, field, _), value in zip(items, values, strict=True):
+        out[field].append(value)
+        nbytes += int(getattr(value, "nbytes", 0))
     with _lock:
         served["chunks"] += len(refs)
         served["bytes"] += nbytes
         served["tasks"] += 1
     return out
+
+
+def _worker_label() -> str:
+    """The worker's name and address, as the dashboard lists it."""
+    worker = get_worker()
+    name = str(worker.name)
+    return worker.address if name == worker.address else f"{name} ({worker.address})"
 
 
 def forget_reader(reader: str, dask_worker: Worker | None = None) -> None:

@@ -10,6 +10,7 @@ import contextlib
 import errno
 import os
 import posixpath
+import random
 import socket
 import time
 import uuid
@@ -78,23 +79,27 @@ class Location:
         return posixpath.join(self.url, key) if key else self.url
 
     def exists(self, key: str) -> bool:
-        return self.fs.exists(self.path(key))
+        if self.is_local:
+            return self.fs.exists(self.path(key))
+        return with_retries(lambda: self.fs.exists(self.path(key)), self.describe(key))
 
     def read_bytes(self, key: str) -> bytes:
         """Read a whole object in one request (``start=0`` avoids a separate size lookup)."""
         if self.is_local:
             with open(self.path(key), "rb") as fh:
                 return fh.read()
-        return with_retries(lambda: self.fs.cat_file(self.path(key), start=0), self.describe(key))
+        with _naming_denied(self.describe(key)):
+            read = lambda: self.fs.cat_file(self.path(key), start=0)  # noqa: E731
+            return with_retries(read, self.describe(key))
 
     def read_prefix(self, key: str, size: int) -> bytes:
         """The first ``size`` bytes of an object (all of it if shorter), in one request."""
         if self.is_local:
             with open(self.path(key), "rb") as fh:
                 return fh.read(size)
-        return with_retries(
-            lambda: self.fs.cat_file(self.path(key), start=0, end=size), self.describe(key)
-        )
+        with _naming_denied(self.describe(key)):
+            read = lambda: self.fs.cat_file(self.path(key), start=0, end=size)  # noqa: E731
+            return with_retries(read, self.describe(key))
 
     def write(self, key: str, data: bytes | list) -> int:
         """Write an object whole and durably (temp file, fsync, rename on disk; one PUT elsewhere).
@@ -105,9 +110,9 @@ class Location:
         bytes written.
         """
         parts = data if isinstance(data, list) else [data]
-        if not self.is_local:
+        if not self.is_local:  # one PUT, all or nothing: repeating it after a fault is safe
             payload = b"".join(bytes(p) for p in parts)
-            self.fs.pipe_file(self.path(key), payload)
+            self._put(key, payload)
             return len(payload)
         path = self.path(key)
         tmp = partial_name(path)
@@ -140,7 +145,12 @@ class Location:
         """Names (not paths) directly under ``key``; empty when it does not exist."""
         self.fs.invalidate_cache(self.path(key))  # listings decide versions: never from a cache
         try:
-            entries = self.fs.ls(self.path(key), detail=False)
+            if self.is_local:
+                entries = self.fs.ls(self.path(key), detail=False)
+            else:
+                entries = with_retries(
+                    lambda: self.fs.ls(self.path(key), detail=False), self.describe(key)
+                )
         except (FileNotFoundError, NotADirectoryError):
             return []
         return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
@@ -150,7 +160,12 @@ class Location:
         if self.is_local:
             _local_write(self.path(key), data, exclusive=False)
         else:  # an object PUT is atomic on object stores
-            self.fs.pipe_file(self.path(key), data)
+            self._put(key, data)
+
+    def _put(self, key: str, data: bytes) -> None:
+        with _naming_denied(self.describe(key)):
+            put = lambda: self.fs.pipe_file(self.path(key), data)  # noqa: E731
+            with_retries(put, self.describe(key), "write")
 
     def create_exclusive(self, key: str, data: bytes) -> None:
         """Create ``key`` only if absent (durably); raise `FileExistsError` if another writer won."""
@@ -160,20 +175,38 @@ class Location:
         path = self.path(key)
         if self.protocol in ("s3", "s3a"):
             _require_exclusive_s3fs()
-        try:  # conditional PUT (If-None-Match) where the filesystem supports it, e.g. s3fs
-            self.fs.pipe_file(path, data, mode="create")
+
+        def put_if_absent() -> None:
+            try:  # conditional PUT (If-None-Match) where the filesystem supports it, e.g. s3fs
+                self.fs.pipe_file(path, data, mode="create")
+            except OSError as exc:  # some stores report a failed precondition as a generic error
+                if not isinstance(exc, FileExistsError) and (
+                    "PreconditionFailed" in str(exc) or "412" in str(exc)
+                ):
+                    raise FileExistsError(path) from exc
+                raise
+
+        try:
+            with _naming_denied(self.describe(key)):
+                with_retries(put_if_absent, self.describe(key), "write")
             return
         except TypeError:
             pass
         except FileExistsError:
+            # A retried PUT (lakeio's, or botocore's own, unseen here) may find the object an
+            # earlier attempt created whose answer was lost: this writer's, not a rival's.
+            if self._holds(key, data):
+                return
             raise
-        except OSError as exc:  # some stores report a failed precondition as a generic error
-            if "PreconditionFailed" in str(exc) or "412" in str(exc):
-                raise FileExistsError(path) from exc
-            raise
-        if self.fs.exists(path):  # best effort on stores without conditional writes
+        if self.exists(key):  # best effort on stores without conditional writes
             raise FileExistsError(path)
-        self.fs.pipe_file(path, data)
+        self._put(key, data)
+
+    def _holds(self, key: str, data: bytes) -> bool:
+        try:
+            return self.read_bytes(key) == data
+        except FileNotFoundError:
+            return False
 
     def zarr_store(self, key: str = ""):
         """A zarr store rooted at ``key``: `LocalStore` on disk, `FsspecStore` elsewhere."""
@@ -286,6 +319,18 @@ def is_storage_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+@contextlib.contextmanager
+def _naming_denied(what: str):
+    """A store's 403 says only "Access Denied": say which object it refused."""
+    try:
+        yield
+    except PermissionError as exc:
+        if what in str(exc):
+            raise
+        message = f"access denied by the store ({exc})"
+        raise PermissionError(errno.EACCES, message, what) from exc
+
+
 def _discard(tmp: str) -> None:
     """Remove a temp file if it is there: one left by a failed write would hold the space a
     full disk needs, and be debris for every later reader of the folder."""
@@ -321,34 +366,40 @@ def _bounded_retries(url: str, options: dict[str, Any]) -> dict[str, Any]:
     return options
 
 
-def with_retries(read, what: str):
-    """Call ``read`` until it succeeds, retrying transient errors with backoff under one deadline
-    (``lakeio.read.deadline`` seconds in dask.config, default 60); then one error naming ``what``."""
+def with_retries(call, what: str, action: str = "read"):
+    """Call ``call`` until it succeeds, retrying transient errors with backoff and jitter under
+    one deadline (``lakeio.<action>.deadline`` seconds in dask.config, default 60); then one
+    error naming ``what``: `ReadError`, or `WriteError` for ``action="write"``. Only calls that
+    may be repeated belong here: reads, and whole-object PUTs (all or nothing on a store)."""
     import dask.config
 
-    from lakeio.errors import ReadError
+    from lakeio.errors import ReadError, WriteError
 
-    deadline = time.monotonic() + float(dask.config.get("lakeio.read.deadline", 60))
+    deadline = time.monotonic() + float(dask.config.get(f"lakeio.{action}.deadline", 60))
     delay, attempts = 0.05, 0
     while True:
         attempts += 1
         try:
-            return read()
+            return call()
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            if time.monotonic() + delay > deadline:
-                raise ReadError(f"{what}: read failed after {attempts} attempts: {exc!r}") from exc
-            time.sleep(delay)
+            wait = delay * random.uniform(0.5, 1.5)  # many readers must not retry in lockstep
+            if time.monotonic() + wait > deadline:
+                error = WriteError if action == "write" else ReadError
+                raise error(f"{what}: {action} failed after {attempts} attempts: {exc!r}") from exc
+            time.sleep(wait)
             delay = min(delay * 2, 2.0)
 
 
-_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+_PERMANENT = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError)
+_PERMANENT += (NotADirectoryError,)
 # Packages whose own exception types (not subclasses of OSError) report network trouble.
 _NETWORK_PACKAGES = ("aiohttp", "urllib3", "requests", "http")
 # botocore also reports settings (no credentials, a bad parameter): only these are the network.
 _BOTOCORE_NETWORK = {"ConnectionError", "HTTPClientError", "ResponseStreamingError"}
 _BOTOCORE_NETWORK |= {"IncompleteReadError", "ReadTimeoutError", "ConnectTimeoutError"}
+_BOTOCORE_NETWORK |= {"FlexibleChecksumError"}  # a body changed on the way: read it again
 _RETRY_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout"}
 _RETRY_CODES |= {"InternalError", "ServiceUnavailable", "500", "502", "503", "504"}
 
@@ -357,13 +408,14 @@ def is_transient(exc: BaseException) -> bool:
     """Whether retrying ``exc`` may help: network and I/O errors and throttling, not a missing
     object, a denied one, missing credentials or a programming error (a retry loop must never
     hide a bug, e.g. a filesystem used across a fork raising ``RuntimeError``)."""
-    if isinstance(exc, _PERMANENT):
+    if isinstance(exc, _PERMANENT) or is_storage_full(exc):  # a full store stays full
         return False
     if isinstance(exc, (OSError, TimeoutError)):
         return True
     names = {cls.__name__ for cls in type(exc).__mro__}
     top = {(cls.__module__ or "").split(".")[0] for cls in type(exc).__mro__}
     if top & {"botocore", "aiobotocore"}:
-        code = str(getattr(exc, "response", {}).get("Error", {}).get("Code", ""))
+        response = getattr(exc, "response", None) or {}  # None on connection errors
+        code = str((response.get("Error") or {}).get("Code", ""))
         return bool(names & _BOTOCORE_NETWORK) or code in _RETRY_CODES
     return bool(top & set(_NETWORK_PACKAGES))

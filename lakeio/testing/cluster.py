@@ -137,14 +137,19 @@ def worker_command(
 
 @contextmanager
 def extra_worker(
-    address: str, name: str = "lakeio-test-extra", memory_limit: str = "auto"
+    address: str,
+    name: str = "lakeio-test-extra",
+    memory_limit: str = "auto",
+    env: dict[str, str] | None = None,
 ) -> Iterator[subprocess.Popen]:
     """One more worker process for the cluster at ``address``, stopped on exit (a worker that
-    joins later, e.g. after all the others died for good)."""
+    joins later, e.g. after all the others died for good). ``env``: variables it sees other
+    than this process's (e.g. other credentials)."""
     with tempfile.TemporaryDirectory(prefix="lakeio-worker-") as tmp:
         proc = subprocess.Popen(
             worker_command(address, name, tmp, memory_limit),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            env={**os.environ, **(env or {})},
         )  # fmt: skip
         try:
             yield proc

@@ -4,7 +4,8 @@ real object store on a bad day, and counts what it did.
 Per request, as `ProxyFaults` says: a fixed latency plus jitter before the answer, a bandwidth
 cap on each response body, ``503 SlowDown`` at a rate or in bursts, a dropped connection (no
 answer at all), a body cut short (the announced length is not delivered), and ``403
-AccessDenied`` / ``404 NoSuchKey`` for chosen keys. Tests and benchmarks point s3fs at
+AccessDenied`` / ``404 NoSuchKey`` for chosen keys or credentials, an answer lost after the store
+acted on the request, and a body with one byte changed. Tests and benchmarks point s3fs at
 `FaultProxy.endpoint` instead of the server's, and read `FaultProxy.counts` to say how many
 faults a run survived. Faults are chosen from a seeded generator in request order, so a run is
 repeatable as far as the client's request order is.
@@ -41,8 +42,13 @@ class ProxyFaults:
     ``slowdown_burst=(every, length)`` answers ``length`` requests in a row with 503 after every
     ``every`` requests. ``reset_rate`` drops the connection without answering;
     ``truncate_rate`` sends half of a GET's body, then drops the connection. ``deny`` and
-    ``missing`` are key patterns (fnmatch, on "bucket/key") answered 403 and 404. Only GETs of
-    objects get reset, truncated or throttled (``on_writes=True``: PUTs and POSTs too).
+    ``missing`` are key patterns (fnmatch, on "bucket/key") answered 403 and 404;
+    ``deny_access_keys`` answers 403 to requests signed with those access key ids (a machine
+    with the wrong credentials). ``lose_reply_*`` forwards the request, then drops the
+    connection before the answer: the store acted (a PUT landed) but the client cannot know.
+    ``corrupt_*`` changes one byte of a GET's body, length intact (only a checksum can tell).
+    Only requests for objects get these faults, and only GETs (``on_writes=True``: PUTs and
+    POSTs too).
     """
 
     latency: float = 0.0
@@ -55,8 +61,13 @@ class ProxyFaults:
     slowdown_every: int = 0
     reset_every: int = 0
     truncate_every: int = 0
+    lose_reply_rate: float = 0.0
+    lose_reply_every: int = 0
+    corrupt_rate: float = 0.0
+    corrupt_every: int = 0
     deny: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
+    deny_access_keys: tuple[str, ...] = ()
     on_writes: bool = False
     seed: int = 0
 
@@ -89,7 +100,8 @@ class FaultProxy:
     @property
     def counts(self) -> dict[str, int]:
         """Requests seen and faults injected so far: ``requests``, ``slowdown``, ``reset``,
-        ``truncated``, ``denied``, ``missing``, ``delay_ms`` (latency added, in total), and
+        ``truncated``, ``reply_lost``, ``corrupted``, ``denied``, ``missing``, requests per
+        method (``GET``, ``PUT``, ...), ``delay_ms`` (latency added, in total), and
         ``peak_in_flight`` (the most requests it was answering at once)."""
         with self._state.lock:
             return dict(self._state.counts)
@@ -162,15 +174,18 @@ class FaultProxy:
         if self._session is not None:
             await self._session.close()
 
-    def _decide(self, method: str, key: str) -> tuple[str | None, float, ProxyFaults]:
+    def _decide(
+        self, method: str, key: str, access_key: str
+    ) -> tuple[str | None, float, ProxyFaults]:
         """The fault for this request (or None) and the delay before answering."""
         with self._state.lock:
             f, rng, counts = self._state.faults, self._state.rng, self._state.counts
             counts["requests"] += 1
+            counts[method] += 1  # e.g. counts["PUT"]
             delay = f.latency + (rng.uniform(0, f.jitter) if f.jitter else 0.0)
             counts["delay_ms"] += round(delay * 1000)
             fault = None
-            if any(fnmatch.fnmatchcase(key, p) for p in f.deny):
+            if access_key in f.deny_access_keys or any(fnmatch.fnmatchcase(key, p) for p in f.deny):
                 fault = "denied"
             elif any(fnmatch.fnmatchcase(key, p) for p in f.missing):
                 fault = "missing"
@@ -195,7 +210,7 @@ class FaultProxy:
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         path = urlsplit(str(request.rel_url)).path
         key = unquote(path.lstrip("/"))
-        fault, delay, faults = self._decide(request.method, key)
+        fault, delay, faults = self._decide(request.method, key, _access_key(request))
         body = await request.read()
         if delay:
             await asyncio.sleep(delay)
@@ -216,6 +231,13 @@ class FaultProxy:
                 if name.lower() not in _HOP_BY_HOP:
                     out.headers[name] = value
             out.content_length = len(payload)
+            if fault == "reply_lost":  # the store acted; the client never hears of it
+                request.transport.close()
+                return out
+            if fault == "corrupted" and payload:
+                with self._state.lock:  # a random byte: a store's own damage would be the same
+                    flip = self._state.rng.randrange(len(payload))
+                payload = payload[:flip] + bytes([payload[flip] ^ 0x5A]) + payload[flip + 1 :]
             await out.prepare(request)
             if fault == "truncated" and len(payload) > 1:
                 await out.write(payload[: len(payload) // 2])
@@ -239,9 +261,24 @@ def _chosen(f: ProxyFaults, m: int, roll: float, readable: bool) -> str | None:
     cut = f.slowdown_rate + f.reset_rate
     if _every(f.reset_every, m) or f.slowdown_rate <= roll < cut:
         return "reset"
-    if readable and (_every(f.truncate_every, m) or cut <= roll < cut + f.truncate_rate):
+    lost = cut + f.lose_reply_rate
+    if _every(f.lose_reply_every, m) or cut <= roll < lost:
+        return "reply_lost"
+    if not readable:
+        return None
+    truncate = lost + f.truncate_rate
+    if _every(f.truncate_every, m) or lost <= roll < truncate:
         return "truncated"
+    if _every(f.corrupt_every, m) or truncate <= roll < truncate + f.corrupt_rate:
+        return "corrupted"
     return None
+
+
+def _access_key(request: web.Request) -> str:
+    """The access key id a request is signed with (SigV4: ``Credential=KEY/date/...``)."""
+    auth = request.headers.get("Authorization", "")
+    _, found, rest = auth.partition("Credential=")
+    return rest.split("/", 1)[0] if found else ""
 
 
 async def _write_capped(out: web.StreamResponse, payload: bytes, bandwidth: float | None) -> None:

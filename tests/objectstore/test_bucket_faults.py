@@ -117,3 +117,73 @@ def test_a_bucket_lake_keeps_as_many_reads_in_flight_as_the_prefetch_budget_allo
     lakeio.ingest(np.zeros((64, 8, 8, 3), np.uint8), local, labels=np.zeros(64, int),
                   progress=False, echo=None)  # fmt: skip
     assert lakeio.open_dataset(local).loader(16).stats()["load_threads"] == 4
+
+
+@pytest.mark.parametrize("botocore_checks", [True, False], ids=["botocore-checks", "lakeio-checks"])
+def test_a_body_changed_on_the_way_is_read_again(bucket_lake, s3_options, botocore_checks):
+    """botocore checks a GET against the checksum S3 keeps (by default); where it does not,
+    the chunk's own crc32c catches the changed byte. Either way the chunk is read again, and
+    the epoch is exact."""
+    options = dict(s3_options)
+    if not botocore_checks:
+        options["config_kwargs"] = {"response_checksum_validation": "when_required"}
+    with FaultProxy(s3_options["endpoint_url"], ProxyFaults(corrupt_every=5)) as proxy:
+        ds = lakeio.open_dataset(URL, storage_options=_through(proxy, options))
+        with ds.loader(32, seed=5) as loader:
+            got = collect(loader)
+            reread = loader.stats()["cache"]["corrupt_reread"]
+        counts = proxy.counts
+    assert_same(got, bucket_lake)
+    assert counts["corrupted"] >= 15
+    assert reread == (0 if botocore_checks else counts["corrupted"])
+
+
+def test_on_the_cluster_a_worker_the_store_refuses_is_named(bucket_lake, s3_options, monkeypatch):
+    """One worker runs with other credentials (its own environment), which the store refuses:
+    the error names that worker, the chunk and the lake."""
+    from distributed import Client
+
+    from lakeio.testing.cluster import extra_worker, process_cluster
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_options["key"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_options["secret"])
+    env_options = {k: v for k, v in s3_options.items() if k not in ("key", "secret")}
+    faults = ProxyFaults(deny_access_keys=("stale-key",))
+    with (
+        FaultProxy(s3_options["endpoint_url"], faults) as proxy,
+        process_cluster(n_workers=1) as address,
+        extra_worker(address, "stale-credentials", env={"AWS_ACCESS_KEY_ID": "stale-key"}),
+        Client(address) as client,
+    ):
+        client.wait_for_workers(2, timeout=60)
+        stale = next(
+            a for a, w in client.scheduler_info()["workers"].items()
+            if w["name"] == "stale-credentials"
+        )  # fmt: skip
+        ds = lakeio.open_dataset(URL, storage_options=_through(proxy, env_options))
+        with (
+            pytest.raises(ChunkUnavailableError) as caught,
+            ds.loader(32, seed=5, cluster=client, prefetch_next_epoch=False) as loader,
+        ):
+            collect(loader)
+    error = caught.value
+    assert error.worker == f"stale-credentials ({stale})"
+    assert error.lake == URL and error.key.startswith("segments/")
+    assert f"read by worker stale-credentials ({stale})" in str(error)
+    assert "access denied" in error.reason
+
+
+def test_a_chunk_damaged_in_the_store_fails_at_once_after_one_read_again(s3_options):
+    url = "s3://lakeio-test/faults/damaged"
+    distinct_lake(url, chunks=2, seed=4, storage_options=s3_options)
+    ds = lakeio.open_dataset(url, storage_options=s3_options, cache=lakeio.Cache(memory=0))
+    key = ds.source.key(0, "images", 0)
+    stored = bytearray(ds.loc.read_bytes(key))
+    stored[len(stored) // 2] ^= 0x01
+    ds.loc.write(key, bytes(stored))
+    started = time.monotonic()
+    with pytest.raises(lakeio.CorruptChunkError, match="checksum mismatch") as caught:
+        ds.load_chunk(0, ("images",))
+    assert time.monotonic() - started < 10
+    assert caught.value.key == key and caught.value.lake == url
+    assert ds.stats()["corrupt_reread"] == 1  # the same bytes twice: the store's own copy

@@ -16,13 +16,13 @@ def proxy(s3_options):
         yield running
 
 
-def _fs(options, endpoint):
+def _fs(options, endpoint, **config):
     import s3fs
 
     fs = s3fs.S3FileSystem(
         key=options["key"], secret=options["secret"], endpoint_url=endpoint,
         client_kwargs=options["client_kwargs"], skip_instance_cache=True,
-        config_kwargs={"retries": {"mode": "standard", "total_max_attempts": 1}},
+        config_kwargs={"retries": {"mode": "standard", "total_max_attempts": 1}, **config},
     )  # fmt: skip
     fs.retries = 1  # s3fs's own layer (a class attribute, 5): each fault shows as itself
     return fs
@@ -83,3 +83,26 @@ def test_bursts_of_503_and_a_bandwidth_cap(proxy, s3_options):
     started = time.monotonic()
     assert len(fs.cat_file("lakeio-test/proxy/big", start=0)) == 2_000_000
     assert time.monotonic() - started >= 0.15  # 2 MB at 10 MB/s: 0.2 s, less a first write
+
+
+def test_a_lost_answer_a_changed_byte_and_denied_credentials(proxy, s3_options):
+    # botocore checks a GET against the checksum S3 stored with a PUT: off here, to see the byte
+    fs = _fs(s3_options, proxy.endpoint, response_checksum_validation="when_required")
+    data = bytes(range(256)) * 400
+    proxy.set_faults(lose_reply_every=1, on_writes=True)
+    with pytest.raises(Exception, match=r"(?i)closed|disconnect|reset"):
+        fs.pipe("lakeio-test/proxy/landed", data)
+    proxy.set_faults(lose_reply_every=0, corrupt_every=1)
+    body = fs.cat_file("lakeio-test/proxy/landed", start=0)  # the PUT landed all the same
+    assert len(body) == len(data) and body != data
+    assert sum(a != b for a, b in zip(body, data, strict=True)) == 1
+    with pytest.raises(Exception, match=r"(?i)checksum"):  # as botocore is by default
+        _fs(s3_options, proxy.endpoint).cat_file("lakeio-test/proxy/landed", start=0)
+    proxy.set_faults(corrupt_every=0, deny_access_keys=(s3_options["key"],))
+    with pytest.raises(PermissionError):
+        fs.cat_file("lakeio-test/proxy/landed", start=0)
+    other = {**s3_options, "key": "another-key"}
+    assert _fs(other, proxy.endpoint).cat_file("lakeio-test/proxy/landed", start=0) == data
+    counts = proxy.counts
+    assert counts["corrupted"] == 2 and counts["denied"] == 1 and counts["GET"] == 4
+    assert counts["reply_lost"] == counts["PUT"] >= 1  # (aiohttp may send it again, once)
