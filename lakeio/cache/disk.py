@@ -27,6 +27,7 @@ from contextlib import contextmanager
 import diskcache
 
 from lakeio.cache.tier import TierStats
+from lakeio.cache.write_behind import WriteBehind
 from lakeio.errors import CorruptChunkError, LakeError
 from lakeio.format.location import is_storage_full
 
@@ -50,6 +51,7 @@ class DiskTier:
         self._lock = threading.Lock()
         self._stats = TierStats()
         self.write_errors = 0  # chunks the disk refused to store (full disk, no inodes...)
+        self._behind = WriteBehind(self.put, name="lakeio-disk-writer")
         self._cache = self._open()
 
     def _open(self) -> diskcache.Cache | None:
@@ -96,7 +98,14 @@ class DiskTier:
         self._count(value is not None)
         return value
 
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every chunk handed to the writer is stored (False if ``timeout`` passed)."""
+        return self._behind.flush(timeout)
+
     def _read(self, key: str) -> bytes | None:
+        waiting = self._behind.pending(key)  # fetched here, on its way to the disk
+        if waiting is not None:
+            return waiting
         if self._cache is None:
             return None
         try:
@@ -185,15 +194,26 @@ class DiskTier:
         value = self.get(key)
         if value is not None:
             return value, True
-        with self._fetch_lock(key):
+        fd = self._lock_key(key)
+        try:
             value = self._read(key)
             if value is not None:  # another process fetched it while we waited
+                self._unlock(fd)
                 return value, True
             value = fetch()
             if check is not None:
                 check(value)
-            self.put(key, value)  # never raises for the disk's sake: the read goes on
-            return value, False
+        except BaseException:
+            self._unlock(fd)
+            raise
+        # Stored behind the read, the key's lock held until then: this process's readers take
+        # the bytes from the hand-over, other processes wait for the stored copy.
+        if not self._behind.submit(key, value, lambda: self._unlock(fd)):
+            try:  # the writer is that far behind: store it here (never raises for the disk)
+                self.put(key, value)
+            finally:
+                self._unlock(fd)
+        return value, False
 
     def replace_damaged(
         self, key: str, damaged: bytes, fetch: Callable[[], bytes], check: Callable[[bytes], object]
@@ -225,15 +245,31 @@ class DiskTier:
         a cold epoch ran on one core of two.) Each acquisition opens its own file description,
         so threads of one process exclude each other as processes do.
         """
-        fd = self._open_lock_file(key)
-        if fd is None:  # no lock to be had: fetch unlocked, perhaps twice on this node
-            yield
-            return
+        fd = self._lock_key(key)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
-            with _open_lock_files:
+            self._unlock(fd)
+
+    def _lock_key(self, key: str) -> int | None:
+        """Take ``key``'s lock (see `_fetch_lock`); its descriptor, for `_unlock`, which any
+        thread may call. None: no lock to be had, fetch unlocked, perhaps twice on this node."""
+        fd = self._open_lock_file(key)
+        if fd is None:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._unlock(fd)
+            raise
+        return fd
+
+    @staticmethod
+    def _unlock(fd: int | None) -> None:
+        if fd is None:
+            return
+        with _open_lock_files:
+            if fd in _lock_fds:  # (a forked child closed its copies already)
                 _lock_fds.discard(fd)
                 os.close(fd)  # the last descriptor of the file closed releases the lock
 
@@ -280,6 +316,7 @@ class DiskTier:
             self._cache.clear(retry=True)
 
     def close(self) -> None:
+        self.flush(timeout=30)
         if self._cache is not None:
             self._cache.close()
 

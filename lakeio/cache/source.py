@@ -51,6 +51,8 @@ class ChunkSource:
         self._codecs = {name: parse_codec(f.codec) for name, f in manifest.fields.items()}
         self._lock = threading.Lock()
         self._pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool) for fields
+        self._in_flight = self._peak_in_flight = 0  # origin reads at once: now, at most
+        self._recent_latency: float | None = None  # of origin reads, exponentially weighted
         self._counts = {
             "requests": 0,
             "memory_hits": 0,  # this source's own (the memory tier may serve other sources too)
@@ -237,6 +239,9 @@ class ChunkSource:
             previous, raw = raw, self._origin_once(key)
 
     def _origin_once(self, key: str) -> bytes:
+        with self._lock:
+            self._in_flight += 1
+            self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
         started = time.perf_counter()
         try:
             raw = self.loc.read_bytes(key)
@@ -245,10 +250,16 @@ class ChunkSource:
         except PermissionError as exc:  # e.g. S3's 403 AccessDenied: not retried, named
             reason = exc.strerror if exc.filename and exc.strerror else f"access denied ({exc})"
             raise ChunkUnavailableError(key, reason) from None
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+        seconds = time.perf_counter() - started
         with self._lock:
             self._counts["origin_reads"] += 1
             self._counts["origin_bytes"] += len(raw)
-            self._counts["origin_seconds"] += time.perf_counter() - started
+            self._counts["origin_seconds"] += seconds
+            recent = self._recent_latency
+            self._recent_latency = seconds if recent is None else recent + 0.2 * (seconds - recent)
         return raw
 
     def _decode(self, field: str, raw: bytes, key: str) -> np.ndarray:
@@ -272,6 +283,7 @@ class ChunkSource:
         ``sizes=False`` skips the disk tier's size queries (for frequent polling)."""
         with self._lock:
             c = dict(self._counts)
+            peak, recent = self._peak_in_flight, self._recent_latency or 0.0
         requests = c["requests"]
         memory = self.memory.stats() if self.memory is not None else None
         if memory is not None:  # requests and hits are this source's, the rest the tier's
@@ -282,6 +294,8 @@ class ChunkSource:
             "origin_bytes": c["origin_bytes"],
             # mean time of one origin read, first byte to last (with retries, if any)
             "origin_read_s": c["origin_seconds"] / c["origin_reads"] if c["origin_reads"] else 0.0,
+            "origin_latency_s": recent,  # the same, weighted to the recent reads
+            "origin_in_flight_peak": peak,  # origin reads at once, at most (each field its own)
             "decode_seconds": round(c["decode_seconds"], 6),
             "corrupt_refetched": c["corrupt_refetched"],
             "corrupt_reread": c["corrupt_reread"],

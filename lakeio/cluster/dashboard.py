@@ -112,6 +112,8 @@ class _PageHandler(_JsonHandler):
             rows.append(
                 f"<tr><td>{html.escape(address)}</td><td>{_percent(w['memory_hit_rate'])}</td>"
                 f"<td>{_percent(w['disk_hit_rate'])}</td><td>{w['origin_reads']:,}</td>"
+                f"<td>{1000 * w.get('origin_latency_s', 0):,.0f}</td>"
+                f"<td>{w.get('origin_in_flight_peak', 0):,}</td>"
                 f"<td>{w['chunks']:,}</td><td>{w.get('chunks_per_s', 0):,.1f}</td>"
                 f"<td>{w['bytes'] / 1e6:,.1f}</td><td>{w['memory_bytes'] / 1e6:,.1f} / "
                 f"{w['memory_capacity'] / 1e6:,.1f}</td></tr>"
@@ -126,7 +128,7 @@ class _PageHandler(_JsonHandler):
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.write(
             _PAGE.format(
-                workers="".join(rows) or _EMPTY.format(8),
+                workers="".join(rows) or _EMPTY.format(10),
                 trainers="".join(trainer_rows) or _EMPTY.format(6),
             )
         )
@@ -146,7 +148,7 @@ th{{background:#f0f3f7}} td:first-child,th:first-child{{text-align:left}}
 {trainers}</table>
 <h2>Workers (each caches the chunks it owns)</h2>
 <table><tr><th>worker</th><th>memory hit rate</th><th>disk hit rate</th><th>origin reads</th>
-<th>chunks served</th><th>chunks/s</th><th>MB served</th><th>memory tier MB (used / budget)</th></tr>
+<th>read latency ms (recent)</th><th>reads in flight (peak)</th><th>chunks served</th><th>chunks/s</th><th>MB served</th><th>memory tier MB (used / budget)</th></tr>
 {workers}</table>
 </body></html>"""
 

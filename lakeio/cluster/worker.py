@@ -175,7 +175,7 @@ def lake_totals(address: str) -> dict[str, Any]:
         ("memory_requests", "memory_hits", "memory_bytes", "memory_capacity", "memory_items",
          "memory_shed_bytes", "memory_sheds", "plan_readers", "disk_requests", "disk_hits",
          "origin_reads", "origin_bytes", "chunks", "bytes", "tasks", "access_requests",
-         "hit_seconds", "miss_seconds"), 0,
+         "hit_seconds", "miss_seconds", "origin_latency_s", "origin_in_flight_peak"), 0,
     )  # fmt: skip
     memory_budget = memory_of(address)
     if memory_budget is not None:
@@ -192,6 +192,12 @@ def lake_totals(address: str) -> dict[str, Any]:
         totals["miss_seconds"] += stats["miss_seconds"]
         totals["origin_reads"] += stats["origin_reads"]
         totals["origin_bytes"] += stats["origin_bytes"]
+        # how the store answers this worker: its slowest lake's recent latency, and the most
+        # reads it had in flight at once (for one lake)
+        totals["origin_latency_s"] = max(totals["origin_latency_s"], stats["origin_latency_s"])
+        totals["origin_in_flight_peak"] = max(
+            totals["origin_in_flight_peak"], stats["origin_in_flight_peak"]
+        )
         for name in ("chunks", "bytes", "tasks"):
             totals[name] += int(served[name])
     totals["lakes"] = len(pairs)

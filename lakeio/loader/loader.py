@@ -22,6 +22,7 @@ import torch
 
 from lakeio.loader.batch import gather
 from lakeio.loader.device import DeviceOptions, DeviceStage
+from lakeio.loader.in_flight import ReadFigures, advice, read_figures
 from lakeio.loader.plan import PlanSpec, batch_count, batch_slices, first_need, rank_order
 from lakeio.loader.prefetch import ChunkPrefetcher, ThreadLoads, first_and_last_use
 
@@ -81,7 +82,8 @@ class Loader:
         self.epoch = 0
         self._resume_at = 0
         self._consumed = 0
-        self._stats = {"batches": 0, "samples": 0, "stall_seconds": 0.0, "seconds": 0.0}
+        self._stats = {"batches": 0, "samples": 0, "stall_seconds": 0.0, "seconds": 0.0,
+                       "chunks_loaded": 0}  # fmt: skip
         self.cluster = cluster  # a lakeio.cluster.session.ClusterSession, or None: in process
         self.cluster_options = cluster_options
         self.cluster_tasks = 0
@@ -173,6 +175,13 @@ class Loader:
         s["load_threads"] = (
             (self.stream.threads or 4) if self.cluster else self._load_threads(self._budget())
         )
+        if self.cluster is None:  # on the cluster path the workers read: see s["workers"]
+            figures = self._read_figures(s)
+            chunk = self.dataset.chunk_nbytes(self.stream.fields)
+            s["reads"] = {
+                **figures.as_dict(),
+                "advice": advice(figures, chunk, s["stall_fraction"]),
+            }
         if self.cluster is not None:
             from lakeio.cluster.worker import gather_worker_stats
 
@@ -181,6 +190,16 @@ class Loader:
             s["cluster_tasks_retried"] = self.cluster_tasks_retried  # cancelled by others
             s["workers"] = gather_worker_stats(self.cluster.client)
         return s
+
+    def _read_figures(self, s: dict[str, Any]) -> ReadFigures:
+        """Little's law from this loader's own measurements (see `lakeio.loader.in_flight`)."""
+        cache = s["cache"]
+        chunk = max(1, self.dataset.chunk_nbytes(self.stream.fields))
+        cap = min(s["load_threads"], max(1, self._budget() // chunk))
+        return read_figures(
+            s["chunks_loaded"], s["seconds"] - s["stall_seconds"], cache["origin_reads"],
+            cache["requests"], cache["origin_latency_s"], cap, cache["origin_in_flight_peak"],
+        )  # fmt: skip
 
     def __iter__(self) -> Iterator:
         start, self._resume_at = self._resume_at, 0
@@ -348,8 +367,13 @@ class Loader:
         else:
             threads = self._load_threads(budget)
             loads = ThreadLoads(self._scheduled_load(this_epoch, epoch, after), threads)
+
+        def start(chunk: int):
+            self._stats["chunks_loaded"] += 1  # (from the batcher thread)
+            return loads.start(chunk)
+
         prefetcher = ChunkPrefetcher(
-            start=loads.start,
+            start=start,
             chunk_bytes=lambda c: ds.chunk_nbytes(fields),
             batch_chunks=batch_chunks,
             budget=budget,

@@ -47,7 +47,9 @@ class _MeetingOnDamage(ChunkSource):
 def test_readers_finding_one_damaged_copy_at_once_fetch_the_original_once(small_lake, tmp_path):
     path, images, _ = small_lake
     cache = lakeio.Cache(memory=0, disk=str(tmp_path / "disk"), disk_size="64MB")
-    lakeio.open_dataset(path, cache=cache).source.get(0, "images", 0)
+    first = lakeio.open_dataset(path, cache=cache).source
+    first.get(0, "images", 0)
+    first.disk.flush()  # stored behind the read
     (stored,) = Path(tmp_path / "disk").rglob("*.val")
     damaged = bytearray(stored.read_bytes())
     damaged[len(damaged) // 2] ^= 0x10

@@ -132,6 +132,9 @@ def test_json_figures_add_up_to_what_the_loader_counted(streamed):
         assert w["memory_capacity"] == MEMORY
         assert 0 < w["memory_bytes"] <= w["memory_capacity"]
         assert w["bytes"] > 0 and w["chunks_per_s"] == 0  # streaming is over
+        assert w["origin_latency_s"] == loader_workers[address]["origin_latency_s"] > 0
+        assert w["origin_in_flight_peak"] == loader_workers[address]["origin_in_flight_peak"]
+        assert w["origin_in_flight_peak"] >= 1
     assert sum(w["origin_reads"] for w in workers.values()) == len(FIELDS) * CHUNKS
 
     (trainer,) = figures["trainers"].values()
@@ -192,6 +195,8 @@ def test_html_page_shows_every_worker_and_the_trainer(streamed):
         assert row["memory hit rate"] == "50.0%"
         assert row["disk hit rate"] == "—"
         assert row["origin reads"] == f"{w['origin_reads']:,}"
+        assert row["read latency ms (recent)"] == f"{1000 * w['origin_latency_s']:,.0f}"
+        assert row["reads in flight (peak)"] == f"{w['origin_in_flight_peak']:,}"
         assert row["chunks served"] == f"{w['chunks']:,}"
         assert row["chunks/s"] == "0.0"
         assert row["MB served"] == f"{w['bytes'] / 1e6:,.1f}"

@@ -187,3 +187,57 @@ def test_a_chunk_damaged_in_the_store_fails_at_once_after_one_read_again(s3_opti
     assert time.monotonic() - started < 10
     assert caught.value.key == key and caught.value.lake == url
     assert ds.stats()["corrupt_reread"] == 1  # the same bytes twice: the store's own copy
+
+
+def test_a_cold_epoch_from_a_bucket_fills_the_disk_tier_behind_it(
+    bucket_lake, s3_options, tmp_path
+):
+    cache = lakeio.Cache(memory=0, disk=str(tmp_path / "disk"), disk_size="1GB")
+    with FaultProxy(s3_options["endpoint_url"], ProxyFaults(latency=0.05)) as proxy:
+        options = _through(proxy, s3_options)
+        ds = lakeio.open_dataset(URL, storage_options=options, cache=cache)
+        with ds.loader(32, seed=5) as loader:
+            assert_same(collect(loader), bucket_lake)
+        assert ds.source.disk.flush(timeout=60)
+        chunks = len(ds._chunk_table[0])
+        proxy.reset_counts()
+        again = lakeio.open_dataset(URL, storage_options=options, cache=cache)
+        with again.loader(32, seed=5, prefetch_next_epoch=False) as loader:
+            assert_same(collect(loader), bucket_lake)
+        counts = proxy.counts
+    assert chunks == 48
+    assert counts["GET"] <= 2  # the manifest and its listing, no chunk: all on disk
+    disk = again.stats()["disk"]
+    assert disk["hits"] == disk["requests"] == 2 * chunks  # images and labels of each
+
+
+def _paced_epoch(ds, budget_chunks: int) -> dict:
+    """An epoch whose loop works 50 ms a batch; the loader's read figures after it."""
+    chunk = ds.chunk_nbytes(("images", "labels"))
+    with ds.loader(32, seed=5, prefetch_bytes=budget_chunks * chunk,
+                   prefetch_next_epoch=False) as loader:  # fmt: skip
+        for _ in loader:
+            time.sleep(0.05)
+        return loader.stats()["reads"]
+
+
+def test_the_loader_says_when_too_few_reads_are_in_flight_for_the_latency(bucket_lake, s3_options):
+    """Little's law: a loop taking 4 chunks per 50 ms batch from a store 200 ms away needs
+    about 16 reads in flight. A budget of 2 chunks allows 2: the loader's figures say so, and
+    what to pass; a budget of 40 allows 32 (lakeio.read.max-in-flight), which is enough."""
+    with FaultProxy(s3_options["endpoint_url"], ProxyFaults(latency=0.2)) as proxy:
+        options = _through(proxy, s3_options)
+
+        def fresh():
+            return lakeio.open_dataset(URL, storage_options=options, cache=lakeio.Cache(memory=0))
+
+        small = _paced_epoch(fresh(), 2)
+        big = _paced_epoch(fresh(), 40)
+    assert small["cap_limits"] and small["in_flight_cap"] == 2
+    assert 0.2 <= small["latency_s"] < 2 and small["origin_share"] == 1.0
+    assert small["in_flight_needed"] > 2
+    assert small["peak_in_flight"] <= 4 * 2  # 4 threads, a chunk's two fields at once
+    assert "Little's law" in small["advice"] and "prefetch_bytes=" in small["advice"]
+    assert not big["cap_limits"] and big["in_flight_cap"] == 32 and big["advice"] is None
+    assert 2 < big["in_flight_needed"] <= 32
+    assert big["peak_in_flight"] > 4 * 2

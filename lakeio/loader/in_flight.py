@@ -1,0 +1,73 @@
+"""How many chunk reads must be in flight to keep a training loop fed: Little's law.
+
+A read from a bucket takes its latency W whatever the chunk's size, so a loop that takes λ
+chunks a second from the origin needs L = λ × W reads outstanding at all times. The loader's
+prefetcher starts a load each time the budget frees a chunk's worth, so while threads and the
+budget allow, what is in flight follows the loop's own pace: L adjusts itself. What can stop
+it is the cap, the smaller of the load threads and the chunks the prefetch budget holds. These
+figures, from the loader's own measurements, say whether the cap is what held a loop back, and
+what would lift it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class ReadFigures:
+    """``latency_s``: a recent origin read, first byte to last (exponentially weighted).
+    ``wanted_chunks_per_s``: chunks the loop took per second of its own work (waits left out),
+    i.e. the rate it would run at if data never held it up. ``origin_share``: the part of them
+    read from the origin (the rest came from the memory tier). ``in_flight_needed``: Little's
+    law, wanted × origin share × latency. ``in_flight_cap``: loads the loader may run at once
+    (threads, and chunks of the prefetch budget). ``peak_in_flight``: origin reads seen at
+    once."""
+
+    latency_s: float
+    wanted_chunks_per_s: float
+    origin_share: float
+    in_flight_needed: int
+    in_flight_cap: int
+    peak_in_flight: int
+
+    @property
+    def cap_limits(self) -> bool:
+        return self.in_flight_needed > self.in_flight_cap
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "cap_limits": self.cap_limits}
+
+
+def read_figures(
+    chunks: int,
+    busy_seconds: float,
+    origin_reads: int,
+    requests: int,
+    latency_s: float,
+    cap: int,
+    peak: int,
+) -> ReadFigures:
+    """The figures from a loader's counts: ``chunks`` it loaded in ``busy_seconds`` of the
+    loop's own work, ``origin_reads`` of ``requests`` chunk reads went to the origin."""
+    wanted = chunks / busy_seconds if busy_seconds > 0 else 0.0
+    share = min(1.0, origin_reads / requests) if requests else 0.0
+    needed = math.ceil(wanted * share * latency_s) if latency_s > 0 else 0
+    return ReadFigures(latency_s, wanted, share, needed, cap, peak)
+
+
+def advice(figures: ReadFigures, chunk_bytes: int, stall_fraction: float) -> str | None:
+    """One line for a user whose loop waited on reads because of the cap, else None. (Not a
+    warning: a loop that does no work, a benchmark's or a test's, always waits.)"""
+    if not figures.cap_limits or stall_fraction < 0.05:
+        return None
+    budget = figures.in_flight_needed * chunk_bytes
+    size = f"{budget / 2**20:.0f}MiB" if budget >= 2**20 else f"{math.ceil(budget / 1024)}KiB"
+    return (
+        f"the training loop waited {stall_fraction:.0%} of the epoch for data: at "
+        f"{figures.latency_s * 1000:.0f} ms a read and {figures.wanted_chunks_per_s:.0f} chunks/s "
+        f"it needs {figures.in_flight_needed} reads in flight (Little's law), and the loader "
+        f"allows {figures.in_flight_cap}; pass prefetch_bytes={size!r} or more "
+        "(and raise lakeio.read.max-in-flight if that is the cap)"
+    )
