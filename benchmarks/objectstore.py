@@ -32,8 +32,10 @@ SETTINGS = {
     "+0 ms, 100 MB/s per request": {"bandwidth": 100e6},
     "+0 ms, 503 every 4th, reset every 9th": {"slowdown_every": 4, "reset_every": 9},
     "+50 ms, filling an empty disk tier": {"latency": 0.05},
+    "+50 ms, filling an empty disk tier in line": {"latency": 0.05},
 }
-WITH_DISK = {"+50 ms, filling an empty disk tier"}  # compared with "+50 ms" without one
+# compared with "+50 ms" without a disk tier; "in line": each reader stores its own chunk
+WITH_DISK = {"+50 ms, filling an empty disk tier", "+50 ms, filling an empty disk tier in line"}
 ONE_BY_ONE = "+50 ms, a chunk's fields one after the other"  # with --fields
 FAULTY = "+0 ms, 503 every 4th, reset every 9th"
 
@@ -95,6 +97,8 @@ def main() -> None:
     if args.fields:
         SETTINGS[ONE_BY_ONE] = {"latency": 0.05}
 
+    import dask.config
+
     from lakeio.testing.s3proxy import FaultProxy, ProxyFaults
     from lakeio.testing.s3server import moto_bucket
 
@@ -119,9 +123,11 @@ def main() -> None:
                         options["endpoint_url"], ProxyFaults(**SETTINGS[setting])
                     ) as proxy:
                         through = {**options, "endpoint_url": proxy.endpoint}
-                        seconds, stats = _epoch(
-                            url, through, setting in WITH_DISK, setting == ONE_BY_ONE
-                        )
+                        behind = 0 if setting.endswith("in line") else 64 << 20
+                        with dask.config.set({"lakeio.cache.write-behind": behind}):
+                            seconds, stats = _epoch(
+                                url, through, setting in WITH_DISK, setting == ONE_BY_ONE
+                            )
                         counts[setting] = proxy.counts
                         counts[setting]["threads"] = stats["load_threads"]
                     this_round[setting] = seconds

@@ -203,12 +203,13 @@ class DiskTier:
             value = fetch()
             if check is not None:
                 check(value)
+            # Stored behind the read, the key's lock held until then: this process's readers
+            # take the bytes from the hand-over, other processes wait for the stored copy.
+            handed_over = self._behind.submit(key, value, lambda: self._unlock(fd))
         except BaseException:
             self._unlock(fd)
             raise
-        # Stored behind the read, the key's lock held until then: this process's readers take
-        # the bytes from the hand-over, other processes wait for the stored copy.
-        if not self._behind.submit(key, value, lambda: self._unlock(fd)):
+        if not handed_over:
             try:  # the writer is that far behind: store it here (never raises for the disk)
                 self.put(key, value)
             finally:

@@ -6,17 +6,17 @@ rate of the cache, not of the bucket. Here the fetching thread hands its bytes o
 on; until they are stored, readers in this process are served from the hand-over, and other
 processes of the node wait on the key's lock (released only once stored), as before.
 
-What is waiting is bounded (``lakeio.cache.write-behind``, default 64 MiB); past that the
-fetching thread stores the chunk itself, which slows the reads to the disk's pace rather than
-letting memory grow.
+What is waiting is bounded (``lakeio.cache.write-behind``, default 64 MiB; 0 turns it off);
+past that the fetching thread stores the chunk itself, which slows the reads to the disk's pace
+rather than letting memory grow.
 """
 
 from __future__ import annotations
 
 import atexit
+import multiprocessing.util
 import os
 import threading
-import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -31,16 +31,21 @@ _writers: weakref.WeakSet[WriteBehind] = weakref.WeakSet()
 
 
 class WriteBehind:
-    """A queue of (key, bytes) to store with ``store``, each followed by its ``release``."""
+    """A queue of (key, bytes) to store with ``store``, each followed by its ``release``.
+
+    ``release`` frees what the hand-over holds (the key's lock): it runs whatever becomes of
+    the store, and the writer thread survives any error of the store (the copy is then lost,
+    counted in ``failures``; the tier only ever holds copies)."""
 
     def __init__(self, store: Callable[[str, bytes], object], name: str = "lakeio-disk") -> None:
         self._store = store
         self._name = name
-        self._cond = threading.Condition()
-        self._reset()
+        self.failures = 0
+        self._fresh_state()
         _writers.add(self)
 
-    def _reset(self) -> None:
+    def _fresh_state(self) -> None:
+        self._cond = threading.Condition()
         self._pid = os.getpid()
         self._queue: deque[tuple[str, bytes, Callable[[], None]]] = deque()
         self._pending: dict[str, bytes] = {}
@@ -48,62 +53,77 @@ class WriteBehind:
         self._busy = 0  # entries taken off the queue and not yet stored
         self._thread: threading.Thread | None = None
 
-    @property
-    def limit(self) -> int:
-        return parse_size(dask.config.get("lakeio.cache.write-behind", DEFAULT_LIMIT))
+    @staticmethod
+    def limit() -> int:
+        """``lakeio.cache.write-behind`` in bytes (0: every chunk is stored by its reader)."""
+        return (
+            parse_size(
+                dask.config.get("lakeio.cache.write-behind", DEFAULT_LIMIT),
+                "lakeio.cache.write-behind",
+            )
+            or 0
+        )
 
     def pending(self, key: str) -> bytes | None:
         """The bytes of ``key`` handed over and not yet stored (None if there are none)."""
         with self._cond:
-            self._forked()
             return self._pending.get(key)
 
     def submit(self, key: str, value: bytes, release: Callable[[], None]) -> bool:
-        """Queue ``value`` for storing, ``release`` to be called after; False (nothing queued)
-        when the queue is at its limit: the caller stores it itself."""
+        """Queue ``value`` for storing, ``release`` to be called after; False (nothing queued,
+        ``release`` not taken) when the queue is at its limit or no writer thread can start:
+        the caller stores it itself."""
+        limit = self.limit()
         with self._cond:
-            self._forked()
-            if self._bytes and self._bytes + len(value) > self.limit:
+            if limit <= 0 or (self._bytes and self._bytes + len(value) > limit):
                 return False
+            if self._thread is None or not self._thread.is_alive():
+                thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                try:
+                    thread.start()
+                except RuntimeError:  # no thread to be had (a limit, the interpreter ending)
+                    return False
+                self._thread = thread
             self._queue.append((key, value, release))
             self._pending[key] = value
             self._bytes += len(value)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
-                self._thread.start()
             self._cond.notify_all()
             return True
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything handed over is stored; False if ``timeout`` passed first."""
         with self._cond:
-            self._forked()
             return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
 
     def queued_bytes(self) -> int:
         with self._cond:
             return self._bytes
 
-    def _forked(self) -> None:
-        """In a forked child (a DataLoader worker) the queue is the parent's: its writer thread
-        did not come along and its locks were closed at the fork (the parent stores them)."""
-        if self._pid != os.getpid():
-            self._reset()
-
     def _run(self) -> None:
-        while True:
+        me = threading.current_thread()
+        try:
+            while True:
+                with self._cond:
+                    if not self._cond.wait_for(lambda: self._queue, IDLE_EXIT_S):
+                        return  # idle: the next hand-over starts another
+                    key, value, release = self._queue.popleft()
+                    self._busy += 1
+                self._store_one(key, value, release)
+        finally:
             with self._cond:
-                if not self._cond.wait_for(lambda: self._queue, IDLE_EXIT_S):
-                    self._thread = None  # idle: the next hand-over starts another
-                    return
-                key, value, release = self._queue.popleft()
-                self._busy += 1
+                if self._thread is me:
+                    self._thread = None
+                self._cond.notify_all()
+
+    def _store_one(self, key: str, value: bytes, release: Callable[[], None]) -> None:
+        try:
+            self._store(key, value)  # the tier counts and warns of the disk's own failures
+        except Exception:  # anything else, a warning made an error (-W error) included
+            self.failures += 1
+        finally:
             try:
-                self._store(key, value)  # the tier counts and warns of the disk's own failures
-            except Exception as exc:  # anything else: this copy is lost, the writer goes on
-                warnings.warn(f"lakeio disk cache: could not store {key}: {exc!r}", stacklevel=1)
-            finally:
                 release()
+            finally:
                 with self._cond:
                     if self._pending.get(key) is value:
                         del self._pending[key]
@@ -112,8 +132,28 @@ class WriteBehind:
                     self._cond.notify_all()
 
 
-@atexit.register
-def _flush_all() -> None:
-    """Store what is waiting before the interpreter exits (bounded: a copy is not worth a hang)."""
+def _after_fork_in_child() -> None:
+    """A forked child (a DataLoader worker) starts with empty queues and fresh conditions: the
+    parent's writer threads did not come along (a condition one of them held would never be
+    released), its locks were closed at the fork, and the parent stores what it handed over."""
     for writer in list(_writers):
-        writer.flush(timeout=10)
+        writer._fresh_state()
+
+
+def _flush_all(timeout: float = 10.0) -> None:
+    """Store what is waiting before the process ends (bounded: a copy is not worth a hang)."""
+    for writer in list(_writers):
+        writer.flush(timeout=timeout)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+atexit.register(_flush_all)
+
+
+def _flush_at_child_exit(_registry) -> None:
+    """A multiprocessing child (a DataLoader worker) ends with ``os._exit``, past atexit: its
+    own finalizers are what run, so the flush goes there."""
+    multiprocessing.util.Finalize(None, _flush_all, exitpriority=10)
+
+
+multiprocessing.util.register_after_fork(_writers, _flush_at_child_exit)

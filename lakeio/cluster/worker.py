@@ -109,7 +109,7 @@ def load_chunks(
     except ChunkError as exc:  # which worker met it: its credentials or network may differ
         raise exc.on_worker(_worker_label()) from None
     except ReadError as exc:
-        raise ReadError(f"worker {_worker_label()} could not read the lake: {exc}") from None
+        raise ReadError(f"worker {_worker_label()} could not read the lake: {exc}") from exc
     out: dict[str, list] = {f: [] for f in fields}
     nbytes = 0
     for (_, field, _), value in zip(items, values, strict=True):

@@ -20,6 +20,8 @@ from typing import Any, NoReturn
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from lakeio.errors import ReadError, WriteError
+
 
 @dataclass(frozen=True)
 class Location:
@@ -81,7 +83,8 @@ class Location:
     def exists(self, key: str) -> bool:
         if self.is_local:
             return self.fs.exists(self.path(key))
-        return with_retries(lambda: self.fs.exists(self.path(key)), self.describe(key))
+        with _naming_denied(self.describe(key)):
+            return with_retries(lambda: self.fs.exists(self.path(key)), self.describe(key))
 
     def read_bytes(self, key: str) -> bytes:
         """Read a whole object in one request (``start=0`` avoids a separate size lookup)."""
@@ -148,9 +151,10 @@ class Location:
             if self.is_local:
                 entries = self.fs.ls(self.path(key), detail=False)
             else:
-                entries = with_retries(
-                    lambda: self.fs.ls(self.path(key), detail=False), self.describe(key)
-                )
+                with _naming_denied(self.describe(key)):
+                    entries = with_retries(
+                        lambda: self.fs.ls(self.path(key), detail=False), self.describe(key)
+                    )
         except (FileNotFoundError, NotADirectoryError):
             return []
         return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
@@ -192,21 +196,32 @@ class Location:
             return
         except TypeError:
             pass
+        except WriteError as exc:  # no answer till the deadline: what is there now decides
+            try:
+                there = self._stored(key)
+            except Exception:
+                raise exc from None
+            if there == data:  # one of the attempts landed
+                return
+            if there is not None:  # a rival's
+                raise FileExistsError(path) from exc
+            raise
         except FileExistsError:
             # A retried PUT (lakeio's, or botocore's own, unseen here) may find the object an
             # earlier attempt created whose answer was lost: this writer's, not a rival's.
-            if self._holds(key, data):
+            if self._stored(key) == data:
                 return
             raise
         if self.exists(key):  # best effort on stores without conditional writes
             raise FileExistsError(path)
         self._put(key, data)
 
-    def _holds(self, key: str, data: bytes) -> bool:
+    def _stored(self, key: str) -> bytes | None:
+        """The object at ``key`` now, or None."""
         try:
-            return self.read_bytes(key) == data
+            return self.read_bytes(key)
         except FileNotFoundError:
-            return False
+            return None
 
     def zarr_store(self, key: str = ""):
         """A zarr store rooted at ``key``: `LocalStore` on disk, `FsspecStore` elsewhere."""
@@ -373,8 +388,6 @@ def with_retries(call, what: str, action: str = "read"):
     may be repeated belong here: reads, and whole-object PUTs (all or nothing on a store)."""
     import dask.config
 
-    from lakeio.errors import ReadError, WriteError
-
     deadline = time.monotonic() + float(dask.config.get(f"lakeio.{action}.deadline", 60))
     delay, attempts = 0.05, 0
     while True:
@@ -394,6 +407,11 @@ def with_retries(call, what: str, action: str = "read"):
 
 _PERMANENT = (FileNotFoundError, FileExistsError, PermissionError, IsADirectoryError)
 _PERMANENT += (NotADirectoryError,)
+# What s3fs makes of a request the store refuses for good (InvalidRequest/InvalidArgument,
+# NotImplemented, KeyTooLong, EntityTooLarge, PermanentRedirect: a wrong region): retrying
+# would only hide the cause behind "failed after N attempts".
+_PERMANENT_ERRNOS = {errno.EINVAL, errno.ENOSYS, errno.ENAMETOOLONG, errno.EMSGSIZE, errno.EPERM}
+_PERMANENT_ERRNOS |= {errno.EREMCHG, errno.EFBIG, errno.EROFS}
 # Packages whose own exception types (not subclasses of OSError) report network trouble.
 _NETWORK_PACKAGES = ("aiohttp", "urllib3", "requests", "http")
 # botocore also reports settings (no credentials, a bad parameter): only these are the network.
@@ -409,6 +427,8 @@ def is_transient(exc: BaseException) -> bool:
     object, a denied one, missing credentials or a programming error (a retry loop must never
     hide a bug, e.g. a filesystem used across a fork raising ``RuntimeError``)."""
     if isinstance(exc, _PERMANENT) or is_storage_full(exc):  # a full store stays full
+        return False
+    if isinstance(exc, OSError) and exc.errno in _PERMANENT_ERRNOS:
         return False
     if isinstance(exc, (OSError, TimeoutError)):
         return True

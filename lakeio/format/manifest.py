@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any
@@ -167,6 +168,10 @@ def commit_manifest(loc: Location, manifest: Manifest) -> Manifest:
         )
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     final = replace(manifest, version=version, created=created)
+    if final.history:  # this commit's own mark: two writers' equal manifests differ by it, so
+        # reading a version back (after a lost answer) tells this writer's from a rival's
+        mark = {**final.history[-1], "commit": uuid.uuid4().hex}
+        final = replace(final, history=(*final.history[:-1], mark))
     payload = final.to_json()
     try:
         loc.create_exclusive(manifest_key(version), payload)

@@ -20,10 +20,10 @@ class ReadFigures:
     """``latency_s``: a recent origin read, first byte to last (exponentially weighted).
     ``wanted_chunks_per_s``: chunks the loop took per second of its own work (waits left out),
     i.e. the rate it would run at if data never held it up. ``origin_share``: the part of them
-    read from the origin (the rest came from the memory tier). ``in_flight_needed``: Little's
-    law, wanted × origin share × latency. ``in_flight_cap``: loads the loader may run at once
-    (threads, and chunks of the prefetch budget). ``peak_in_flight``: origin reads seen at
-    once."""
+    read from the origin (the rest came from the memory or disk tier). ``in_flight_needed``:
+    Little's law, wanted × origin share × latency. ``in_flight_cap``: chunk loads the loader
+    may run at once, the smaller of ``threads`` and the chunks the prefetcher may hold.
+    ``peak_in_flight``: origin reads seen at once (each field its own)."""
 
     latency_s: float
     wanted_chunks_per_s: float
@@ -31,6 +31,9 @@ class ReadFigures:
     in_flight_needed: int
     in_flight_cap: int
     peak_in_flight: int
+    threads: int
+    held_chunks: int
+    threads_set_by: str = "budget"  # "threads" (given), "max-in-flight" or "budget"
 
     @property
     def cap_limits(self) -> bool:
@@ -46,28 +49,45 @@ def read_figures(
     origin_reads: int,
     requests: int,
     latency_s: float,
-    cap: int,
+    threads: int,
+    held_chunks: int,
     peak: int,
+    threads_set_by: str = "budget",
 ) -> ReadFigures:
     """The figures from a loader's counts: ``chunks`` it loaded in ``busy_seconds`` of the
-    loop's own work, ``origin_reads`` of ``requests`` chunk reads went to the origin."""
+    loop's own work, ``origin_reads`` of ``requests`` chunk reads went to the origin; it runs
+    ``threads`` loads at most (set by ``threads_set_by``: "threads" given by the user,
+    "max-in-flight", or "budget", whose chunks the threads follow), and holds at most
+    ``held_chunks`` chunks loaded or loading."""
     wanted = chunks / busy_seconds if busy_seconds > 0 else 0.0
     share = min(1.0, origin_reads / requests) if requests else 0.0
     needed = math.ceil(wanted * share * latency_s) if latency_s > 0 else 0
-    return ReadFigures(latency_s, wanted, share, needed, cap, peak)
+    cap = min(threads, held_chunks)
+    return ReadFigures(
+        latency_s, wanted, share, needed, cap, peak, threads, held_chunks, threads_set_by
+    )
 
 
 def advice(figures: ReadFigures, chunk_bytes: int, stall_fraction: float) -> str | None:
-    """One line for a user whose loop waited on reads because of the cap, else None. (Not a
-    warning: a loop that does no work, a benchmark's or a test's, always waits.)"""
+    """One line for a user whose loop waited on reads because of the cap, else None, naming
+    the setting that binds. (Not a warning: a loop that does no work, a benchmark's or a
+    test's, always waits.)"""
     if not figures.cap_limits or stall_fraction < 0.05:
         return None
-    budget = figures.in_flight_needed * chunk_bytes
-    size = f"{budget / 2**20:.0f}MiB" if budget >= 2**20 else f"{math.ceil(budget / 1024)}KiB"
-    return (
-        f"the training loop waited {stall_fraction:.0%} of the epoch for data: at "
+    needed = figures.in_flight_needed
+    why = (
+        f"the training loop waited {stall_fraction:.0%} of its time for data: at "
         f"{figures.latency_s * 1000:.0f} ms a read and {figures.wanted_chunks_per_s:.0f} chunks/s "
-        f"it needs {figures.in_flight_needed} reads in flight (Little's law), and the loader "
-        f"allows {figures.in_flight_cap}; pass prefetch_bytes={size!r} or more "
-        "(and raise lakeio.read.max-in-flight if that is the cap)"
+        f"it needs {needed} reads in flight (Little's law), and the loader allows "
+        f"{figures.in_flight_cap}"
     )
+    if figures.threads < needed and figures.threads_set_by != "budget":
+        fix = (
+            f"threads={needed}"
+            if figures.threads_set_by == "threads"
+            else (f"lakeio.read.max-in-flight to {needed}")
+        )
+        return f"{why}; raise {fix} (the loading threads are the cap)"
+    budget = needed * chunk_bytes
+    size = f"{budget / 2**20:.0f}MiB" if budget >= 2**20 else f"{math.ceil(budget / 1024)}KiB"
+    return f"{why}; pass prefetch_bytes={size!r} or more (the prefetch budget is the cap)"

@@ -84,6 +84,7 @@ class Loader:
         self._consumed = 0
         self._stats = {"batches": 0, "samples": 0, "stall_seconds": 0.0, "seconds": 0.0,
                        "chunks_loaded": 0}  # fmt: skip
+        self._running_since: float | None = None  # when the epoch being read began
         self.cluster = cluster  # a lakeio.cluster.session.ClusterSession, or None: in process
         self.cluster_options = cluster_options
         self.cluster_tasks = 0
@@ -169,6 +170,9 @@ class Loader:
     def stats(self) -> dict[str, Any]:
         """Batches and samples delivered, samples/s, time the consumer waited (stall), cache figures."""
         s = dict(self._stats)
+        running = self._running_since  # mid-epoch: count the epoch so far too
+        if running is not None:
+            s["seconds"] += time.perf_counter() - running
         s["samples_per_s"] = s["samples"] / s["seconds"] if s["seconds"] else 0.0
         s["stall_fraction"] = s["stall_seconds"] / s["seconds"] if s["seconds"] else 0.0
         s["cache"] = self.dataset.source.stats()
@@ -195,11 +199,23 @@ class Loader:
         """Little's law from this loader's own measurements (see `lakeio.loader.in_flight`)."""
         cache = s["cache"]
         chunk = max(1, self.dataset.chunk_nbytes(self.stream.fields))
-        cap = min(s["load_threads"], max(1, self._budget() // chunk))
+        # the prefetcher holds the budget's chunks, and the current batch's past it (a batch
+        # may draw on every chunk of its shuffle window)
+        held = max(self._budget() // chunk, min(self.plan.window, self.plan.batch_size), 1)
         return read_figures(
             s["chunks_loaded"], s["seconds"] - s["stall_seconds"], cache["origin_reads"],
-            cache["requests"], cache["origin_latency_s"], cap, cache["origin_in_flight_peak"],
+            cache["requests"], cache["origin_latency_s"], s["load_threads"], held,
+            cache["origin_in_flight_peak"], self._threads_set_by(),
         )  # fmt: skip
+
+    def _threads_set_by(self) -> str:
+        """What decides the in-process loading threads (see `_load_threads`)."""
+        if self.stream.threads:
+            return "threads"
+        limit = int(dask.config.get("lakeio.read.max-in-flight", 32))
+        if self.dataset.loc.is_local or self._load_threads(self._budget()) < limit:
+            return "budget"  # (a local lake's 4: more is not what a local disk needs)
+        return "max-in-flight"
 
     def __iter__(self) -> Iterator:
         start, self._resume_at = self._resume_at, 0
@@ -228,7 +244,7 @@ class Loader:
             daemon=True,
         )  # fmt: skip
         producer.start()
-        began = time.perf_counter()
+        began = self._running_since = time.perf_counter()
         try:
             while True:
                 waited = time.perf_counter()
@@ -248,6 +264,7 @@ class Loader:
                 yield batch
         finally:
             self._stats["seconds"] += time.perf_counter() - began
+            self._running_since = None
             if self.cluster is not None:
                 self._report(began, force=True)
             stop.set()

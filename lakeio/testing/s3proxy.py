@@ -47,8 +47,8 @@ class ProxyFaults:
     with the wrong credentials). ``lose_reply_*`` forwards the request, then drops the
     connection before the answer: the store acted (a PUT landed) but the client cannot know.
     ``corrupt_*`` changes one byte of a GET's body, length intact (only a checksum can tell).
-    Only requests for objects get these faults, and only GETs (``on_writes=True``: PUTs and
-    POSTs too).
+    Only requests for objects get these faults: GETs (unless ``on_reads=False``), and PUTs and
+    POSTs with ``on_writes=True``.
     """
 
     latency: float = 0.0
@@ -69,6 +69,7 @@ class ProxyFaults:
     missing: tuple[str, ...] = ()
     deny_access_keys: tuple[str, ...] = ()
     on_writes: bool = False
+    on_reads: bool = True
     seed: int = 0
 
 
@@ -78,6 +79,7 @@ class _State:
     rng: random.Random
     counts: Counter = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    generation: int = 0  # how many times the counts were reset
 
 
 class FaultProxy:
@@ -114,8 +116,11 @@ class FaultProxy:
                 self._state.rng = random.Random(changes["seed"])
 
     def reset_counts(self) -> None:
+        """Zero the counts. Requests still being answered are left out of the new ones (their
+        handlers end after the client has its answer, and must not count as -1 in flight)."""
         with self._state.lock:
             self._state.counts.clear()
+            self._state.generation += 1
 
     def start(self) -> FaultProxy:
         ready = threading.Event()
@@ -189,7 +194,7 @@ class FaultProxy:
                 fault = "denied"
             elif any(fnmatch.fnmatchcase(key, p) for p in f.missing):
                 fault = "missing"
-            elif method == "GET" or (f.on_writes and method in ("PUT", "POST")):
+            elif (f.on_reads and method == "GET") or (f.on_writes and method in ("PUT", "POST")):
                 counts["object_requests"] += 1
                 fault = _chosen(f, counts["object_requests"], rng.random(), method == "GET")
             if fault is not None:
@@ -198,14 +203,15 @@ class FaultProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         with self._state.lock:
-            counts = self._state.counts
+            counts, generation = self._state.counts, self._state.generation
             counts["in_flight"] += 1
             counts["peak_in_flight"] = max(counts["peak_in_flight"], counts["in_flight"])
         try:
             return await self._answer(request)
         finally:
             with self._state.lock:
-                self._state.counts["in_flight"] -= 1
+                if self._state.generation == generation:  # counted since the last reset
+                    self._state.counts["in_flight"] -= 1
 
     async def _answer(self, request: web.Request) -> web.StreamResponse:
         path = urlsplit(str(request.rel_url)).path

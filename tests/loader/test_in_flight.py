@@ -19,7 +19,7 @@ from lakeio.loader.in_flight import advice, read_figures
 def test_in_flight_needed_is_rate_times_latency_rounded_up(
     chunks, busy, origin, extra, latency, cap
 ):
-    f = read_figures(chunks, busy, origin, origin + extra, latency, cap, 0)
+    f = read_figures(chunks, busy, origin, origin + extra, latency, cap, cap + extra, 0)
     share = origin / (origin + extra) if origin + extra else 0.0
     exact = chunks / busy * share * latency
     assert f.in_flight_needed >= exact - 1e-6 and f.in_flight_needed - 1 < exact  # rounded up
@@ -28,10 +28,17 @@ def test_in_flight_needed_is_rate_times_latency_rounded_up(
         assert advice(f, 4 << 20, stall_fraction=0.9) is None
 
 
-def test_the_advice_names_the_budget_that_would_lift_the_cap():
-    f = read_figures(400, 2.0, 800, 800, 0.1, 8, 16)  # 200 chunks/s from a store 100 ms away
-    assert f.in_flight_needed == 20 and f.cap_limits
-    line = advice(f, 4 << 20, stall_fraction=0.4)
+def test_the_advice_names_the_setting_that_binds():
+    # 200 chunks/s from a store 100 ms away: 20 reads in flight
+    budget_bound = read_figures(400, 2.0, 800, 800, 0.1, 8, 8, 16)
+    assert budget_bound.in_flight_needed == 20 and budget_bound.cap_limits
+    line = advice(budget_bound, 4 << 20, stall_fraction=0.4)
     assert "20 reads in flight" in line and "allows 8" in line
     assert "prefetch_bytes='80MiB'" in line
-    assert advice(f, 4 << 20, stall_fraction=0.01) is None  # the loop hardly waited
+    assert advice(budget_bound, 4 << 20, stall_fraction=0.01) is None  # hardly waited
+    given = read_figures(400, 2.0, 800, 800, 0.1, 8, 64, 16, threads_set_by="threads")
+    assert "raise threads=20" in advice(given, 4 << 20, stall_fraction=0.4)
+    capped = read_figures(400, 2.0, 800, 800, 0.1, 8, 64, 16, threads_set_by="max-in-flight")
+    assert "lakeio.read.max-in-flight to 20" in advice(capped, 4 << 20, stall_fraction=0.4)
+    enough = read_figures(400, 2.0, 800, 800, 0.1, 32, 64, 16, threads_set_by="max-in-flight")
+    assert not enough.cap_limits and advice(enough, 4 << 20, stall_fraction=0.4) is None

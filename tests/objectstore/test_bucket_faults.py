@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 
+import dask.config
 import numpy as np
 import pytest
 
@@ -223,8 +224,8 @@ def _paced_epoch(ds, budget_chunks: int) -> dict:
 
 def test_the_loader_says_when_too_few_reads_are_in_flight_for_the_latency(bucket_lake, s3_options):
     """Little's law: a loop taking 4 chunks per 50 ms batch from a store 200 ms away needs
-    about 16 reads in flight. A budget of 2 chunks allows 2: the loader's figures say so, and
-    what to pass; a budget of 40 allows 32 (lakeio.read.max-in-flight), which is enough."""
+    about 16 reads in flight. A budget of 2 chunks gives 4 threads: the loader's figures say
+    so, and what to pass; a budget of 64 chunks (and as many threads) is enough."""
     with FaultProxy(s3_options["endpoint_url"], ProxyFaults(latency=0.2)) as proxy:
         options = _through(proxy, s3_options)
 
@@ -232,12 +233,14 @@ def test_the_loader_says_when_too_few_reads_are_in_flight_for_the_latency(bucket
             return lakeio.open_dataset(URL, storage_options=options, cache=lakeio.Cache(memory=0))
 
         small = _paced_epoch(fresh(), 2)
-        big = _paced_epoch(fresh(), 40)
-    assert small["cap_limits"] and small["in_flight_cap"] == 2
+        with dask.config.set({"lakeio.read.max-in-flight": 64}):
+            big = _paced_epoch(fresh(), 64)
+    assert small["cap_limits"] and small["in_flight_cap"] == small["threads"] == 4
+    assert small["threads_set_by"] == "budget"
     assert 0.2 <= small["latency_s"] < 2 and small["origin_share"] == 1.0
-    assert small["in_flight_needed"] > 2
+    assert small["in_flight_needed"] > 4
     assert small["peak_in_flight"] <= 4 * 2  # 4 threads, a chunk's two fields at once
     assert "Little's law" in small["advice"] and "prefetch_bytes=" in small["advice"]
-    assert not big["cap_limits"] and big["in_flight_cap"] == 32 and big["advice"] is None
-    assert 2 < big["in_flight_needed"] <= 32
+    assert not big["cap_limits"] and big["in_flight_cap"] == 64 and big["advice"] is None
+    assert 4 < big["in_flight_needed"] <= 64
     assert big["peak_in_flight"] > 4 * 2

@@ -4,7 +4,9 @@ a failed run resumes, and concurrent appends through the faults lose nothing."""
 from __future__ import annotations
 
 import threading
+from datetime import datetime, timezone
 
+import dask.config
 import numpy as np
 import pytest
 
@@ -130,3 +132,31 @@ def test_concurrent_appends_through_faults_lose_no_segment(s3_options):
         expected |= {img.tobytes(): int(lab) for img, lab in zip(images, labels, strict=True)}
     assert _all_samples(url, s3_options) == expected
     assert verify_lake(lakeio.open_dataset(url, storage_options=s3_options)).ok
+
+
+def test_two_writers_committing_equal_manifests_at_once_do_not_both_win(s3_options, monkeypatch):
+    """Two identical appends in the same second (every DDP rank running the same ingest) make
+    byte-equal manifests but for each commit's own mark: the read-back after a lost answer
+    must not take the rival's version for its own."""
+    import lakeio.format.manifest as manifest_module
+    from lakeio.errors import CommitConflictError
+    from lakeio.format.manifest import commit_manifest
+
+    url = "s3://lakeio-test/writes/twins.lake"
+    _ingest(*_images(16, seed=9), url, s3_options)
+    loc = Location.of(url, s3_options)
+    base = read_manifest(loc)
+    same = base.with_segments(base.segments, {"op": "same"})
+    # both listed the lake before either committed, and both commit in the same second
+    monkeypatch.setattr(manifest_module, "manifest_versions", lambda _loc: [1])
+    now = datetime.now(timezone.utc)
+    monkeypatch.setattr(manifest_module, "datetime", type("Frozen", (), {"now": lambda tz: now}))
+    # every answer to a write lost (reads answered: the read-back is what decides)
+    faults = ProxyFaults(lose_reply_every=1, on_writes=True, on_reads=False)
+    with FaultProxy(s3_options["endpoint_url"], faults) as proxy:
+        through = Location.of(url, _through(proxy, s3_options))
+        with dask.config.set({"lakeio.write.deadline": 3}):
+            first = commit_manifest(through, same)
+            with pytest.raises(CommitConflictError):
+                commit_manifest(through, same)
+    assert read_manifest(loc, 2).history[-1]["commit"] == first.history[-1]["commit"]
