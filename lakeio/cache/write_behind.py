@@ -26,6 +26,7 @@ import dask.config
 from lakeio.sizes import parse_size
 
 DEFAULT_LIMIT = 64 << 20
+FORK_WAIT_S = 2.0  # the longest a fork waits for a store in progress
 IDLE_EXIT_S = 2.0  # a writer with nothing to do ends (a process may hold many disk tiers)
 _writers: weakref.WeakSet[WriteBehind] = weakref.WeakSet()
 
@@ -46,6 +47,7 @@ class WriteBehind:
 
     def _fresh_state(self) -> None:
         self._cond = threading.Condition()
+        self._storing = threading.Lock()  # held while storing: a fork waits for it (below)
         self._pid = os.getpid()
         self._queue: deque[tuple[str, bytes, Callable[[], None]]] = deque()
         self._pending: dict[str, bytes] = {}
@@ -117,7 +119,8 @@ class WriteBehind:
 
     def _store_one(self, key: str, value: bytes, release: Callable[[], None]) -> None:
         try:
-            self._store(key, value)  # the tier counts and warns of the disk's own failures
+            with self._storing:
+                self._store(key, value)  # the tier counts and warns of the disk's own failures
         except Exception:  # anything else, a warning made an error (-W error) included
             self.failures += 1
         finally:
@@ -132,10 +135,28 @@ class WriteBehind:
                     self._cond.notify_all()
 
 
+_held_for_fork: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    """No writer is inside a store when the process forks: a child would inherit SQLite's and
+    the C library's locks held by a thread that does not exist there, and hang on them."""
+    for writer in list(_writers):
+        if writer._storing.acquire(timeout=FORK_WAIT_S):  # a store stuck that long: fork anyway
+            _held_for_fork.append(writer._storing)
+
+
+def _after_fork_in_parent() -> None:
+    while _held_for_fork:
+        _held_for_fork.pop().release()
+
+
 def _after_fork_in_child() -> None:
-    """A forked child (a DataLoader worker) starts with empty queues and fresh conditions: the
+    """A forked child (a DataLoader worker) starts with empty queues and fresh locks: the
     parent's writer threads did not come along (a condition one of them held would never be
-    released), its locks were closed at the fork, and the parent stores what it handed over."""
+    released), its key locks were closed at the fork, and the parent stores what it handed
+    over."""
+    _held_for_fork.clear()
     for writer in list(_writers):
         writer._fresh_state()
 
@@ -146,7 +167,9 @@ def _flush_all(timeout: float = 10.0) -> None:
         writer.flush(timeout=timeout)
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)
 atexit.register(_flush_all)
 
 

@@ -236,7 +236,9 @@ class FaultProxy:
             for name, value in upstream.headers.items():
                 if name.lower() not in _HOP_BY_HOP:
                     out.headers[name] = value
-            out.content_length = len(payload)
+            # a HEAD's answer has no body: its length is the object's, as the store said
+            head = request.method == "HEAD" and "Content-Length" in upstream.headers
+            out.content_length = int(upstream.headers["Content-Length"]) if head else len(payload)
             if fault == "reply_lost":  # the store acted; the client never hears of it
                 request.transport.close()
                 return out

@@ -88,3 +88,23 @@ class TierTests(ABC):
         for t in threads:
             t.join()
         assert errors == []
+
+
+def fetch_through_a_slow_disk(directory: str, keys: list[str], store_delay: float = 0.2) -> None:
+    """In a child process: fetch ``keys`` into a disk tier at ``directory`` whose stores take
+    ``store_delay`` seconds each, and return at once (the copies still being stored): what a
+    DataLoader worker does before it exits. For `multiprocessing` targets (importable)."""
+    import time
+
+    from lakeio.cache.disk import DiskTier
+
+    tier = DiskTier(directory, 1 << 30)
+    store = tier._behind._store
+
+    def slow_store(key: str, value: bytes) -> None:
+        time.sleep(store_delay)
+        store(key, value)
+
+    tier._behind._store = slow_store
+    for key in keys:
+        tier.get_or_fetch(key, lambda key=key: key.encode())

@@ -15,6 +15,7 @@ import dask.config
 import pytest
 
 from lakeio.cache.disk import DiskTier
+from lakeio.testing.tiers import fetch_through_a_slow_disk
 
 
 def _held_writer(tier: DiskTier) -> threading.Event:
@@ -34,16 +35,21 @@ def _held_writer(tier: DiskTier) -> threading.Event:
 def _other_process_get_or_fetch(directory: str, key: str) -> subprocess.Popen:
     code = textwrap.dedent(f"""
         from lakeio.cache.disk import DiskTier
+        import sys
         tier = DiskTier({directory!r}, 1 << 30)
+        sys.stdin.readline()  # started before the hand-over: a fork waits for a store
         print("ready", flush=True)
         value, hit = tier.get_or_fetch({key!r}, lambda: b"fetched again")
         print(value.decode(), hit, flush=True)
     """)
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
 
 
 def test_a_read_does_not_wait_for_its_copy_and_the_node_still_fetches_once(tmp_path):
     tier = DiskTier(tmp_path / "disk", 1 << 30)
+    other = _other_process_get_or_fetch(str(tmp_path / "disk"), "k")
     go = _held_writer(tier)
     fetches = []
 
@@ -63,7 +69,8 @@ def test_a_read_does_not_wait_for_its_copy_and_the_node_still_fetches_once(tmp_p
     # this process: served from the hand-over, no second fetch
     assert tier.get_or_fetch("k", fetch) == (b"the chunk", True) and len(fetches) == 1
     # another process of the node waits on the key's lock, then takes the stored copy
-    other = _other_process_get_or_fetch(str(tmp_path / "disk"), "k")
+    other.stdin.write("go\n")
+    other.stdin.flush()
     assert other.stdout.readline().strip() == "ready"
     time.sleep(0.5)
     assert other.poll() is None  # waiting for the copy, not fetching its own
@@ -140,28 +147,17 @@ def test_a_bad_limit_setting_is_named_and_frees_the_lock(tmp_path):
     assert _within(30, lambda: tier.get_or_fetch("k", lambda: b"v")) == (b"v", False)
 
 
-def _fetch_in_a_forked_child(directory: str, keys: list[str]) -> None:
-    tier = DiskTier(directory, 1 << 30)
-    store = tier._behind._store
-
-    def slow_store(key: str, value: bytes) -> None:
-        time.sleep(0.2)  # still storing when the child's work is done
-        store(key, value)
-
-    tier._behind._store = slow_store
-    for key in keys:
-        tier.get_or_fetch(key, lambda key=key: key.encode())
-
-
 def test_a_forked_worker_stores_what_it_fetched_before_it_exits(tmp_path):
-    """DataLoader workers are multiprocessing children, which end with os._exit (no atexit):
-    their hand-overs are stored by a finalizer of their own."""
+    """DataLoader workers are multiprocessing children that end with os._exit (no atexit):
+    their hand-overs are stored by a finalizer of their own. (A forkserver child ends the same
+    way, and is forked from a process without this one's threads, whose locks a child of this
+    busy test process could inherit held.)"""
     keys = [f"k{i}" for i in range(5)]
-    child = multiprocessing.get_context("fork").Process(
-        target=_fetch_in_a_forked_child, args=(str(tmp_path / "disk"), keys)
+    child = multiprocessing.get_context("forkserver").Process(
+        target=fetch_through_a_slow_disk, args=(str(tmp_path / "disk"), keys)
     )
     child.start()
-    child.join(60)
+    child.join(120)
     assert child.exitcode == 0
     tier = DiskTier(tmp_path / "disk", 1 << 30)
     assert [tier._cache.get(k) for k in keys] == [k.encode() for k in keys]

@@ -33,6 +33,7 @@ def test_a_clean_proxy_passes_objects_through_and_adds_its_latency(proxy, s3_opt
     data = bytes(range(256)) * 4096
     fs.pipe("lakeio-test/proxy/clean", data)
     assert fs.cat_file("lakeio-test/proxy/clean", start=0) == data
+    assert fs.info("lakeio-test/proxy/clean")["size"] == len(data)  # a HEAD's length kept
     proxy.set_faults(latency=0.2)
     started = time.monotonic()
     assert fs.cat_file("lakeio-test/proxy/clean", start=0) == data
