@@ -194,10 +194,11 @@ def _segment(doc: Any, i: int, source: str, classes: int, chunk_samples: int) ->
         raise FormatError(
             f"{source}: segment {segment_id} counts {len(counts)} classes, the lake has {classes}"
         )
-    counts = [
-        _integer(c, source, f"{path}.class_counts[{j}]", 0, MAX_SAMPLES)
-        for j, c in enumerate(counts)
-    ]
+    if not _plain_counts(counts):  # find the bad one, to name it
+        counts = [
+            _integer(c, source, f"{path}.class_counts[{j}]", 0, MAX_SAMPLES)
+            for j, c in enumerate(counts)
+        ]
     if counts and sum(counts) != samples:
         raise FormatError(
             f"{source}: {path}.class_counts add up to {sum(counts)}, "
@@ -208,6 +209,15 @@ def _segment(doc: Any, i: int, source: str, classes: int, chunk_samples: int) ->
         for key in ("source_bytes", "decoded_bytes", "stored_bytes")
     }
     return SegmentEntry(segment_id, samples, tuple(counts), **figures)
+
+
+def _plain_counts(counts: list) -> bool:
+    """Whether every count is an int (not a bool) within 0..MAX_SAMPLES: one pass at C speed.
+    (Checked one by one, with a path built for each, the counts were 95% of opening a lake
+    with a thousand classes.)"""
+    return all(type(c) is int for c in counts) and (
+        not counts or (min(counts) >= 0 and max(counts) <= MAX_SAMPLES)
+    )
 
 
 def _fields(doc: dict, source: str) -> dict[str, FieldInfo]:

@@ -109,6 +109,11 @@ def test_negative_sample_count_is_rejected_before_use(tmp_path):
     ],
 )
 def test_manifest_values_are_validated_before_use(tmp_path, edit, message):
+    _refused_after(edit, tmp_path, message)
+
+
+def _refused_after(edit, tmp_path, message: str) -> None:
+    """A valid manifest changed by ``edit`` (checksum dropped, as by hand) is refused."""
     doc = json.loads(_manifest("s1").to_json())
     doc["version"] = 1
     edit(doc)
@@ -125,3 +130,36 @@ def test_a_manifest_that_is_not_an_object_is_a_format_error(tmp_path):
     path.write_text("[1, 2]")
     with pytest.raises(FormatError, match="a manifest is a JSON object, found list"):
         read_manifest(Location.of(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("counts", "message"),
+    [
+        ([1, True], r"class_counts\[1\] must be an integer"),
+        ([4, -1], r"class_counts\[1\] must be >= 0"),
+        ([1.5, 1.5], r"class_counts\[0\] must be an integer"),
+        ([10**13, 0], r"class_counts\[0\] must be <="),
+    ],
+)
+def test_a_bad_class_count_is_named_by_its_place(tmp_path, counts, message):
+    """Counts are checked all at once (fast); a bad one is still named where it is."""
+    _refused_after(lambda d: d["segments"][0].update(class_counts=counts), tmp_path, message)
+
+
+def test_manifest_bytes_are_as_the_format_says(tmp_path):
+    """Written without dataclasses.asdict (it deep-copied every count), the document is the
+    same JSON, key for key, as the dataclasses describe it."""
+    from dataclasses import asdict
+
+    from lakeio.format.manifest_checks import with_checksum
+
+    m = _manifest("s1", "s2")
+    doc = json.loads(m.to_json())
+    expected = {
+        "format": doc["format"], "format_version": doc["format_version"], "version": 0,
+        "created": m.created, "samples": 6, "chunk_samples": 8, "classes": ["a", "b"],
+        "fields": {k: {**asdict(v), "shape": list(v.shape)} for k, v in FIELDS.items()},
+        "segments": [{**asdict(s), "class_counts": list(s.class_counts)} for s in m.segments],
+        "history": [], "stats": {},
+    }  # fmt: skip
+    assert m.to_json() == with_checksum(json.dumps(expected, indent=1, ensure_ascii=False).encode())
