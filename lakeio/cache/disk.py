@@ -51,7 +51,7 @@ class DiskTier:
         self._lock = threading.Lock()
         self._stats = TierStats()
         self.write_errors = 0  # chunks the disk refused to store (full disk, no inodes...)
-        self._behind = WriteBehind(self.put, name="lakeio-disk-writer")
+        self._behind = WriteBehind(self.put, "lakeio-disk-writer", os.path.realpath(self.directory))
         self._cache = self._open()
 
     def _open(self) -> diskcache.Cache | None:

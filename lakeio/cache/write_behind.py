@@ -29,6 +29,16 @@ DEFAULT_LIMIT = 64 << 20
 FORK_WAIT_S = 2.0  # the longest a fork waits for a store in progress
 IDLE_EXIT_S = 2.0  # a writer with nothing to do ends (a process may hold many disk tiers)
 _writers: weakref.WeakSet[WriteBehind] = weakref.WeakSet()
+# What is on its way to each folder, for every disk tier of that folder in this process (two
+# datasets opened on one cache, a tier opened anew): one that does not see a chunk handed over
+# by another would fetch it again.
+_pending_by_folder: dict[str, dict[str, bytes]] = {}
+_shared_lock = threading.Lock()
+
+
+def _pending_in(folder: str) -> dict[str, bytes]:
+    with _shared_lock:
+        return _pending_by_folder.setdefault(folder, {})
 
 
 class WriteBehind:
@@ -38,9 +48,12 @@ class WriteBehind:
     the store, and the writer thread survives any error of the store (the copy is then lost,
     counted in ``failures``; the tier only ever holds copies)."""
 
-    def __init__(self, store: Callable[[str, bytes], object], name: str = "lakeio-disk") -> None:
+    def __init__(
+        self, store: Callable[[str, bytes], object], name: str = "lakeio-disk", folder: str = ""
+    ) -> None:
         self._store = store
         self._name = name
+        self._folder = folder  # writers of one folder show each other what they hold
         self.failures = 0
         self._fresh_state()
         _writers.add(self)
@@ -50,7 +63,7 @@ class WriteBehind:
         self._storing = threading.Lock()  # held while storing: a fork waits for it (below)
         self._pid = os.getpid()
         self._queue: deque[tuple[str, bytes, Callable[[], None]]] = deque()
-        self._pending: dict[str, bytes] = {}
+        self._pending = _pending_in(self._folder)  # shared by the folder's writers
         self._bytes = 0
         self._busy = 0  # entries taken off the queue and not yet stored
         self._thread: threading.Thread | None = None
@@ -68,7 +81,7 @@ class WriteBehind:
 
     def pending(self, key: str) -> bytes | None:
         """The bytes of ``key`` handed over and not yet stored (None if there are none)."""
-        with self._cond:
+        with _shared_lock:
             return self._pending.get(key)
 
     def submit(self, key: str, value: bytes, release: Callable[[], None]) -> bool:
@@ -87,7 +100,8 @@ class WriteBehind:
                     return False
                 self._thread = thread
             self._queue.append((key, value, release))
-            self._pending[key] = value
+            with _shared_lock:
+                self._pending[key] = value
             self._bytes += len(value)
             self._cond.notify_all()
             return True
@@ -127,9 +141,10 @@ class WriteBehind:
             try:
                 release()
             finally:
-                with self._cond:
+                with _shared_lock:
                     if self._pending.get(key) is value:
                         del self._pending[key]
+                with self._cond:
                     self._bytes -= len(value)
                     self._busy -= 1
                     self._cond.notify_all()
@@ -156,7 +171,10 @@ def _after_fork_in_child() -> None:
     parent's writer threads did not come along (a condition one of them held would never be
     released), its key locks were closed at the fork, and the parent stores what it handed
     over."""
+    global _shared_lock
     _held_for_fork.clear()
+    _shared_lock = threading.Lock()  # (a parent's thread may have held it)
+    _pending_by_folder.clear()
     for writer in list(_writers):
         writer._fresh_state()
 

@@ -51,6 +51,7 @@ def test_flipped_byte_in_the_disk_tier_is_detected_refetched_and_never_delivered
     cache = Cache(memory=0, disk=str(tmp_path / "disk"), disk_size="64MB")
     ds = lakeio.open_dataset(path, cache=cache)
     _read_all(ds)
+    assert ds.source.disk.flush(timeout=60)  # stored behind the reads
     files = sorted(Path(tmp_path / "disk").rglob("*.val"))  # diskcache keeps large values as files
     assert files, "chunks of 48 KB should be stored as files"
     for f in files:

@@ -169,3 +169,18 @@ def test_a_limit_of_zero_stores_every_chunk_in_line(tmp_path):
     with dask.config.set({"lakeio.cache.write-behind": 0}):
         tier.get_or_fetch("a", lambda: b"x" * 800)
     assert tier._cache.get("a") == b"x" * 800 and tier._behind.queued_bytes() == 0
+
+
+def test_another_tier_on_the_same_folder_sees_what_is_on_its_way(tmp_path):
+    """Two datasets opened on one cache folder in one process: the second is served what the
+    first handed over, instead of fetching it again (or waiting for the disk)."""
+    first = DiskTier(tmp_path / "disk", 1 << 30)
+    go = _held_writer(first)
+    first.get_or_fetch("k", lambda: b"the chunk")
+    second = DiskTier(tmp_path / "disk", 1 << 30)
+    assert _within(30, lambda: second.get_or_fetch("k", lambda: b"fetched again")) == (
+        b"the chunk",
+        True,
+    )
+    go.set()
+    assert first.flush(timeout=30) and second._cache.get("k") == b"the chunk"

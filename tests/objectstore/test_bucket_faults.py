@@ -139,39 +139,67 @@ def test_a_body_changed_on_the_way_is_read_again(bucket_lake, s3_options, botoco
     assert reread == (0 if botocore_checks else counts["corrupted"])
 
 
-def test_on_the_cluster_a_worker_the_store_refuses_is_named(bucket_lake, s3_options, monkeypatch):
-    """One worker runs with other credentials (its own environment), which the store refuses:
-    the error names that worker, the chunk and the lake."""
+def _epoch_with_one_odd_worker(s3_options, monkeypatch, faults, odd_env, options_without):
+    """An epoch on a cluster of two workers, one of which ("odd") runs with ``odd_env`` on
+    top of the environment the others have (the store's address and credentials, which the
+    storage options then leave out: ``options_without``); what it raised, and the odd worker's
+    name and address as errors give them."""
     from distributed import Client
 
     from lakeio.testing.cluster import extra_worker, process_cluster
 
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_options["key"])
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_options["secret"])
-    env_options = {k: v for k, v in s3_options.items() if k not in ("key", "secret")}
-    faults = ProxyFaults(deny_access_keys=("stale-key",))
-    with (
-        FaultProxy(s3_options["endpoint_url"], faults) as proxy,
-        process_cluster(n_workers=1) as address,
-        extra_worker(address, "stale-credentials", env={"AWS_ACCESS_KEY_ID": "stale-key"}),
-        Client(address) as client,
-    ):
-        client.wait_for_workers(2, timeout=60)
-        stale = next(
-            a for a, w in client.scheduler_info()["workers"].items()
-            if w["name"] == "stale-credentials"
-        )  # fmt: skip
-        ds = lakeio.open_dataset(URL, storage_options=_through(proxy, env_options))
+    with FaultProxy(s3_options["endpoint_url"], faults) as proxy:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3_options["key"])
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3_options["secret"])
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
+        options = {k: v for k, v in _through(proxy, s3_options).items() if k not in options_without}
         with (
-            pytest.raises(ChunkUnavailableError) as caught,
-            ds.loader(32, seed=5, cluster=client, prefetch_next_epoch=False) as loader,
+            process_cluster(n_workers=1) as address,
+            extra_worker(address, "odd", env=odd_env),
+            Client(address) as client,
         ):
-            collect(loader)
-    error = caught.value
-    assert error.worker == f"stale-credentials ({stale})"
+            client.wait_for_workers(2, timeout=60)
+            odd = next(
+                a for a, w in client.scheduler_info()["workers"].items() if w["name"] == "odd"
+            )
+            ds = lakeio.open_dataset(URL, storage_options=options)
+            started = time.monotonic()
+            with (
+                pytest.raises(lakeio.LakeError) as caught,
+                ds.loader(32, seed=5, cluster=client, prefetch_next_epoch=False) as loader,
+            ):
+                collect(loader)
+            elapsed = time.monotonic() - started
+    return caught.value, f"odd ({odd})", elapsed
+
+
+def test_on_the_cluster_a_worker_the_store_refuses_is_named(bucket_lake, s3_options, monkeypatch):
+    """One worker runs with other credentials (its own environment), which the store refuses:
+    the error names that worker, the chunk and the lake."""
+    error, odd, elapsed = _epoch_with_one_odd_worker(
+        s3_options, monkeypatch, ProxyFaults(deny_access_keys=("stale-key",)),
+        {"AWS_ACCESS_KEY_ID": "stale-key"}, options_without=("key", "secret"),
+    )  # fmt: skip
+    assert isinstance(error, ChunkUnavailableError) and elapsed < 10
+    assert error.worker == odd
     assert error.lake == URL and error.key.startswith("segments/")
-    assert f"read by worker stale-credentials ({stale})" in str(error)
+    assert f"read by worker {odd}" in str(error)
     assert "access denied" in error.reason
+
+
+def test_on_the_cluster_a_worker_that_cannot_reach_the_store_is_named(
+    bucket_lake, s3_options, monkeypatch
+):
+    """One worker's network does not reach the store (its endpoint is a closed port): once
+    its read deadline (2 s there) passes, the epoch ends with one error naming that worker."""
+    error, odd, elapsed = _epoch_with_one_odd_worker(
+        s3_options, monkeypatch, ProxyFaults(),
+        {"AWS_ENDPOINT_URL": "http://127.0.0.1:1", "DASK_LAKEIO__READ__DEADLINE": "2"},
+        options_without=("endpoint_url",),
+    )  # fmt: skip
+    assert isinstance(error, lakeio.ReadError) and elapsed < 30
+    assert f"worker {odd} could not read the lake" in str(error)
+    assert "127.0.0.1:1" in str(error)
 
 
 def test_a_chunk_damaged_in_the_store_fails_at_once_after_one_read_again(s3_options):
