@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -149,20 +150,19 @@ class ChunkSource:
         return value
 
     def _load_stored(self, key: str) -> bytes:
+        def verify(b: bytes) -> None:
+            verify_checksum(b, key)
+
         if self.disk is None:
-            raw = self._origin(key)
-            verify_checksum(raw, key)
-            return raw
+            return self._origin(key, verify)
         cache_key = self.loc.describe(key)
-        raw, hit = self.disk.get_or_fetch(
-            cache_key, lambda: self._origin(key), check=lambda b: verify_checksum(b, key)
-        )
+        raw, hit = self.disk.get_or_fetch(cache_key, lambda: self._origin(key, verify))
         if hit:
             try:
-                verify_checksum(raw, key)
+                verify(raw)
             except CorruptChunkError:  # a damaged cached copy: replace it with the original
                 raw, refetched = self.disk.replace_damaged(
-                    cache_key, raw, lambda: self._origin(key), lambda b: verify_checksum(b, key)
+                    cache_key, raw, lambda: self._origin(key, verify), verify
                 )
                 self._add("corrupt_refetched", int(refetched))
         return raw
@@ -190,51 +190,54 @@ class ChunkSource:
     def read_origin(self, segment: int, field: str, chunk: int) -> np.ndarray:
         """The chunk decoded straight from the origin, bypassing every tier (for verification)."""
         key = self.key(segment, field, chunk)
+        decoded: list[np.ndarray] = []
         try:
-            return self._decode(field, self._origin(key), key)
+            self._origin(key, lambda b: decoded.append(self._decode(field, b, key)))
         except ChunkError as exc:
             raise exc.of_lake(self.loc.describe()) from None
+        return decoded[-1]
 
     def _load(self, field: str, key: str, cache_key: str) -> np.ndarray:
-        if self.disk is None:
-            return self._decode(field, self._origin(key), key)
         decoded: list[np.ndarray] = []
-        raw, _ = self.disk.get_or_fetch(
-            cache_key,
-            lambda: self._origin(key),
-            check=lambda b: decoded.append(self._decode(field, b, key)),
-        )
+
+        def decode(b: bytes) -> None:
+            decoded.append(self._decode(field, b, key))
+
+        if self.disk is None:
+            self._origin(key, decode)
+            return decoded[-1]
+        raw, _ = self.disk.get_or_fetch(cache_key, lambda: self._origin(key, decode))
         if decoded:  # fetched from the origin and checked before it was stored
-            return decoded[0]
+            return decoded[-1]
         try:
             return self._decode(field, raw, key)
         except CorruptChunkError:  # a damaged cached copy: replace it (a bad origin raises)
+            # (the original's checksum is checked as it is read: read again if it fails)
             _, refetched = self.disk.replace_damaged(
-                cache_key,
-                raw,
-                lambda: self._origin(key),
-                lambda b: decoded.append(self._decode(field, b, key)),
+                cache_key, raw, lambda: self._origin(key, lambda b: verify_checksum(b, key)), decode
             )
             self._add("corrupt_refetched", int(refetched))
             return decoded[-1]
 
-    def _origin(self, key: str) -> bytes:
-        """The chunk's bytes from the origin. From a remote store, a body whose checksum fails
-        is read again until one passes, or two reads agree (a damaged copy in the store is the
+    def _origin(self, key: str, check: Callable[[bytes], object]) -> bytes:
+        """The chunk's bytes from the origin, passed through ``check`` (a checksum, a decode:
+        it raises `CorruptChunkError` on bad bytes). From a remote store, a body that fails is
+        read again until one passes, or two reads agree (a damaged copy in the store is the
         same every time; a byte changed in transit is not), or ``lakeio.read.deadline`` ends;
-        then the caller's check names the chunk."""
+        then the check's error names the chunk."""
         raw = self._origin_once(key)
         if self.loc.is_local:
+            check(raw)
             return raw
         deadline = time.monotonic() + float(dask.config.get("lakeio.read.deadline", 60))
         previous = None
         while True:
             try:
-                verify_checksum(raw, key)
+                check(raw)
                 return raw
             except CorruptChunkError:
                 if raw == previous or time.monotonic() > deadline:
-                    return raw
+                    raise
             self._add("corrupt_reread", 1)
             previous, raw = raw, self._origin_once(key)
 

@@ -83,26 +83,21 @@ class Location:
     def exists(self, key: str) -> bool:
         if self.is_local:
             return self.fs.exists(self.path(key))
-        with _naming_denied(self.describe(key)):
-            return with_retries(lambda: self.fs.exists(self.path(key)), self.describe(key))
+        return self._remote(key, lambda: self.fs.exists(self.path(key)))
 
     def read_bytes(self, key: str) -> bytes:
         """Read a whole object in one request (``start=0`` avoids a separate size lookup)."""
         if self.is_local:
             with open(self.path(key), "rb") as fh:
                 return fh.read()
-        with _naming_denied(self.describe(key)):
-            read = lambda: self.fs.cat_file(self.path(key), start=0)  # noqa: E731
-            return with_retries(read, self.describe(key))
+        return self._remote(key, lambda: self.fs.cat_file(self.path(key), start=0))
 
     def read_prefix(self, key: str, size: int) -> bytes:
         """The first ``size`` bytes of an object (all of it if shorter), in one request."""
         if self.is_local:
             with open(self.path(key), "rb") as fh:
                 return fh.read(size)
-        with _naming_denied(self.describe(key)):
-            read = lambda: self.fs.cat_file(self.path(key), start=0, end=size)  # noqa: E731
-            return with_retries(read, self.describe(key))
+        return self._remote(key, lambda: self.fs.cat_file(self.path(key), start=0, end=size))
 
     def write(self, key: str, data: bytes | list) -> int:
         """Write an object whole and durably (temp file, fsync, rename on disk; one PUT elsewhere).
@@ -151,10 +146,7 @@ class Location:
             if self.is_local:
                 entries = self.fs.ls(self.path(key), detail=False)
             else:
-                with _naming_denied(self.describe(key)):
-                    entries = with_retries(
-                        lambda: self.fs.ls(self.path(key), detail=False), self.describe(key)
-                    )
+                entries = self._remote(key, lambda: self.fs.ls(self.path(key), detail=False))
         except (FileNotFoundError, NotADirectoryError):
             return []
         return sorted(posixpath.basename(e.rstrip("/")) for e in entries)
@@ -167,9 +159,20 @@ class Location:
             self._put(key, data)
 
     def _put(self, key: str, data: bytes) -> None:
-        with _naming_denied(self.describe(key)):
-            put = lambda: self.fs.pipe_file(self.path(key), data)  # noqa: E731
-            with_retries(put, self.describe(key), "write")
+        self._remote(key, lambda: self.fs.pipe_file(self.path(key), data), "write")
+
+    def _remote(self, key: str, call, action: str = "read"):
+        """``call()`` (a request about ``key`` to a remote store) under lakeio's one
+        deadline-bounded retry (`with_retries`); a refusal (403) names the object."""
+        what = self.describe(key)
+        try:
+            return with_retries(call, what, action)
+        except PermissionError as exc:  # a store's 403 says only "Access Denied"
+            if what in str(exc):
+                raise
+            raise PermissionError(
+                errno.EACCES, f"access denied by the store ({exc})", what
+            ) from exc
 
     def create_exclusive(self, key: str, data: bytes) -> None:
         """Create ``key`` only if absent (durably); raise `FileExistsError` if another writer won."""
@@ -191,8 +194,7 @@ class Location:
                 raise
 
         try:
-            with _naming_denied(self.describe(key)):
-                with_retries(put_if_absent, self.describe(key), "write")
+            self._remote(key, put_if_absent, "write")
             return
         except TypeError:
             pass
@@ -332,18 +334,6 @@ def _zombie(pid: int) -> bool:
 def is_storage_full(exc: BaseException) -> bool:
     """Whether ``exc`` says the destination has no room left (no space, no inodes, over quota)."""
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
-
-
-@contextlib.contextmanager
-def _naming_denied(what: str):
-    """A store's 403 says only "Access Denied": say which object it refused."""
-    try:
-        yield
-    except PermissionError as exc:
-        if what in str(exc):
-            raise
-        message = f"access denied by the store ({exc})"
-        raise PermissionError(errno.EACCES, message, what) from exc
 
 
 def _discard(tmp: str) -> None:

@@ -186,7 +186,7 @@ class Loader:
                 **figures.as_dict(),
                 "advice": advice(figures, chunk, s["stall_fraction"]),
             }
-        if self.cluster is not None:
+        else:
             from lakeio.cluster.worker import gather_worker_stats
 
             s["cluster_tasks"] = self.cluster_tasks
