@@ -466,13 +466,8 @@ def probe_synthetic(args: dict[str, Any]) -> dict[str, Any]:
 
 
 def segment_rule() -> Callable[[int, int], int]:
-    """Samples per segment for an ingest of n samples, as lakeio's planner cuts them."""
-    try:
-        from lakeio.ingest.plan import segment_samples
-
-        return segment_samples
-    except ImportError:  # a planner without this function: v1's rule
-        return lambda n, c: min(8, max(1, math.ceil(math.ceil(n / c) / 16))) * c
+    """Samples per segment for an ingest of n samples into a v1 lake, as lakeio cuts them."""
+    return lambda n, c: min(8, max(1, math.ceil(math.ceil(n / c) / 16))) * c
 
 
 def segment_plan(args: dict[str, Any]) -> Iterator[tuple[int, int, int, int]]:
@@ -523,12 +518,14 @@ def synthetic_manifest(args: dict[str, Any]):
         "labels": FieldInfo("int64", (), "lz4:5"),
         "paths": FieldInfo("str", (), "lz4:5"),
     }
+    v1 = {"format_version": 1} if "format_version" in Manifest.__dataclass_fields__ else {}
     manifest = Manifest(
         fields=fields,
         classes=tuple(class_names(classes)),
         chunk_samples=args["chunk_samples"],
         segments=tuple(entries),
         history=tuple(history),
+        **v1,
     )
     return manifest, len(entries)
 
@@ -552,6 +549,12 @@ class Options:
     profile: int = 0
     keep: bool = False
     lakeio_cmd: list[str] = field(default_factory=list)
+    format_version: int | None = None  # None: what lakeio writes by default
+
+
+def format_option(opts: Options) -> dict[str, Any]:
+    """``format_version=`` for the ingest that creates a lake, when one was asked for."""
+    return {} if opts.format_version is None else {"format_version": opts.format_version}
 
 
 def lakeio_command() -> list[str]:
@@ -582,7 +585,7 @@ def build_lake(lake: str, size: Size, opts: Options, client, log) -> dict[str, A
         lakeio.ingest(
             images, lake, labels=labels, classes=names, mode="append" if i else "create",
             cluster=client, progress=False, echo=quiet,
-            **({} if i else {"chunk_samples": opts.chunk_samples}),
+            **({} if i else {"chunk_samples": opts.chunk_samples, **format_option(opts)}),
         )  # fmt: skip
         start += n
         if (i + 1) % 10 == 0 or i + 1 == len(parts):
@@ -639,7 +642,7 @@ def baseline_append(opts: Options) -> float:
     with in_process_client() as client:
         lakeio.ingest(
             images, lake, labels=labels, classes=class_names(opts.classes), progress=False,
-            echo=quiet, cluster=client, chunk_samples=opts.chunk_samples,
+            echo=quiet, cluster=client, chunk_samples=opts.chunk_samples, **format_option(opts),
         )  # fmt: skip
     args = {
         "lake": lake, "n": opts.append_samples, "samples": opts.append_samples,
@@ -800,7 +803,7 @@ def markdown(real: list[dict], synthetic: list[dict], extra: dict[str, Any], opt
     return "\n".join(lines)
 
 
-def plot(path: str, real: list[dict], synthetic: list[dict]) -> None:
+def plot(path: str, real: list[dict], synthetic: list[dict], fmt: Any = "?") -> None:
     """Open seconds and metadata bytes against samples, log-log, with issue 12's targets."""
     import matplotlib
 
@@ -845,7 +848,10 @@ def plot(path: str, real: list[dict], synthetic: list[dict]) -> None:
         ax.set_xlabel("samples in the lake")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(f"lakeio metadata cost as a lake grows (format version {format_version()})")
+    fig.suptitle(
+        f"lakeio metadata cost as a lake grows: real lakes in format version {fmt}, "
+        "synthetic manifests in version 1"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
@@ -871,6 +877,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="synthetic manifests above this are extrapolated from prefixes")  # fmt: skip
     p.add_argument("--profile", type=count, default=0, metavar="N",
                    help="also print the top N functions of open_dataset on the largest lake")  # fmt: skip
+    p.add_argument("--format-version", type=int, choices=(1, 2),
+                   help="format of the real lakes (default: what lakeio writes)")  # fmt: skip
     p.add_argument("--plot", metavar="PATH", help="draw the growth curves (matplotlib)")
     p.add_argument("--out", metavar="FILE", help="append the Markdown and the command line here")
     p.add_argument("--workdir", help="where lakes are built (default: a new temporary folder)")
@@ -892,6 +900,7 @@ def main(argv: list[str] | None = None) -> int:
         repeats=ns.repeats, batch=ns.batch_size, labels=ns.labels,
         max_manifest_bytes=int(ns.max_manifest_mb * 1e6), workdir=workdir,
         profile=ns.profile, keep=ns.keep, lakeio_cmd=lakeio_command(),
+        format_version=ns.format_version,
     )  # fmt: skip
 
     def log(text: str) -> None:
@@ -899,7 +908,7 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.perf_counter()
     real, synthetic = [], []
-    extra: dict[str, Any] = {"format": format_version()}
+    extra: dict[str, Any] = {"format": ns.format_version or format_version()}
     try:
         real_sizes = sizes(ns.sizes, ns.classes)
         for i, size in enumerate(real_sizes):
@@ -931,7 +940,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(ns.out, "a", encoding="utf-8") as fh:
             fh.write(text + "\n")
     if ns.plot:
-        plot(ns.plot, real, synthetic)
+        plot(ns.plot, real, synthetic, extra["format"])
         print(f"plot: {ns.plot}")
     return 0
 

@@ -17,6 +17,7 @@ from lakeio.errors import (
     WriteError,
 )
 from lakeio.ingest import IngestOptions, IngestSummary, ingest
+from lakeio.upgrade import upgrade
 
 __version__ = "0.1.0"
 
@@ -40,4 +41,5 @@ __all__ = [
     "__version__",
     "ingest",
     "open_dataset",
+    "upgrade",
 ]

@@ -108,6 +108,9 @@ def _add_ingest(sub) -> None:
                    help="refuse images more elongated than this (default 20)")  # fmt: skip
     p.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
                    help="fsspec option for SRC and DEST, repeatable (e.g. endpoint_url=http://...)")  # fmt: skip
+    p.add_argument("--format-version", type=int, choices=(1, 2),
+                   help="lake format for a new lake (default 2; a lake keeps its own until "
+                   "`lakeio upgrade`)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_ingest)
 
@@ -138,6 +141,7 @@ def _run_ingest(args) -> int:
         codec=args.codec,
         chunk_samples=args.chunk_samples,
         on_error=args.on_error,
+        format_version=args.format_version,
         max_pixels=args.max_pixels,
         max_aspect=args.max_aspect,
     )
@@ -203,6 +207,25 @@ def _run_verify(args) -> int:
         f"{ds.loc.describe()} v{ds.version}: {report.chunks_checked} chunks, {report.samples} samples checked: {verdict}"
     )
     return 0 if report.ok else 1
+
+
+def _add_upgrade(sub) -> None:
+    p = sub.add_parser("upgrade", help="move a lake to the newest format (metadata only)",
+                       description="Commit the latest version of the lake at DEST again in the "
+                       "newest format version; no segment is read or rewritten, and earlier "
+                       "versions stay readable as they are.")  # fmt: skip
+    p.add_argument("dest", help="lake location (path or URL)")
+    p.add_argument(
+        "--storage-option", action="append", default=[], metavar="KEY=VALUE", help=SO_HELP
+    )
+    p.set_defaults(run=_run_upgrade)
+
+
+def _run_upgrade(args) -> int:
+    from lakeio.upgrade import upgrade
+
+    print(upgrade(args.dest, storage_options=_storage_options(args.storage_option)).line())
+    return 0
 
 
 def _add_codecs(sub) -> None:
@@ -299,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     parser.add_argument("--version", action="version", version=f"lakeio {_version()}")
     sub = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
-    for add in (_add_ingest, _add_info, _add_verify, _add_stats, _add_codecs):
+    for add in (_add_ingest, _add_info, _add_verify, _add_stats, _add_upgrade, _add_codecs):
         add(sub)
     return parser
 

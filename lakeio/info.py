@@ -14,14 +14,13 @@ from lakeio.ingest.report import human_bytes
 def lake_info(ds: Dataset) -> dict[str, Any]:
     """A JSON-ready description: fields, chunking, codec, classes with counts, sizes, ratio."""
     m = ds.manifest
-    counts = np.zeros(len(m.classes), dtype=np.int64)
-    for seg in m.segments:
-        counts[: len(seg.class_counts)] += np.asarray(seg.class_counts, dtype=np.int64)
+    counts = np.asarray(m.lake_class_counts() or (0,) * len(m.classes), dtype=np.int64)
     decoded = sum(s.decoded_bytes for s in m.segments)
     stored = sum(s.stored_bytes for s in m.segments)
     return {
         "url": ds.loc.describe(),
         "version": m.version,
+        "format_version": m.format_version,
         "created": m.created,
         "samples": m.samples,
         "segments": len(m.segments),
@@ -46,7 +45,8 @@ def lake_info(ds: Dataset) -> dict[str, Any]:
 
 def format_info(info: dict[str, Any]) -> str:
     lines = [
-        f"lake      {info['url']}  (version {info['version']}, {info['created']})",
+        f"lake      {info['url']}  (version {info['version']}, {info['created']}, "
+        f"format {info['format_version']})",
         f"samples   {info['samples']} in {info['segments']} segment{'s' if info['segments'] != 1 else ''}, "
         f"{info['chunk_samples']} samples per chunk",
         "fields",

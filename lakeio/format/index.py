@@ -1,7 +1,13 @@
-"""The lake's sample index: global sample number ↔ (segment, chunk, row). Pure integer arithmetic."""
+"""The lake's sample index: global sample number ↔ (segment, chunk, row). Pure integer arithmetic.
+
+Nothing is stored per sample or per chunk: a lake of 14 M samples in 6,000 segments keeps two
+arrays of 6,000 numbers, and a sample's chunk and row are computed when asked (vectorised).
+Every rank and every Dask worker holds this index, so its size is multiplied by all of them.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,10 +28,17 @@ class SampleIndex:
     def __init__(self, segment_samples: list[int], chunk_samples: int) -> None:
         self.chunk_samples = chunk_samples
         self.segment_samples = np.asarray(segment_samples, dtype=np.int64)
-        self.offsets = np.concatenate([[0], np.cumsum(self.segment_samples)])
+        self.offsets = np.concatenate([[0], np.cumsum(self.segment_samples)]).astype(np.int64)
+        chunks = -(-self.segment_samples // chunk_samples)
+        # the lake-wide id of each segment's first chunk (and, last, the number of chunks)
+        self.first_chunk = np.concatenate([[0], np.cumsum(chunks)]).astype(np.int64)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
+
+    @property
+    def chunk_count(self) -> int:
+        return int(self.first_chunk[-1])
 
     def locate(self, i: int) -> tuple[int, int, int]:
         """(segment, chunk, row in chunk) of global sample ``i`` (0 <= i < len)."""
@@ -33,23 +46,68 @@ class SampleIndex:
         local = i - int(self.offsets[segment])
         return segment, local // self.chunk_samples, local % self.chunk_samples
 
-    def chunks(self) -> list[ChunkRef]:
-        """Every chunk of the lake in order, with its number of valid rows."""
-        out = []
-        for segment, count in enumerate(self.segment_samples.tolist()):
-            for start in range(0, count, self.chunk_samples):
-                out.append(
-                    ChunkRef(
-                        segment, start // self.chunk_samples, min(self.chunk_samples, count - start)
-                    )
-                )
-        return out
+    def _local(self, samples) -> tuple[np.ndarray, np.ndarray]:
+        """(segment, position in it) of each of ``samples``; empty segments never match
+        (``side="right"`` passes over offsets they share with the next one)."""
+        samples = np.asarray(samples, dtype=np.int64)
+        segment = np.searchsorted(self.offsets, samples, side="right") - 1
+        return segment, samples - self.offsets[segment]
 
-    def chunk_table(self) -> tuple[list[ChunkRef], np.ndarray, np.ndarray]:
-        """Every chunk, and for every global sample the position of its chunk in that list and its row."""
-        refs = self.chunks()
-        rows = np.asarray([c.rows for c in refs], dtype=np.int64)
-        chunk_of = np.repeat(np.arange(len(refs), dtype=np.int64), rows)
-        starts = np.repeat(np.cumsum(rows) - rows, rows)
-        row_of = np.arange(len(self), dtype=np.int64) - starts
-        return refs, chunk_of, row_of
+    def chunk_ids(self, samples) -> np.ndarray:
+        """The lake-wide chunk id of each of ``samples`` (ids run segment by segment)."""
+        segment, local = self._local(samples)
+        return self.first_chunk[segment] + local // self.chunk_samples
+
+    def rows(self, samples) -> np.ndarray:
+        """The row of each of ``samples`` within its chunk."""
+        _, local = self._local(samples)
+        return local % self.chunk_samples
+
+    def chunk(self, chunk_id: int) -> ChunkRef:
+        """Chunk ``chunk_id`` (0 <= id < chunk_count): its segment, number in it and rows."""
+        if not 0 <= chunk_id < self.chunk_count:
+            raise IndexError(f"chunk {chunk_id} is out of range for {self.chunk_count} chunks")
+        segment = int(np.searchsorted(self.first_chunk, chunk_id, side="right") - 1)
+        number = chunk_id - int(self.first_chunk[segment])
+        rows = min(
+            self.chunk_samples, int(self.segment_samples[segment]) - number * self.chunk_samples
+        )
+        return ChunkRef(segment, number, rows)
+
+    def chunks(self) -> ChunkRefs:
+        """Every chunk of the lake in order, with its number of valid rows (made on demand)."""
+        return ChunkRefs(self)
+
+    def chunk_table(self) -> tuple[ChunkRefs, SampleMap, SampleMap]:
+        """Every chunk, and, for any global samples, the id of their chunk and their row."""
+        return self.chunks(), SampleMap(self.chunk_ids, len(self)), SampleMap(self.rows, len(self))
+
+
+class ChunkRefs:
+    """The lake's chunks as a read-only sequence; each `ChunkRef` is made when asked for."""
+
+    def __init__(self, index: SampleIndex) -> None:
+        self._index = index
+
+    def __len__(self) -> int:
+        return self._index.chunk_count
+
+    def __getitem__(self, chunk_id: int) -> ChunkRef:
+        return self._index.chunk(int(chunk_id))
+
+    def __iter__(self) -> Iterator[ChunkRef]:
+        return (self._index.chunk(c) for c in range(len(self)))
+
+
+class SampleMap:
+    """A per-sample figure (chunk id, row) read like an array indexed by global sample numbers
+    (``chunk_of[batch]``), computed for the samples asked for instead of stored for all."""
+
+    def __init__(self, compute: Callable[[np.ndarray], np.ndarray], size: int) -> None:
+        self._compute, self._size = compute, size
+
+    def __len__(self) -> int:
+        return self._size
+
+    def __getitem__(self, samples) -> np.ndarray:
+        return self._compute(samples)

@@ -14,8 +14,9 @@ from lakeio.errors import CodecError, FormatError, clipped
 from lakeio.format.codecs import parse_codec
 from lakeio.format.manifest import (
     FORMAT_NAME,
-    FORMAT_VERSION,
+    FORMAT_VERSIONS,
     FieldInfo,
+    FragmentRef,
     Manifest,
     SegmentEntry,
 )
@@ -24,7 +25,7 @@ from lakeio.format.manifest import (
 # sample, per chunk and per chunk byte): far above any lake lakeio writes, far below what would
 # exhaust a machine or overflow the int64 arithmetic of the sample index.
 MAX_SAMPLES = 2**40  # samples in a lake, and so in one segment
-MAX_SEGMENT_CHUNKS = 2**20  # chunks in one segment (an ingest task writes at most 8)
+MAX_SEGMENT_CHUNKS = 2**20  # chunks in one segment (an ingest task writes at most 256)
 MAX_CHUNK_BYTES = 2**31  # decoded bytes of one chunk of one field (Blosc's own limit)
 MAX_FIELD_DIMS = 8  # dimensions of one sample of a field
 MAX_BYTE_FIGURE = 2**62  # a segment's source/decoded/stored byte counts
@@ -88,6 +89,8 @@ def _count(doc: dict, key: str, source: str, path: str, low: int, high: int, def
 _CHECKSUM_LINE = re.compile(rb'\{\n "crc32c": "([0-9a-f]{8})",\n')
 _TOP_LEVEL = {"crc32c", "format", "format_version", "version", "created", "samples"}
 _TOP_LEVEL |= {"chunk_samples", "classes", "fields", "segments", "history", "stats"}
+_TOP_LEVEL_V2 = _TOP_LEVEL | {"class_counts", "fragments"}
+_HEX8 = re.compile(r"[0-9a-f]{8}")
 
 
 def with_checksum(body: bytes) -> bytes:
@@ -120,18 +123,21 @@ _EARLIER = "earlier versions still open with open_dataset(url, version=N)"
 def _manifest_from_doc(doc: Any, source: str) -> Manifest:
     if not isinstance(doc, dict):
         raise FormatError(f"{source}: a manifest is a JSON object, found {type(doc).__name__}")
-    unknown = sorted(set(doc) - _TOP_LEVEL)
+    format_version = _check_format(doc, source)
+    known = _TOP_LEVEL if format_version == 1 else _TOP_LEVEL_V2
+    unknown = sorted(set(doc) - known)
     if unknown:
         raise FormatError(
             f"{source}: unknown manifest keys {[k[:40] for k in unknown[:5]]} (this lakeio reads "
-            f"format version {FORMAT_VERSION}: {', '.join(sorted(_TOP_LEVEL))})"
+            f"format version {format_version} with: {', '.join(sorted(known))})"
         )
-    _check_format(doc, source)
     fields = _fields(_member(doc, "fields", dict, source, "fields"), source)
     chunk_samples = _count(doc, "chunk_samples", source, "chunk_samples", 1, MAX_SAMPLES)
     _check_chunk_bytes(fields, chunk_samples, source)
     listed = _member(doc, "classes", list, source, "classes")
     classes = tuple(_typed(c, str, source, f"classes[{i}]") for i, c in enumerate(listed))
+    if format_version >= 2:
+        return _manifest_v2(doc, source, fields, classes, chunk_samples)
     listed = _member(doc, "segments", list, source, "segments")
     segments = tuple(
         _segment(s, i, source, len(classes), chunk_samples) for i, s in enumerate(listed)
@@ -141,32 +147,95 @@ def _manifest_from_doc(doc: Any, source: str) -> Manifest:
         raise FormatError(f"{source}: segments hold {total:,} samples, over {MAX_SAMPLES:,}")
     if "samples" in doc and _integer(doc["samples"], source, "samples", 0, MAX_SAMPLES) != total:
         raise FormatError(f"{source}: samples is {doc['samples']}, the segments hold {total}")
-    history = _member(doc, "history", list, source, "history", [])
-    for i, event in enumerate(history):
-        _typed(event, dict, source, f"history[{i}]")
-    stats = _member(doc, "stats", dict, source, "stats", {})
-    _check_stats(stats, fields["images"].shape[-1], source)
     return Manifest(
         fields=fields,
         classes=classes,
         chunk_samples=chunk_samples,
         segments=segments,
-        version=_count(doc, "version", source, "version", 0, MAX_VERSION),
-        created=_member(doc, "created", str, source, "created", ""),
-        history=tuple(history),
-        stats=stats,
+        **_version_history_stats(doc, source, fields),
+        format_version=1,
     )
 
 
-def _check_format(doc: dict, source: str) -> None:
+def _version_history_stats(doc: dict, source: str, fields) -> dict[str, Any]:
+    """The checked version, created, history and stats: the same in every format version."""
+    history = _member(doc, "history", list, source, "history", [])
+    for i, event in enumerate(history):
+        _typed(event, dict, source, f"history[{i}]")
+    stats = _member(doc, "stats", dict, source, "stats", {})
+    _check_stats(stats, fields["images"].shape[-1], source)
+    return {
+        "version": _count(doc, "version", source, "version", 0, MAX_VERSION),
+        "created": _member(doc, "created", str, source, "created", ""),
+        "history": tuple(history),
+        "stats": stats,
+    }
+
+
+def _check_format(doc: dict, source: str) -> int:
     if doc.get("format") != FORMAT_NAME:
         raise FormatError(f"{source}: not a lakeio manifest (format={_short(doc.get('format'))})")
     version = doc.get("format_version")
-    if type(version) is not int or version != FORMAT_VERSION:  # true == 1 in Python
+    if type(version) is not int or version not in FORMAT_VERSIONS:  # true == 1 in Python
         raise FormatError(
-            f"{source}: format_version {_short(version)} is not supported "
-            f"(this lakeio reads {FORMAT_VERSION}); upgrade lakeio"
+            f"{source}: format_version {_short(version)} is not supported (this lakeio reads "
+            f"{', '.join(map(str, FORMAT_VERSIONS))}); upgrade lakeio"
         )
+    return version
+
+
+def _manifest_v2(doc: dict, source: str, fields, classes: tuple, chunk_samples: int) -> Manifest:
+    """A version-2 manifest: the fragments it names are read and checked by `read_manifest`."""
+    listed = _member(doc, "fragments", list, source, "fragments")
+    fragments = tuple(_fragment_ref(f, i, source) for i, f in enumerate(listed))
+    samples = sum(f.samples for f in fragments)
+    if samples > MAX_SAMPLES:
+        raise FormatError(f"{source}: fragments hold {samples:,} samples, over {MAX_SAMPLES:,}")
+    if _count(doc, "samples", source, "samples", 0, MAX_SAMPLES) != samples:
+        raise FormatError(f"{source}: samples is {doc['samples']}, the fragments hold {samples}")
+    segments = sum(f.segments for f in fragments)
+    if _count(doc, "segments", source, "segments", 0, MAX_SAMPLES) != segments:
+        raise FormatError(f"{source}: segments is {doc['segments']}, the fragments hold {segments}")
+    counts = _member(doc, "class_counts", list, source, "class_counts")
+    if len(counts) > len(classes):
+        raise FormatError(
+            f"{source}: class_counts has {len(counts)} entries, the lake {len(classes)} classes"
+        )
+    if not _plain_counts(counts):
+        counts = [
+            _integer(c, source, f"class_counts[{j}]", 0, MAX_SAMPLES) for j, c in enumerate(counts)
+        ]
+    if counts and sum(counts) != samples:
+        raise FormatError(
+            f"{source}: class_counts add up to {sum(counts)}, but the lake holds {samples} samples"
+        )
+    return Manifest(
+        fields=fields,
+        classes=classes,
+        chunk_samples=chunk_samples,
+        **_version_history_stats(doc, source, fields),
+        format_version=2,
+        fragments=fragments,
+        class_counts=tuple(counts),
+    )
+
+
+def _fragment_ref(doc: Any, i: int, source: str) -> FragmentRef:
+    path = f"fragments[{i}]"
+    _typed(doc, dict, source, path)
+    unknown = sorted(set(doc) - {"id", "segments", "samples", "crc32c"})
+    if unknown:
+        raise FormatError(f"{source}: {path} has unknown keys {[k[:40] for k in unknown[:5]]}")
+    fragment_id = _plain_name(_member(doc, "id", str, source, f"{path}.id"), source, f"{path}.id")
+    crc = _member(doc, "crc32c", str, source, f"{path}.crc32c")
+    if not _HEX8.fullmatch(crc):
+        raise FormatError(f"{source}: {path}.crc32c must be 8 hex digits, found {_found(crc)}")
+    return FragmentRef(
+        id=fragment_id,
+        segments=_count(doc, "segments", source, f"{path}.segments", 0, MAX_SAMPLES),
+        samples=_count(doc, "samples", source, f"{path}.samples", 0, MAX_SAMPLES),
+        crc32c=crc,
+    )
 
 
 def _plain_name(value: str, source: str, path: str) -> str:

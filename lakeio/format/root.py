@@ -1,7 +1,8 @@
 """The lake's root Zarr group: marks the folder as a lake for plain-zarr users.
 
-The manifest is the source of truth; the root group's attributes carry a best-effort copy of
-the committed segment list so that someone with only zarr-python can find the live data.
+The manifest is the source of truth; the root group's attributes carry a best-effort pointer to
+the latest version (format version 2: its manifest and fragment files, which list the segments;
+version 1: a copy of the segment list) so that someone with only zarr-python finds the data.
 Every folder between the root and a segment (``segments/``) is a Zarr group too, so
 ``zarr.open_group(lake)["segments"].members(max_depth=None)`` walks every segment's arrays.
 """
@@ -12,7 +13,13 @@ import contextlib
 import json
 
 from lakeio.format.location import Location
-from lakeio.format.manifest import FORMAT_VERSION, MANIFEST_DIR, SEGMENT_DIR, Manifest
+from lakeio.format.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_DIR,
+    SEGMENT_DIR,
+    Manifest,
+    manifest_key,
+)
 
 ROOT_ATTR = "lakeio"
 # The document zarr writes for a group without attributes; it never changes, so any number of
@@ -50,21 +57,34 @@ def ensure_group(loc: Location, key: str) -> None:
 
 
 def publish_root_summary(loc: Location, manifest: Manifest) -> None:
-    """Copy the committed version's segment list into the root attributes (not authoritative).
+    """Point the root attributes at the committed version (a convenience, not authoritative).
 
-    Every commit ends here, so a lake written before ``segments/`` was a group becomes one the
-    next time anything (an ingest, ``lakeio stats``) commits to it.
+    Version 2 names the manifest and its fragments, not every segment and class: a commit's
+    writes stay small however large the lake. Every commit ends here, so a lake written before
+    ``segments/`` was a group becomes one the next time anything (an ingest, ``lakeio stats``)
+    commits to it.
     """
     import zarr
 
     ensure_group(loc, SEGMENT_DIR)
     group = zarr.open_group(loc.zarr_store(), mode="a", zarr_format=3)
-    group.attrs[ROOT_ATTR] = {
-        "format_version": FORMAT_VERSION,
+    summary = {
+        "format_version": manifest.format_version,
         "manifests": MANIFEST_DIR,
         "version": manifest.version,
         "samples": manifest.samples,
-        "classes": list(manifest.classes),
-        "segments": [s.key for s in manifest.segments],
+    }
+    if manifest.format_version >= 2:
+        summary |= {
+            "manifest": manifest_key(manifest.version),
+            "fragments": [f.key for f in manifest.fragments],
+        }
+    else:
+        summary |= {
+            "classes": list(manifest.classes),
+            "segments": [s.key for s in manifest.segments],
+        }
+    group.attrs[ROOT_ATTR] = {
+        **summary,
         "note": "the manifest in _lakeio/manifests is authoritative; this is a copy",
     }

@@ -63,32 +63,48 @@ def write_segment(
     fields: dict[str, FieldInfo],
     chunk_samples: int,
     summary: dict[str, Any],
+    streamed: dict[str, tuple[int, int]] | None = None,
 ) -> int:
     """Write aligned ``columns`` as segment ``segment_id``, then mark it complete; returns bytes stored.
 
     Chunks and array metadata are written directly (the metadata from a template zarr itself
     made, the chunks byte for byte as zarr encodes them): per-segment zarr calls cost more than
-    the pixels for small segments. The group's ``zarr.json``, written last, marks completion.
+    the pixels for small segments. ``streamed`` names fields whose chunks the caller already
+    wrote with `write_chunks` (field → (samples, bytes stored)): a large segment's images go out
+    chunk by chunk, never held whole. The group's ``zarr.json``, written last, marks completion.
     """
     key = segment_key(segment_id)
-    if loc.is_local:  # a killed attempt's temp files: its writer is gone, nobody will finish them
-        remove_dead_partials(loc.path(key))
-    # No cleanup first: a segment id fixes its bytes, so rewriting over a crashed (or a racing)
-    # attempt writes identical files, each replaced atomically; nothing committed is ever removed.
-    samples = len(next(iter(columns.values())))
+    if not streamed:
+        start_segment(loc, segment_id)
+    streamed = streamed or {}
+    lengths = {name: len(data) for name, data in columns.items()}
+    lengths |= {name: samples for name, (samples, _) in streamed.items()}
+    samples = next(iter(lengths.values()))
     stored = 0
+    for name, length in lengths.items():
+        if length != samples:
+            raise ValueError(f"field {name!r} has {length} samples, expected {samples}")
     for name, data in columns.items():
-        info = fields[name]
-        if len(data) != samples:
-            raise ValueError(f"field {name!r} has {len(data)} samples, expected {samples}")
-        stored += _write_field(loc, segment_id, name, data, info, chunk_samples)
+        stored += write_chunks(loc, segment_id, name, data, fields[name], chunk_samples)
+    for name in lengths:
+        stored += streamed.get(name, (0, 0))[1]
+        stored += _finish_field(loc, segment_id, name, fields[name], chunk_samples, samples)
     metadata = {
         name: crc32c_hex(field_document(name, fields[name], chunk_samples, samples))
-        for name in columns
+        for name in lengths
     }  # what verify checks each array's zarr.json against, whatever zarr writes later
     facts = {**summary, "samples": samples, "stored_bytes": stored, METADATA_CHECKSUMS: metadata}
     loc.write_atomic(f"{key}/zarr.json", group_document(facts))
     return stored
+
+
+def start_segment(loc: Location, segment_id: str) -> None:
+    """Before a segment's first chunk: clear what a killed attempt left half-written."""
+    if loc.is_local:  # a killed attempt's temp files: its writer is gone, nobody will finish them
+        remove_dead_partials(loc.path(segment_key(segment_id)))
+    # No cleanup beyond that: a segment id fixes its bytes, so rewriting over a crashed (or a
+    # racing) attempt writes identical files, each replaced atomically; nothing committed is
+    # ever removed.
 
 
 def summary_checksum(summary: dict[str, Any]) -> str:
@@ -111,18 +127,24 @@ def field_document(name: str, info: FieldInfo, chunk_samples: int, samples: int)
     return json.dumps(metadata, indent=2).encode()
 
 
-def _write_field(loc, segment_id, name, data, info: FieldInfo, chunk_samples: int) -> int:
-    """Write one field's chunks, then its metadata; returns the bytes written."""
+def write_chunks(
+    loc, segment_id, name, data, info: FieldInfo, chunk_samples: int, first: int = 0
+) -> int:
+    """Write ``data`` as the field's chunks ``first``, ``first + 1``, …; returns bytes written.
+    Every block but the field's last must be whole chunks."""
     codec = parse_codec(info.codec)
     encode = encode_text_chunk if info.dtype == "str" else encode_chunk
     stored = 0
-    for index, start in enumerate(range(0, len(data), chunk_samples)):
+    for index, start in enumerate(range(0, len(data), chunk_samples), start=first):
         chunk = encode(data[start : start + chunk_samples], chunk_samples, codec)
         stored += loc.write(chunk_key(segment_id, name, index, 1 + len(info.shape)), chunk)
+    return stored
+
+
+def _finish_field(loc, segment_id, name, info: FieldInfo, chunk_samples: int, samples: int) -> int:
+    """A field's metadata, once its chunks are written; returns the bytes written."""
     array_key = f"{segment_key(segment_id)}/{name}"
-    stored += loc.write(
-        f"{array_key}/zarr.json", field_document(name, info, chunk_samples, len(data))
-    )
+    stored = loc.write(f"{array_key}/zarr.json", field_document(name, info, chunk_samples, samples))
     loc.sync_dir(array_key)  # the chunk names must be durable before the completion marker
     return stored
 

@@ -100,17 +100,27 @@ def _commit(dest, base, layout, tasks, results, mode, event) -> Manifest:
     )
     event = {**event, "segments": [t.segment_id for t in tasks]}
     classes = layout.classes
+    format_version = layout.format_version
     for _ in range(COMMIT_RETRIES):
-        keep = base.segments if (base is not None and mode == "append") else ()
-        keep = tuple(_pad_counts(s, len(classes)) for s in (*keep, *new))
-        candidate = Manifest(
+        start = base or Manifest(
+            fields=layout.fields, classes=(), chunk_samples=layout.chunk_samples
+        )
+        start = replace(
+            start,
             fields=layout.fields,
             classes=classes,
             chunk_samples=layout.chunk_samples,
-            segments=keep,
-            version=base.version if base is not None else 0,
-            history=(*(base.history if base is not None else ()), event),
             stats={},  # statistics describe the samples they were computed on: `lakeio stats` again
+            format_version=format_version,
+        )
+        keep = start.segments if mode == "append" else ()
+        if format_version == 1:  # version 1 lists a dense row of counts per segment
+            keep = tuple(_pad_counts(s, len(classes)) for s in keep)
+            start = replace(start, segments=keep)
+        if format_version >= 2:  # the event names its fragment, which lists the segments
+            event = {k: v for k, v in event.items() if k != "segments"}
+        candidate = start.with_segments(
+            (*keep, *(_pad_counts(s, len(classes)) for s in new)), event
         )
         try:
             return commit_manifest(dest, candidate)

@@ -17,7 +17,7 @@ from distributed import Client
 from lakeio.errors import IngestError, SourceError
 from lakeio.format.codecs import DEFAULT_CODEC, parse_codec
 from lakeio.format.location import Location
-from lakeio.format.manifest import FieldInfo, Manifest
+from lakeio.format.manifest import FORMAT_VERSION, FieldInfo, Manifest
 from lakeio.format.segment import default_chunk_samples
 from lakeio.ingest.decode import DecodeOptions, probe_header
 from lakeio.ingest.options import IngestOptions
@@ -35,6 +35,7 @@ class Layout:
     classes: tuple[str, ...]
     chunk_samples: int
     decode: DecodeOptions
+    format_version: int = FORMAT_VERSION
 
     @property
     def image_shape(self) -> tuple[int, int, int]:

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 
 from lakeio.errors import clipped
 from lakeio.format.codecs import parse_codec
+from lakeio.format.manifest import FORMAT_VERSIONS
 from lakeio.ingest.decode import DecodeOptions
 
 ON_ERROR = ("skip", "fail")
@@ -20,7 +21,8 @@ class IngestOptions:
     ``size``/``channels``/``codec``/``chunk_samples`` left as None are taken from the lake being
     appended to, else from the sources (their shared size; grayscale only if all are), else the
     defaults (codec ``lz4``, chunks of about 4 MiB). ``on_error="skip"`` turns bad images into
-    report lines; ``"fail"`` stops at the first and commits nothing.
+    report lines; ``"fail"`` stops at the first and commits nothing. ``format_version`` left as
+    None keeps the lake's (a lake keeps its format until `lakeio upgrade`), else the newest.
     """
 
     size: tuple[int, int] | None = None
@@ -31,6 +33,7 @@ class IngestOptions:
     on_error: str = "skip"
     max_pixels: int = 64_000_000
     max_aspect: float = 20.0
+    format_version: int | None = None
 
     def __post_init__(self) -> None:
         if self.on_error not in ON_ERROR:
@@ -39,6 +42,10 @@ class IngestOptions:
             )
         if self.codec is not None:
             parse_codec(self.codec)
+        if self.format_version is not None and self.format_version not in FORMAT_VERSIONS:
+            raise ValueError(
+                f"format_version must be one of {FORMAT_VERSIONS}, not {self.format_version!r}"
+            )
         if self.max_pixels < 1:
             raise ValueError(f"max_pixels must be >= 1, not {self.max_pixels}")
         if self.max_aspect < 1:

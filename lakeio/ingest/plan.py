@@ -12,14 +12,26 @@ import json
 import math
 from collections.abc import Iterable
 
-MAX_SEGMENT_CHUNKS = 8
-TARGET_SEGMENTS = 16
+MAX_SEGMENT_CHUNKS_V1 = 8  # what lakes of format version 1 were cut at (kept: a rerun finds them)
+MAX_SEGMENT_CHUNKS = 256  # about 1 GiB at the default 4 MiB chunks: fewer segments, less metadata
+TARGET_SEGMENTS = 64  # an ingest spreads over this many tasks where its size allows
+MIN_SEGMENTS = 16  # ... and over no fewer where it can (tasks of at least 8 chunks, else 1)
 
 
-def segment_samples(total: int, chunk_samples: int) -> int:
-    """Samples per segment: whole chunks, enough segments to spread work, at most 8 chunks each."""
+def segment_samples(total: int, chunk_samples: int, format_version: int = 2) -> int:
+    """Samples per segment: whole chunks, sized for the ingest, not for the machine.
+
+    A large ingest gets about `TARGET_SEGMENTS` segments of up to `MAX_SEGMENT_CHUNKS` chunks
+    each (a task writes its segment chunk by chunk, so the size costs no memory); a small one
+    keeps segments of 8 chunks, or fewer where that leaves under `MIN_SEGMENTS` tasks. The size
+    depends on the ingest alone, never on the workers: a rerun must cut the same segments to
+    find the ones already written. Version-1 lakes keep version 1's cut (at most 8 chunks).
+    """
     chunks = max(1, math.ceil(total / chunk_samples))
-    per_segment = min(MAX_SEGMENT_CHUNKS, max(1, math.ceil(chunks / TARGET_SEGMENTS)))
+    small = min(MAX_SEGMENT_CHUNKS_V1, max(1, math.ceil(chunks / MIN_SEGMENTS)))
+    if format_version == 1:
+        return small * chunk_samples
+    per_segment = min(MAX_SEGMENT_CHUNKS, max(small, math.ceil(chunks / TARGET_SEGMENTS)))
     return per_segment * chunk_samples
 
 

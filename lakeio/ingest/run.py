@@ -28,7 +28,7 @@ from lakeio.errors import (
     SourceReadError,
 )
 from lakeio.format.location import Location, is_storage_full
-from lakeio.format.manifest import Manifest, read_manifest
+from lakeio.format.manifest import FORMAT_VERSION, Manifest, read_manifest
 from lakeio.format.paths import display_path, stored_path
 from lakeio.ingest import plan
 from lakeio.ingest.commit import after_commit, check_segments_visible, destination_full, publish
@@ -83,6 +83,8 @@ def ingest(
     with dask_client(cluster, workers=workers, processes=not in_process, echo=echo) as client:
         started = time.perf_counter()  # the work, not the cluster's start-up
         layout = decide_layout(client, resolved, src_loc, opts, lake)
+        kept = base.format_version if base is not None else FORMAT_VERSION
+        layout = replace(layout, format_version=opts.format_version or kept)
         tasks = _plan_tasks(resolved, src_loc, dest_loc, layout, opts)
         planned = [t.segment_id for t in tasks]
         if _already_committed(base, planned, mode):
@@ -166,7 +168,8 @@ def _plan_tasks(
         "num_classes": len(layout.classes),
     }
     tasks = []
-    ranges = plan.segment_ranges(total, plan.segment_samples(total, layout.chunk_samples))
+    per_segment = plan.segment_samples(total, layout.chunk_samples, layout.format_version)
+    ranges = plan.segment_ranges(total, per_segment)
     for index, rows in enumerate(ranges):
         if isinstance(resolved, FolderScan):
             files = resolved.files[rows.start : rows.stop]

@@ -18,7 +18,12 @@ from lakeio.errors import SourceError, SourceReadError
 from lakeio.format.location import Location
 from lakeio.format.manifest import FieldInfo
 from lakeio.format.paths import display_path, stored_path
-from lakeio.format.segment import read_segment_summary, write_segment
+from lakeio.format.segment import (
+    read_segment_summary,
+    start_segment,
+    write_chunks,
+    write_segment,
+)
 from lakeio.ingest.decode import DecodeOptions, conform_array, decode_image
 from lakeio.ingest.sources import SourceFile
 
@@ -93,6 +98,14 @@ def _check_shape(image: np.ndarray, shape: tuple[int, ...], path: str) -> None:
         )
 
 
+def _write_images(task: SegmentTask, block: np.ndarray, index: int) -> int:
+    """Write ``block`` as chunk ``index`` of the segment's images; returns the bytes stored."""
+    info = task.fields["images"]
+    return write_chunks(
+        task.dest, task.segment_id, "images", block, info, task.chunk_samples, index
+    )
+
+
 def run_segment_task(task: SegmentTask) -> dict[str, Any]:
     """Decode, validate and write one segment; returns its summary (with ``reused`` if it existed)."""
     existing = read_segment_summary(task.dest, task.segment_id)
@@ -101,11 +114,14 @@ def run_segment_task(task: SegmentTask) -> dict[str, Any]:
     # absent, incomplete, or a summary without what the commit needs: (re)write the segment
     started = time.perf_counter()
     shape = task.fields["images"].shape
-    images = _scratch((len(task), *shape))
+    block = _scratch((task.chunk_samples, *shape))  # one chunk: a segment may hold hundreds
     labels, paths, rejects, source_bytes = [], [], [], 0
+    written = image_bytes = 0  # chunks of images out, and what they stored
+    start_segment(task.dest, task.segment_id)
     for i in range(len(task)):
+        slot = block[len(labels) - written * task.chunk_samples]
         try:
-            image, label, path, nbytes = _read_source(task, i, images[len(labels)])
+            image, label, path, nbytes = _read_source(task, i, slot)
             _check_shape(image, shape, path)
         except SourceError as exc:
             shown = display_path(exc.path)  # a name that is not UTF-8 prints as \xff escapes
@@ -115,15 +131,18 @@ def run_segment_task(task: SegmentTask) -> dict[str, Any]:
                 raise SourceError(shown, exc.reason) from exc
             rejects.append([shown, exc.reason])
             continue
-        slot = images[len(labels)]
         if not np.shares_memory(image, slot):  # the fast JPEG path may have decoded in place
             slot[...] = image
         labels.append(label)
         paths.append(stored_path(path))  # lossless and valid UTF-8 (lakeio.format.paths)
         source_bytes += nbytes
+        if len(labels) == (written + 1) * task.chunk_samples:  # a whole chunk: out it goes
+            image_bytes += _write_images(task, block, written)
+            written += 1
     kept = len(labels)
+    if kept > written * task.chunk_samples:  # the last, partial chunk
+        image_bytes += _write_images(task, block[: kept - written * task.chunk_samples], written)
     columns = {
-        "images": images[:kept],
         "labels": np.asarray(labels, dtype=np.int64),
         "paths": np.asarray(paths, dtype=object) if paths else np.asarray([], dtype=str),
     }
@@ -133,11 +152,17 @@ def run_segment_task(task: SegmentTask) -> dict[str, Any]:
         "rejects": rejects,
         "class_counts": counts,
         "source_bytes": source_bytes,
-        "decoded_bytes": int(columns["images"].nbytes + columns["labels"].nbytes)
+        "decoded_bytes": int(kept * block[0].nbytes + columns["labels"].nbytes)
         + sum(len(p.encode()) for p in paths),
         "seconds": round(time.perf_counter() - started, 4),
     }
     stored = write_segment(
-        task.dest, task.segment_id, columns, task.fields, task.chunk_samples, summary
+        task.dest,
+        task.segment_id,
+        columns,
+        task.fields,
+        task.chunk_samples,
+        summary,
+        streamed={"images": (kept, image_bytes)},
     )
     return {**summary, "samples": kept, "stored_bytes": stored, "reused": False}

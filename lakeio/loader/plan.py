@@ -88,10 +88,9 @@ def first_need(
     per_rank = shares.shape[1]
     if not per_rank:
         return {}
-    n_chunks = int(chunk_of.max()) + 1 if len(chunk_of) else 0
-    soonest = np.full(n_chunks, np.inf)
-    for share in shares:
-        ids, first = np.unique(chunk_of[share], return_index=True)
+    found = [np.unique(chunk_of[share], return_index=True) for share in shares]
+    soonest = np.full(max(int(ids[-1]) + 1 if len(ids) else 0 for ids, _ in found), np.inf)
+    for ids, first in found:
         np.minimum.at(soonest, ids, first / per_rank)
     needed = np.flatnonzero(np.isfinite(soonest))
     return dict(zip(needed.tolist(), soonest[needed].tolist(), strict=True))

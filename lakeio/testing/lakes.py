@@ -27,3 +27,21 @@ def distinct_lake(
     lakeio.ingest(images, path, labels=labels, chunk_samples=chunk_samples, codec="lz4",
                   progress=False, echo=None, **ingest)  # fmt: skip
     return images
+
+
+def labelled_arrays(
+    n: int, seed: int, classes: int = 3, shape: tuple[int, ...] = (6, 5, 3)
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` random uint8 images of ``shape`` and their labels in ``range(classes)``."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, *shape), dtype=np.uint8), rng.integers(0, classes, n)
+
+
+def ingest_arrays(data: tuple[np.ndarray, np.ndarray], dest, client, **ingest):
+    """Ingest ``(images, labels)`` into ``dest`` on ``client``'s cluster, 8 samples a chunk,
+    quietly; ``ingest``: more arguments for `lakeio.ingest` (``mode=``, ``format_version=``)."""
+    import lakeio
+
+    images, labels = data
+    return lakeio.ingest(images, dest, labels=labels, cluster=client, chunk_samples=8,
+                         progress=False, echo=None, **ingest)  # fmt: skip

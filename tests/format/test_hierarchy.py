@@ -11,6 +11,7 @@ from zarr.errors import ZarrUserWarning
 
 import lakeio
 from lakeio.format.location import Location
+from lakeio.format.manifest import manifest_key
 from lakeio.format.root import ensure_root_group
 from lakeio.stats import compute_stats
 
@@ -134,5 +135,7 @@ def test_docs_snippets_read_the_whole_lake_in_manifest_order(tmp_path, client, m
     np.testing.assert_array_equal(images, np.concatenate([first[0], second[0]]))
     np.testing.assert_array_equal(scope["labels"], np.concatenate([first[1], second[1]]))
     assert list(scope["paths"]) == [ds.sample(i, ("paths",))["paths"] for i in range(len(ds))]
-    assert scope["keys"] == scope["summary"]["segments"] == [s.key for s in ds.manifest.segments]
+    assert scope["keys"] == [s.key for s in ds.manifest.segments]
+    assert scope["summary"]["manifest"] == manifest_key(ds.version)
+    assert scope["manifest"]["classes"] == list(ds.classes)
     assert set(scope["arrays"]) == _expected_arrays(ds)

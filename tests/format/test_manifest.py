@@ -26,13 +26,20 @@ def _unsigned(doc: dict) -> dict:
     return {k: v for k, v in doc.items() if k != "crc32c"}
 
 
-def _manifest(*segments):
-    return Manifest(FIELDS, ("a", "b"), 8, tuple(SegmentEntry(s, 3, (1, 2)) for s in segments))
+def _manifest(*segments, format_version: int = 1):
+    """A manifest of 3-sample segments. Version 1 by default: the document checks below edit a
+    version-1 manifest, which lakeio still reads (tests/format/test_fragments.py: version 2)."""
+    entries = tuple(SegmentEntry(s, 3, (1, 2)) for s in segments)
+    return Manifest(FIELDS, ("a", "b"), 8, entries, format_version=format_version)
 
 
-def test_commits_number_versions_and_keep_snapshots(tmp_path):
+both_formats = pytest.mark.parametrize("format_version", [1, 2])
+
+
+@both_formats
+def test_commits_number_versions_and_keep_snapshots(tmp_path, format_version):
     loc = Location.of(tmp_path)
-    first = commit_manifest(loc, _manifest("s1"))
+    first = commit_manifest(loc, _manifest("s1", format_version=format_version))
     second = commit_manifest(
         loc, first.with_segments([*first.segments, SegmentEntry("s2", 5)], {"op": "t"})
     )
@@ -42,9 +49,10 @@ def test_commits_number_versions_and_keep_snapshots(tmp_path):
     assert [s.id for s in read_manifest(loc, 1).segments] == ["s1"]
 
 
-def test_second_writer_from_the_same_parent_loses_instead_of_overwriting(tmp_path):
+@both_formats
+def test_second_writer_from_the_same_parent_loses_instead_of_overwriting(tmp_path, format_version):
     loc = Location.of(tmp_path)
-    base = commit_manifest(loc, _manifest("s1"))
+    base = commit_manifest(loc, _manifest("s1", format_version=format_version))
     commit_manifest(loc, base.with_segments([SegmentEntry("mine", 1)], {}))
     with pytest.raises(CommitConflictError, match="moved from version 1 to 2"):
         commit_manifest(loc, base.with_segments([SegmentEntry("theirs", 1)], {}))

@@ -48,7 +48,9 @@ def test_lake_opens_with_plain_zarr_and_dask(png_folder, tmp_path, client):
     _ingest(root, tmp_path / "lake", client, chunk_samples=16)
     ds = lakeio.open_dataset(tmp_path / "lake")
     group = zarr.open_group(tmp_path / "lake", mode="r")
-    segments = group.attrs["lakeio"]["segments"]
+    fragments = group.attrs["lakeio"]["fragments"]  # plain JSON files listing the segments
+    listed = [json.loads((tmp_path / "lake" / key).read_bytes()) for key in fragments]
+    segments = [f"segments/{s['id']}" for fragment in listed for s in fragment["segments"]]
     first = zarr.open_array(tmp_path / "lake", path=f"{segments[0]}/images", mode="r")
     np.testing.assert_array_equal(first[0], ds[0][0])
     assert first.chunks == (16, 32, 32, 3)

@@ -19,10 +19,13 @@ from hypothesis import strategies as st
 
 import lakeio
 from lakeio.errors import CodecError, FormatError, SourceError
+from lakeio.format.chunks import crc32c_hex
 from lakeio.format.codecs import CODECS, SHUFFLES, parse_codec
+from lakeio.format.fragments import fragment_bytes, parse_fragment
 from lakeio.format.location import Location
 from lakeio.format.manifest import (
     FieldInfo,
+    FragmentRef,
     Manifest,
     SegmentEntry,
     commit_manifest,
@@ -179,9 +182,18 @@ FIELDS = {
 }
 SEGMENTS = (SegmentEntry("s000000-0a1b2c", 20, (12, 8), 900, 800, 700), SegmentEntry("s1", 3))
 STATS = {"samples": 23, "images": {"mean": [1.5, 2, 3], "std": [4, 5, 6]}}
-GOOD = json.loads(
-    Manifest(FIELDS, ("cat", "dog"), 8, SEGMENTS, 1, "t", ({"op": "ingest"},), STATS).to_json()
+GOOD = json.loads(  # format version 1: every segment in the manifest (still read)
+    Manifest(
+        FIELDS, ("cat", "dog"), 8, SEGMENTS, 1, "t", ({"op": "ingest"},), STATS, format_version=1
+    ).to_json()
 )
+FRAGMENT_ID, FRAGMENT = fragment_bytes(SEGMENTS)
+GOOD_V2 = json.loads(  # format version 2: the manifest names a fragment listing the segments
+    Manifest(
+        FIELDS, ("cat", "dog"), 8, (), 1, "t", ({"op": "ingest"},), STATS,
+        fragments=(FragmentRef(FRAGMENT_ID, 2, 23, crc32c_hex(FRAGMENT)),), class_counts=(12, 11),
+    ).to_json()
+)  # fmt: skip
 
 
 def _paths(doc, prefix=()):
@@ -195,6 +207,7 @@ def _paths(doc, prefix=()):
 
 
 PLACES = list(_paths(GOOD))[1:]
+PLACES_V2 = list(_paths(GOOD_V2))[1:]
 absurd = st.one_of(
     st.none(),
     st.booleans(),
@@ -237,7 +250,11 @@ def _parse_with_peak(data: bytes):
     st.lists(st.tuples(st.sampled_from(PLACES), st.one_of(absurd, st.just(_DELETE))), max_size=3)
 )
 def test_mutated_manifests_are_format_errors_or_sound_manifests(edits):
-    doc = copy.deepcopy(GOOD)
+    _edited_is_refused_or_sound(GOOD, edits)
+
+
+def _edited_is_refused_or_sound(good: dict, edits) -> None:
+    doc = copy.deepcopy(good)
     for place, value in edits:
         with contextlib.suppress(KeyError, IndexError, TypeError):  # container replaced before
             _edit(doc, place, value)
@@ -264,13 +281,55 @@ def test_mutated_manifests_are_format_errors_or_sound_manifests(edits):
     )
 )
 def test_manifest_bytes_mutated_are_format_errors_or_sound_manifests(changes):
-    data = apply_all(json.dumps(GOOD).encode(), changes)
+    _mutated_is_refused_or_sound(json.dumps(GOOD).encode(), changes)
+
+
+def _mutated_is_refused_or_sound(good: bytes, changes) -> None:
+    data = apply_all(good, changes)
     outcome, peak = _parse_with_peak(data)
     assert peak < 64 * len(data) + 2**20
     if isinstance(outcome, FormatError):
         assert str(outcome).startswith(SOURCE + ": ")
     else:
         _check_sound(outcome)
+
+
+@FUZZ
+@given(
+    st.lists(st.tuples(st.sampled_from(PLACES_V2), st.one_of(absurd, st.just(_DELETE))), max_size=3)
+)
+def test_mutated_version_2_manifests_are_format_errors_or_sound_manifests(edits):
+    _edited_is_refused_or_sound(GOOD_V2, edits)
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["flip", "truncate", "insert", "overwrite"]),
+            st.integers(0, 2**32 - 1),
+            st.integers(0, 2**32 - 1),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    st.booleans(),
+)
+def test_mutated_version_2_manifest_and_fragment_bytes_are_refused_or_sound(changes, fragment):
+    """A changed byte of a fragment is refused by its checksum (the manifest records it) or
+    parses to sound segments; of a manifest, as for version 1."""
+    if not fragment:
+        _mutated_is_refused_or_sound(json.dumps(GOOD_V2).encode(), changes)
+        return
+    data = apply_all(FRAGMENT, changes)
+    try:
+        segments = parse_fragment(data, SOURCE, 8)
+    except FormatError as exc:
+        assert str(exc).startswith(SOURCE + ": ") and len(str(exc)) < 600
+        return
+    for seg in segments:
+        assert type(seg.samples) is int and 0 <= seg.samples <= MAX_SAMPLES and "/" not in seg.id
+    assert data == FRAGMENT or crc32c_hex(data) != crc32c_hex(FRAGMENT)  # the manifest's check
 
 
 def _check_sound(m: Manifest) -> None:
@@ -286,6 +345,10 @@ def _check_sound(m: Manifest) -> None:
     for seg in m.segments:
         assert type(seg.samples) is int and seg.samples >= 0 and "/" not in seg.id
         assert not seg.class_counts or sum(seg.class_counts) == seg.samples
+    for ref in m.fragments:
+        assert "/" not in ref.id and 0 <= ref.samples <= MAX_SAMPLES and len(ref.crc32c) == 8
+    if m.format_version >= 2 and m.class_counts:
+        assert sum(m.class_counts) == sum(f.samples for f in m.fragments)
     assert Manifest.from_json(m.to_json(), SOURCE) == m
 
 

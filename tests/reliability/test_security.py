@@ -10,6 +10,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import replace
 
 import dask.config
 import diskcache
@@ -21,7 +22,14 @@ import lakeio
 from lakeio.errors import CorruptChunkError, FormatError, IngestError, LakeError
 from lakeio.format.chunks import crc32c_hex
 from lakeio.format.location import Location
-from lakeio.format.manifest import FieldInfo, Manifest, SegmentEntry, commit_manifest, manifest_key
+from lakeio.format.manifest import (
+    FRAGMENT_DIR,
+    FieldInfo,
+    Manifest,
+    SegmentEntry,
+    commit_manifest,
+    manifest_key,
+)
 from lakeio.format.segment import write_segment
 from lakeio.info import format_info, lake_info
 from lakeio.testing.batches import assert_same, collect
@@ -42,16 +50,18 @@ def _unsigned(doc: dict) -> dict:
     return {k: v for k, v in doc.items() if k != "crc32c"}
 
 
-@pytest.fixture
-def lake(tmp_path):
+@pytest.fixture(params=[1, 2], ids=["format1", "format2"])
+def lake(tmp_path, request):
     """A one-segment, 12-sample lake inside ``tmp_path/lake`` (codec none: chunk bytes are the
-    pixels), and its images."""
+    pixels), and its images; in both format versions (a version-2 manifest lists its segments
+    in a fragment file)."""
     images = np.stack([p for p, _ in photo_crops(12, (16, 16), seed=4)])
     loc = Location.of(tmp_path / "lake")
     columns = {"images": images, "labels": np.arange(12) % 2}
     write_segment(loc, SEGMENT, columns, FIELDS, 4, {"class_counts": [6, 6]})
     entry = SegmentEntry(SEGMENT, 12, (6, 6))
-    commit_manifest(loc, Manifest(FIELDS, ("a", "b"), 4, (entry,), history=({"op": "t"},)))
+    manifest = Manifest(FIELDS, ("a", "b"), 4, (entry,), history=({"op": "t"},))
+    commit_manifest(loc, replace(manifest, format_version=request.param))
     return tmp_path / "lake", images
 
 
@@ -97,6 +107,23 @@ def _rewrite_manifest(path, edit: Callable[[dict], None]) -> str:
     return f"{path}/{manifest_key(1)}"
 
 
+def _rewrite_segments(path, edit: Callable[[dict], None]) -> tuple[str, list[str]]:
+    """Edit the document that lists the segments (``{"segments": [...]}``): the manifest in
+    format version 1, its fragment in version 2 (the manifest then records the new checksum).
+    Returns the file that lists them, and the files a reader opens to find that out."""
+    manifest = path / manifest_key(1)
+    doc = json.loads(manifest.read_text())
+    if doc["format_version"] == 1:
+        return _rewrite_manifest(path, edit), [f"{path}/{manifest_key(1)}"]
+    fragment = path / FRAGMENT_DIR / f"{doc['fragments'][0]['id']}.json"
+    listed = json.loads(fragment.read_text())
+    edit(listed)
+    fragment.write_text(json.dumps(_unsigned(listed)))
+    doc["fragments"][0]["crc32c"] = crc32c_hex(fragment.read_bytes())
+    manifest.write_text(json.dumps(_unsigned(doc)))
+    return str(fragment), [str(manifest), str(fragment)]
+
+
 BAD_IDS = [
     "..", "../../outside/seg", "../x", "a/../../..", "/etc", "/abs/seg", "a/b", "s3://bucket/seg",
     "file:///etc", "file:seg", "memory://x", "a\\..\\b", "a\x00b", "", "s0\n", ".hidden", 5, None,
@@ -107,24 +134,25 @@ BAD_IDS = [
 @pytest.mark.parametrize("bad", BAD_IDS, ids=repr)
 def test_a_segment_id_that_is_not_a_plain_name_is_refused_naming_the_manifest(lake, bad):
     path, _ = lake
-    where = _rewrite_manifest(path, lambda d: d["segments"][0].update(id=bad))
+    where, metadata = _rewrite_segments(path, lambda d: d["segments"][0].update(id=bad))
     with opened_files(path.parent) as opened, pytest.raises(FormatError) as err:
         lakeio.open_dataset(path)
     assert str(err.value).startswith(f"{where}: segments[0].id ")
-    assert opened == [f"{where}"]  # the manifest and nothing else
+    assert opened == metadata  # the manifest (and its fragment) and nothing else
 
 
 def test_a_segment_id_leading_out_of_the_lake_reads_nothing_there(lake, tmp_path):
     path, _ = lake
     outside = tmp_path / "outside" / "seg"  # a complete segment that the id would reach
     shutil.copytree(path / "segments" / SEGMENT, outside)
-    where = _rewrite_manifest(path, lambda d: d["segments"][0].update(id="../../outside/seg"))
+    edit = lambda d: d["segments"][0].update(id="../../outside/seg")  # noqa: E731
+    _, metadata = _rewrite_segments(path, edit)
     with (
         opened_files(tmp_path) as opened,
         pytest.raises(FormatError, match="not a plain folder name"),
     ):
         _read_everything(path)
-    assert opened == [where]  # the manifest, and nothing outside the lake
+    assert opened == metadata  # the manifest (and its fragment), nothing outside the lake
 
 
 def test_a_field_name_leading_out_of_the_lake_reads_nothing_there(lake, tmp_path):
