@@ -60,10 +60,16 @@ fi
 step ffcv-deps "${PIP[@]}" "${TORCH_PIN[@]}" numba opencv-python-headless pillow psutil tqdm terminaltables fastargs
 step ffcv "${PIP[@]}" "${TORCH_PIN[@]}" ffcv
 
+# benchmarks/metadata_peers.py: the table formats lakeio's metadata is compared with (issue 12).
+# Icechunk needs zarr>=3; zarr lives only here, lakeio itself is still installed --no-deps.
+step lance "${PIP[@]}" "${TORCH_PIN[@]}" pylance pyarrow
+step icechunk "${PIP[@]}" "${TORCH_PIN[@]}" icechunk "zarr>=3"
+
 echo "== import check" | tee -a "$STATUS"
 "$VENV/bin/python" - <<'EOF' 2>&1 | tee -a "$STATUS"
 import importlib
-for mod in ("torch", "torchvision", "skimage", "webdataset", "litdata", "streaming", "ffcv"):
+for mod in ("torch", "torchvision", "skimage", "webdataset", "litdata", "streaming", "ffcv",
+            "lance", "pyarrow", "icechunk", "zarr"):
     try:
         m = importlib.import_module(mod)
         print(f"{mod} {getattr(m, '__version__', '?')}")
