@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from lakeio.dataset import Dataset
 from lakeio.format.paths import display_path, source_path
 from lakeio.ingest.report import human_bytes
@@ -14,7 +12,8 @@ from lakeio.ingest.report import human_bytes
 def lake_info(ds: Dataset) -> dict[str, Any]:
     """A JSON-ready description: fields, chunking, codec, classes with counts, sizes, ratio."""
     m = ds.manifest
-    counts = np.asarray(m.lake_class_counts() or (0,) * len(m.classes), dtype=np.int64)
+    known = m.lake_class_counts()  # () where the lake does not know them
+    counts = list(known) if known else [None] * len(m.classes)
     decoded = sum(s.decoded_bytes for s in m.segments)
     stored = sum(s.stored_bytes for s in m.segments)
     return {
@@ -34,7 +33,7 @@ def lake_info(ds: Dataset) -> dict[str, Any]:
             }
             for name, f in m.fields.items()
         },
-        "classes": dict(zip(m.classes, counts.tolist(), strict=True)),
+        "classes": dict(zip(m.classes, counts, strict=True)),
         "decoded_bytes": decoded,
         "stored_bytes": stored,
         "ratio": round(decoded / stored, 4) if stored else None,
@@ -58,7 +57,8 @@ def format_info(info: dict[str, Any]) -> str:
         )
     lines.append(f"classes   {len(info['classes'])}")
     for name, count in info["classes"].items():
-        lines.append(f"  {display_path(source_path(name)):<20} {count}")  # no NUL on a terminal
+        shown = "unknown" if count is None else count
+        lines.append(f"  {display_path(source_path(name)):<20} {shown}")  # no NUL on a terminal
     ratio = f"{info['ratio']:.2f}x" if info["ratio"] else "n/a"
     lines.append(
         f"bytes     {human_bytes(info['stored_bytes'])} stored, "

@@ -42,11 +42,11 @@ class UpgradeResult:
     def line(self) -> str:
         if self.version is None:
             return f"{self.url}: already format version {self.from_format} (version {self.from_version}); nothing to do"
+        listed = f"{self.segments:,} segments in one fragment" if self.segments else "no segments"
         return (
             f"{self.url}: version {self.from_version} (format {self.from_format}) upgraded to "
-            f"format {FORMAT_VERSION} as version {self.version}: {self.segments:,} segments in one "
-            f"fragment, no segment touched; manifest {self.manifest_bytes_before:,} -> "
-            f"{self.manifest_bytes_after:,} bytes"
+            f"format {FORMAT_VERSION} as version {self.version}: {listed}, no segment touched; "
+            f"manifest {self.manifest_bytes_before:,} -> {self.manifest_bytes_after:,} bytes"
         )
 
 

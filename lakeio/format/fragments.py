@@ -91,7 +91,7 @@ def _read_one(
             f"{source}: fragment crc32c {crc32c_hex(data)} is not the {ref.crc32c} that "
             f"{manifest} recorded: the file changed after it was written"
         )
-    segments = parse_fragment(data, source, chunk_samples)
+    segments = parse_fragment(data, source, chunk_samples, ref.id)
     samples = sum(s.samples for s in segments)
     if len(segments) != ref.segments or samples != ref.samples:
         raise FormatError(
@@ -101,8 +101,11 @@ def _read_one(
     return segments
 
 
-def parse_fragment(data: bytes, source: str, chunk_samples: int) -> tuple[SegmentEntry, ...]:
-    """The checked segments of a fragment's bytes (the file ``source``); `FormatError` else."""
+def parse_fragment(
+    data: bytes, source: str, chunk_samples: int, fragment_id: str | None = None
+) -> tuple[SegmentEntry, ...]:
+    """The checked segments of a fragment's bytes (the file ``source``, which the manifest
+    calls ``fragment_id``); `FormatError` else."""
     from lakeio.format.manifest_checks import (
         _check_checksum,
         _member,
@@ -122,5 +125,27 @@ def parse_fragment(data: bytes, source: str, chunk_samples: int) -> tuple[Segmen
             f"{source}: not a lakeio fragment (format={str(doc.get('format'))[:40]!r}, "
             f"format_version={str(doc.get('format_version'))[:20]})"
         )
+    _refuse_unknown(doc, _TOP_KEYS, source, "fragment")
+    if fragment_id is not None and doc.get("id") != fragment_id:
+        raise FormatError(
+            f"{source}: fragment says it is {str(doc.get('id'))[:40]!r}, the manifest names "
+            f"{fragment_id!r}"
+        )
     listed = _member(doc, "segments", list, source, "segments")
+    for i, entry in enumerate(listed):
+        if isinstance(entry, dict):  # (anything else: _segment names what it is)
+            _refuse_unknown(entry, _SEGMENT_KEYS, source, f"segments[{i}]")
     return tuple(_segment(s, i, source, 0, chunk_samples) for i, s in enumerate(listed))
+
+
+_TOP_KEYS = frozenset({"crc32c", "format", "format_version", "id", "segments"})
+_SEGMENT_KEYS = frozenset({"id", "samples", *_FIGURES})
+
+
+def _refuse_unknown(doc: dict, known: frozenset, source: str, path: str) -> None:
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise FormatError(
+            f"{source}: {path} has unknown keys {[str(k)[:40] for k in unknown[:5]]} "
+            f"(a fragment holds {', '.join(sorted(known))})"
+        )

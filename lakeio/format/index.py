@@ -110,4 +110,7 @@ class SampleMap:
         return self._size
 
     def __getitem__(self, samples) -> np.ndarray:
+        samples = np.asarray(samples, dtype=np.int64)
+        if samples.size and (samples.min() < 0 or samples.max() >= self._size):
+            raise IndexError(f"sample numbers must be within 0..{self._size - 1}")
         return self._compute(samples)

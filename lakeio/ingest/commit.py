@@ -13,6 +13,7 @@ from dataclasses import replace
 from lakeio.errors import CommitConflictError, IngestError, LakeWarning
 from lakeio.format.location import Location, is_storage_full, remove_dead_partials
 from lakeio.format.manifest import (
+    FRAGMENT_DIR,
     MANIFEST_DIR,
     Manifest,
     SegmentEntry,
@@ -58,6 +59,7 @@ def publish(dest: Location, base, layout, tasks, results, mode, event) -> Manife
         ensure_root_group(dest)
         if dest.is_local:  # temp files of commits killed mid-write
             remove_dead_partials(dest.path(MANIFEST_DIR))
+            remove_dead_partials(dest.path(FRAGMENT_DIR))
         return _commit(dest, base, layout, tasks, results, mode, event)
     except OSError as exc:
         if is_storage_full(exc):
@@ -100,28 +102,8 @@ def _commit(dest, base, layout, tasks, results, mode, event) -> Manifest:
     )
     event = {**event, "segments": [t.segment_id for t in tasks]}
     classes = layout.classes
-    format_version = layout.format_version
     for _ in range(COMMIT_RETRIES):
-        start = base or Manifest(
-            fields=layout.fields, classes=(), chunk_samples=layout.chunk_samples
-        )
-        start = replace(
-            start,
-            fields=layout.fields,
-            classes=classes,
-            chunk_samples=layout.chunk_samples,
-            stats={},  # statistics describe the samples they were computed on: `lakeio stats` again
-            format_version=format_version,
-        )
-        keep = start.segments if mode == "append" else ()
-        if format_version == 1:  # version 1 lists a dense row of counts per segment
-            keep = tuple(_pad_counts(s, len(classes)) for s in keep)
-            start = replace(start, segments=keep)
-        if format_version >= 2:  # the event names its fragment, which lists the segments
-            event = {k: v for k, v in event.items() if k != "segments"}
-        candidate = start.with_segments(
-            (*keep, *(_pad_counts(s, len(classes)) for s in new)), event
-        )
+        candidate = _candidate(base, layout, classes, new, mode, event)
         try:
             return commit_manifest(dest, candidate)
         except CommitConflictError:
@@ -130,8 +112,54 @@ def _commit(dest, base, layout, tasks, results, mode, event) -> Manifest:
             time.sleep(random.uniform(0, 0.05))  # racing writers: do not collide in lockstep
             base = read_manifest(dest)
             _refuse_other_layout(dest, base, layout)
+            if _committed_by_another(dest, base, new):
+                return base  # the same append ran twice at once: the other one committed it
             classes = _merged_classes(dest, base.classes, classes)
     raise IngestError(f"{dest.describe()}: gave up committing after {COMMIT_RETRIES} conflicts")
+
+
+def _candidate(base, layout, classes, new, mode: str, event: dict) -> Manifest:
+    """The next version: ``new`` after ``base``'s segments (an append) or alone.
+
+    An append writes the base's format version, or the layout's if newer (a lake upgraded while
+    the append ran stays upgraded), never an older one over a newer one. The lake's class counts
+    are taken in the base's own format before anything else changes."""
+    start = base or Manifest(fields=layout.fields, classes=(), chunk_samples=layout.chunk_samples)
+    format_version = layout.format_version
+    if base is not None and mode == "append":
+        format_version = max(format_version, base.format_version)
+    start = replace(
+        start,
+        fields=layout.fields,
+        classes=classes,
+        chunk_samples=layout.chunk_samples,
+        stats={},  # statistics describe the samples they were computed on: `lakeio stats` again
+        class_counts=start.lake_class_counts(),
+        format_version=format_version,
+    )
+    keep = start.segments if mode == "append" else ()
+    if format_version == 1:  # version 1 lists a row of counts per segment, one per class
+        keep = tuple(_pad_counts(s, len(classes)) for s in keep)
+        start = replace(start, segments=keep)
+    else:  # the event names its fragment, which lists the segments
+        event = {k: v for k, v in event.items() if k != "segments"}
+    return start.with_segments((*keep, *(_pad_counts(s, len(classes)) for s in new)), event)
+
+
+def _committed_by_another(dest: Location, base: Manifest, new: tuple) -> bool:
+    """Whether a rival commit already holds this append's segments (the same command run twice
+    at once): all of them, so there is nothing left to commit; some of them is an error."""
+    held = {s.id for s in base.segments}
+    mine = {s.id for s in new}
+    if not mine & held:
+        return False
+    if mine <= held:
+        return True
+    raise IngestError(
+        f"{dest.describe()}: version {base.version}, committed while this append ran, already "
+        f"holds {len(mine & held)} of its {len(mine)} segments; nothing of this append was "
+        "committed: rerun it to append what is missing"
+    )
 
 
 def _refuse_other_layout(dest: Location, base: Manifest, layout) -> None:
@@ -159,5 +187,8 @@ def _merged_classes(dest: Location, theirs: tuple, ours: tuple) -> tuple:
 
 
 def _pad_counts(entry: SegmentEntry, width: int) -> SegmentEntry:
+    """One count per class; counts that are not known (none recorded) stay not known."""
+    if not entry.class_counts:
+        return entry
     counts = tuple(entry.class_counts) + (0,) * (width - len(entry.class_counts))
     return replace(entry, class_counts=counts)

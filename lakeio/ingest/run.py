@@ -83,11 +83,12 @@ def ingest(
     with dask_client(cluster, workers=workers, processes=not in_process, echo=echo) as client:
         started = time.perf_counter()  # the work, not the cluster's start-up
         layout = decide_layout(client, resolved, src_loc, opts, lake)
-        kept = base.format_version if base is not None else FORMAT_VERSION
-        layout = replace(layout, format_version=opts.format_version or kept)
+        layout = replace(layout, format_version=_format_version(dest_loc, base, mode, opts))
         tasks = _plan_tasks(resolved, src_loc, dest_loc, layout, opts)
         planned = [t.segment_id for t in tasks]
-        if _already_committed(base, planned, mode):
+        if _already_committed(base, planned, mode) or _committed_in_the_other_cut(
+            base, mode, resolved, src_loc, dest_loc, layout, opts
+        ):
             return _up_to_date_summary(dest_loc, base, started)
         _check_mode(dest_loc, base, mode)
         results = _run_tasks(client, tasks, opts, progress)
@@ -192,6 +193,34 @@ def _plan_tasks(
             names = tuple(f"{resolved.name}[{i}]" for i in rows)
             tasks.append(SegmentTask(sid, images=images, labels=labels, names=names, **common))
     return tasks
+
+
+def _format_version(dest: Location, base: Manifest | None, mode: str, opts: IngestOptions) -> int:
+    """A new lake's is the one asked for (default the newest); a lake keeps its own: an append
+    never changes it (`lakeio upgrade` does), an overwrite only when asked."""
+    if base is None or mode != "append":
+        own = base.format_version if base is not None else FORMAT_VERSION
+        return opts.format_version or own
+    if opts.format_version not in (None, base.format_version):
+        raise IngestError(
+            f"{dest.describe()} is a lake of format version {base.format_version}; an append "
+            f"keeps it (asked for {opts.format_version}). `lakeio upgrade` moves a lake to "
+            f"version {FORMAT_VERSION}"
+        )
+    return base.format_version
+
+
+def _committed_in_the_other_cut(base, mode, resolved, src_loc, dest_loc, layout, opts) -> bool:
+    """A version-2 lake may hold segments cut as version 1 cut them (a lake upgraded after its
+    ingest): rerunning that ingest must find them, not append the data a second time."""
+    if base is None or base.format_version < 2:
+        return False
+    total = len(resolved.files) if isinstance(resolved, FolderScan) else len(resolved)
+    cut = plan.segment_samples(total, layout.chunk_samples, 1)
+    if cut == plan.segment_samples(total, layout.chunk_samples, layout.format_version):
+        return False
+    older = _plan_tasks(resolved, src_loc, dest_loc, replace(layout, format_version=1), opts)
+    return _already_committed(base, [t.segment_id for t in older], mode)
 
 
 def _already_committed(base: Manifest | None, planned: list[str], mode: str) -> bool:

@@ -114,7 +114,10 @@ def run_segment_task(task: SegmentTask) -> dict[str, Any]:
     # absent, incomplete, or a summary without what the commit needs: (re)write the segment
     started = time.perf_counter()
     shape = task.fields["images"].shape
-    block = _scratch((task.chunk_samples, *shape))  # one chunk: a segment may hold hundreds
+    rows = max(
+        1, min(task.chunk_samples, len(task))
+    )  # a chunk at most: a segment may hold hundreds
+    block = _scratch((rows, *shape))
     labels, paths, rejects, source_bytes = [], [], [], 0
     written = image_bytes = 0  # chunks of images out, and what they stored
     start_segment(task.dest, task.segment_id)

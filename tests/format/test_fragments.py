@@ -218,3 +218,47 @@ def test_every_version_of_any_commit_sequence_reads_back_as_committed(tmp_path_f
         assert sum(read.lake_class_counts()) == read.samples
     adding = sum(1 for op, sizes in ops if op != "stats" and sizes)
     assert len(list(loc.list(FRAGMENT_DIR))) <= adding
+
+
+def _edited_fragment(root, edit) -> None:
+    """The second fragment changed by ``edit``; the manifest records its new checksum (as a
+    writer that made it so would), so only the fragment's own checks stand in the way."""
+    from lakeio.format.chunks import crc32c_hex
+
+    path = _fragment_path(root, 1)
+    doc = json.loads(path.read_bytes())
+    doc.pop("crc32c")
+    edit(doc)
+    path.write_text(json.dumps(doc))
+    _edited(root, lambda d: d["fragments"][1].update(crc32c=crc32c_hex(path.read_bytes())))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda d: d.update(id="f-000"), "fragment says it is 'f-000', the manifest names 'f-"),
+        (lambda d: d.update(note=1), r"fragment has unknown keys \['note'\]"),
+        (
+            lambda d: d["segments"][0].update(class_counts=[4, 0]),
+            r"segments\[0\] has unknown keys \['class_counts'\]",
+        ),
+        (lambda d: d["segments"][0].update(samples=-1), r"segments\[0\]\.samples must be >= 0"),
+        (lambda d: d.update(format_version=1), "not a lakeio fragment"),
+    ],
+)
+def test_fragment_content_is_checked_before_use(two_fragment_lake, edit, message):
+    root, loc = two_fragment_lake
+    _edited_fragment(root, edit)
+    with pytest.raises(FormatError, match=message):
+        read_manifest(loc)
+
+
+def test_info_says_unknown_where_the_lake_does_not_know_its_class_counts(tmp_path):
+    from lakeio.info import format_info, lake_info
+
+    loc = Location.of(tmp_path)
+    commit_manifest(loc, Manifest(FIELDS, ("a", "b"), 8, (SegmentEntry("s1", 3),)))  # no counts
+    assert _manifest_doc(tmp_path, 1)["class_counts"] == []
+    info = lake_info(lakeio.open_dataset(tmp_path))
+    assert info["classes"] == {"a": None, "b": None}
+    assert "a                    unknown" in format_info(info)

@@ -52,3 +52,13 @@ def test_the_index_of_a_large_lake_holds_nothing_per_sample():
     last = len(index) - 1
     assert refs[int(chunk_of[[last]][0])] == ChunkRef(6_399, 81, 3)
     assert row_of[[last]][0] == 2 and refs[81] == ChunkRef(0, 81, 3) and refs[82].segment == 1
+
+
+def test_sample_numbers_outside_the_lake_are_an_index_error():
+    _, chunk_of, row_of = SampleIndex([5, 0, 7], 4).chunk_table()
+    for bad in ([12], [-1], [0, 3, 99]):
+        with pytest.raises(IndexError, match=r"within 0\.\.11"):
+            chunk_of[bad]
+        with pytest.raises(IndexError):
+            row_of[bad]
+    assert chunk_of[[0, 4, 5, 11]].tolist() == [0, 1, 2, 3] and len(chunk_of) == 12
