@@ -65,18 +65,21 @@ def compute_stats(
         dask.delayed(_histograms)(block, dask_key_name=f"lakeio-stats-{token}-{i}")
         for i, block in enumerate(blocks)
     ]
+    # the class histogram is in the manifest wherever the lake knows its class counts: the
+    # labels are read only where it does not (and the counts are then stored with the stats)
+    known = ds.manifest.lake_class_counts()
+    known = known if sum(known) == len(ds) else ()
+    labels = [] if known else [_class_counts(arrays["labels"], len(ds.classes))]
     with dask_client(cluster, workers=workers, echo=echo) as client:
         futures = client.compute(
-            [
-                dask.delayed(sum)(parts, dask_key_name=f"lakeio-stats-{token}"),
-                _class_counts(arrays["labels"], len(ds.classes)),
-            ]
+            [dask.delayed(sum)(parts, dask_key_name=f"lakeio-stats-{token}"), *labels]
         )
         for _ in completed(client, futures):  # an error if every worker goes for good
             pass
-        histograms, counts = (f.result() for f in futures)
+        histograms, *counted = (f.result() for f in futures)
+    counts = np.asarray(known if known else counted[0], dtype=np.int64)
     stats = _summarize(histograms, counts, ds.manifest)
-    committed = _commit_stats(ds.loc, ds.manifest, stats)
+    committed = _commit_stats(ds.loc, ds.manifest, stats, tuple(counts.tolist()))
     return {**stats, "stored_in_version": committed.version}
 
 
@@ -106,9 +109,14 @@ def _summarize(histograms: np.ndarray, counts: np.ndarray, manifest: Manifest) -
     }
 
 
-def _commit_stats(loc, manifest: Manifest, stats: dict[str, Any]) -> Manifest:
+def _commit_stats(loc, manifest: Manifest, stats: dict[str, Any], counts: tuple) -> Manifest:
     event = {"op": "stats", "time": stats["time"], "of_version": manifest.version}
-    candidate = replace(manifest, stats=stats, history=(*manifest.history, event))
+    candidate = replace(
+        manifest,
+        stats=stats,
+        history=(*manifest.history, event),
+        class_counts=manifest.class_counts or counts,  # (version 2; version 1 keeps its own)
+    )
     try:
         committed = commit_manifest(loc, candidate)
     except CommitConflictError as exc:

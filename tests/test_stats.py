@@ -126,3 +126,21 @@ def test_rerunning_stats_changes_nothing_unless_forced(stats_lake, client, capsy
     forced = compute_stats(path, cluster=client, force=True, echo=None)
     assert forced["stored_in_version"] == first["stored_in_version"] + 1
     assert forced["images"] == first["images"]
+
+
+def test_stats_fill_in_class_counts_the_lake_did_not_know(stats_lake, client):
+    """A version whose manifest does not know its class counts (written so by hand here): the
+    labels are counted on the cluster, and the counts are stored with the statistics."""
+    from dataclasses import replace
+
+    from lakeio.format.location import Location
+    from lakeio.format.manifest import commit_manifest, read_manifest
+
+    path, _, labels = stats_lake
+    loc = Location.of(path)
+    unknown = commit_manifest(loc, replace(read_manifest(loc), class_counts=()))
+    assert lakeio.open_dataset(path).manifest.lake_class_counts() == ()
+    stats = compute_stats(path, cluster=client, echo=None)
+    expected = np.bincount(labels, minlength=len(unknown.classes)).tolist()
+    assert stats["class_histogram"] == expected
+    assert list(lakeio.open_dataset(path).manifest.lake_class_counts()) == expected
