@@ -476,6 +476,7 @@ def probe_synthetic(args: dict[str, Any]) -> dict[str, Any]:
             opens.append(time.perf_counter() - t0)
             del ds
         info_s = timed_command([*args["lakeio_cmd"], "info", folder], args["repeats"])
+        upgraded = upgrade_figures(loc, folder, args) if args.get("upgrade") else {}
     except Exception as exc:  # e.g. v1's own size limit on reading a manifest
         return {"segments": segments, "error": f"{type(exc).__name__}: {exc}"[:300]}
     finally:
@@ -489,6 +490,32 @@ def probe_synthetic(args: dict[str, Any]) -> dict[str, Any]:
         "open_s": median(opens),
         "info_s": info_s,
         "parse_peak_rss": max(peaks),
+        **upgraded,
+    }
+
+
+def upgrade_figures(loc, folder: str, args: dict[str, Any]) -> dict[str, Any]:
+    """`lakeio upgrade` of the v1 manifest-only lake (the whole command, once: it commits), then
+    the upgraded version as a reader meets it: the metadata bytes it reads and `read_manifest`
+    seconds (median of ``repeats``). Empty where this lakeio has no upgrade."""
+    from lakeio.format import manifest as fmt
+
+    if not hasattr(fmt, "FRAGMENT_DIR"):
+        return {}
+    upgrade_s = timed_command([*args["lakeio_cmd"], "upgrade", folder], 1)
+    newest = max(Path(folder, fmt.MANIFEST_DIR).glob("v*.json"))
+    fragments = list(Path(folder, fmt.FRAGMENT_DIR).glob("*.json"))
+    reads = []
+    for _ in range(args["repeats"]):
+        t0 = time.perf_counter()
+        parsed = fmt.read_manifest(loc)
+        reads.append(time.perf_counter() - t0)
+    if parsed.format_version != 2 or len(parsed.segments) != args["segments_planned"]:
+        raise RuntimeError(f"{folder}: the upgraded lake reads as {parsed.format_version}")
+    return {
+        "upgrade_s": upgrade_s,
+        "v2_bytes": newest.stat().st_size + sum(f.stat().st_size for f in fragments),
+        "v2_read_s": median(reads),
     }
 
 
@@ -706,7 +733,7 @@ def measure_synthetic(size: Size, opts: Options, log) -> dict[str, Any]:
     per_segment = size.classes * 7 + 300  # dense counts at 7 bytes a line, plus the rest
     row: dict[str, Any] = {"samples": size.samples, "classes": size.classes, "segments": total}
     if total * per_segment <= opts.max_manifest_bytes:
-        result = run_probe("synthetic", args)
+        result = run_probe("synthetic", {**args, "upgrade": True, "segments_planned": total})
         return row | result | {"how": "measured"}
     top = max(8, min(total, opts.max_manifest_bytes // per_segment))
     prefixes = sorted({1, max(2, top // 4), max(3, top // 2), top})  # 1: the fixed costs
@@ -811,21 +838,24 @@ def markdown(real: list[dict], synthetic: list[dict], extra: dict[str, Any], opt
             f"{opts.repeats}.",
             "",
             "| samples | classes | segments | manifest | commit s | read_manifest s | "
-            "open_dataset s | lakeio info s | parse peak RSS | how |",
-            "|" + "---:|" * 9 + "---|",
+            "open_dataset s | lakeio info s | parse peak RSS | `lakeio upgrade` s | "
+            "after it: metadata read | after it: read_manifest s | how |",
+            "|" + "---:|" * 12 + "---|",
         ]
         for r in synthetic:
             if "bytes" not in r:
                 reason = r.get("skipped") or r.get("error")
                 lines.append(
                     f"| {r['samples']:,} | {r['classes']:,} | {r['segments']:,} "
-                    f"| – | – | – | – | – | – | {reason} |"
+                    f"| – | – | – | – | – | – | – | – | – | {reason} |"
                 )
                 continue
             cells = [
                 f"{r['samples']:,}", f"{r['classes']:,}", f"{r['segments']:,}",
                 human(r["bytes"]), secs(r["write_s"]), secs(r["parse_s"]), secs(r["open_s"]),
-                secs(r["info_s"]), human(r["parse_peak_rss"]), r["how"],
+                secs(r["info_s"]), human(r["parse_peak_rss"]),
+                secs(r.get("upgrade_s")), human(r.get("v2_bytes")), secs(r.get("v2_read_s")),
+                r["how"],
             ]  # fmt: skip
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
