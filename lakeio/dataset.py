@@ -14,7 +14,7 @@ import numpy as np
 
 from lakeio.cache.config import Cache
 from lakeio.cache.source import ChunkSource
-from lakeio.format.index import SampleIndex
+from lakeio.format.index import ChunkMembers, SampleIndex
 from lakeio.format.location import Location
 from lakeio.format.manifest import Manifest, read_manifest
 
@@ -69,14 +69,18 @@ class Dataset:
         _, chunk_of, row_of = self._chunk_table
         return chunk_of, row_of
 
-    def chunk_members(self) -> list[np.ndarray]:
+    def chunk_members(self) -> ChunkMembers:
         """The global sample ids of this dataset in each chunk, chunk by chunk (empty ones dropped)."""
-        chunk_of, _ = self.sample_chunks()
-        members = np.arange(len(self.index)) if self.indices is None else np.sort(self.indices)
+        if self.indices is None:  # every sample: the chunks' own runs, from the segment figures
+            starts = self.index.chunk_starts()
+            offsets = np.concatenate([starts, [len(self.index)]])
+            return ChunkMembers(np.arange(len(self.index), dtype=np.int64), offsets)
+        members = np.sort(self.indices)
         if not len(members):
-            return []
+            return ChunkMembers(members, np.zeros(1, dtype=np.int64))
+        chunk_of, _ = self.sample_chunks()
         cuts = np.flatnonzero(np.diff(chunk_of[members])) + 1
-        return np.split(members, cuts)
+        return ChunkMembers(members, np.concatenate([[0], cuts, [len(members)]]))
 
     def load_chunk(self, chunk: int, fields) -> dict[str, np.ndarray]:
         """The decoded chunk ``chunk`` (an id from `sample_chunks`) for each field."""
@@ -85,8 +89,12 @@ class Dataset:
 
     def schedule_chunks(self, chunk_times) -> None:
         """Pass (chunk id, next use) pairs to the memory tier's plan-aware eviction."""
-        refs = self._chunk_table[0]
-        self.source.schedule(((refs[c].segment, refs[c].chunk), t) for c, t in chunk_times)
+        pairs = list(chunk_times)
+        if not pairs:
+            return
+        segment, number = self.index.segment_and_number([c for c, _ in pairs])
+        refs = zip(segment.tolist(), number.tolist(), strict=True)
+        self.source.schedule(zip(refs, (t for _, t in pairs), strict=True))
 
     def chunk_nbytes(self, fields) -> int:
         """Decoded bytes of one chunk of ``fields`` (strings counted at 64 bytes a sample)."""

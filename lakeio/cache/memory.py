@@ -41,6 +41,10 @@ class MemoryTier:
         self._lock = threading.Lock()
         self._stats = TierStats()
 
+    def __len__(self) -> int:
+        """Chunks held now."""
+        return len(self._items)
+
     def schedule(self, next_use: dict[str, float], reader: str = "", now: float = 0.0) -> None:
         """Tell the tier when keys are needed next (smaller = sooner); unknown keys count as never.
         ``reader`` and its clock's ``now`` matter to a shared schedule only."""

@@ -74,6 +74,17 @@ class SampleIndex:
         )
         return ChunkRef(segment, number, rows)
 
+    def segment_and_number(self, chunk_ids) -> tuple[np.ndarray, np.ndarray]:
+        """For each of ``chunk_ids``: its segment and its number within the segment."""
+        chunk_ids = np.asarray(chunk_ids, dtype=np.int64)
+        segment = np.searchsorted(self.first_chunk, chunk_ids, side="right") - 1
+        return segment, chunk_ids - self.first_chunk[segment]
+
+    def chunk_starts(self) -> np.ndarray:
+        """The global number of each chunk's first sample, chunk by chunk (ids in order)."""
+        segment, number = self.segment_and_number(np.arange(self.chunk_count))
+        return self.offsets[segment] + number * self.chunk_samples
+
     def chunks(self) -> ChunkRefs:
         """Every chunk of the lake in order, with its number of valid rows (made on demand)."""
         return ChunkRefs(self)
@@ -114,3 +125,41 @@ class SampleMap:
         if samples.size and (samples.min() < 0 or samples.max() >= self._size):
             raise IndexError(f"sample numbers must be within 0..{self._size - 1}")
         return self._compute(samples)
+
+
+class ChunkMembers:
+    """The samples of each chunk, chunk by chunk, as one flat array and where each chunk's run
+    starts in it: what the epoch plan shuffles, without an array object per chunk."""
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray) -> None:
+        self.flat = np.asarray(flat, dtype=np.int64)
+        self.offsets = np.asarray(offsets, dtype=np.int64)  # len(self) + 1 of them
+
+    @classmethod
+    def of(cls, chunks) -> ChunkMembers:
+        """From a list of per-chunk sample arrays (or a `ChunkMembers`, returned as it is)."""
+        if isinstance(chunks, ChunkMembers):
+            return chunks
+        lengths = [len(c) for c in chunks]
+        flat = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
+        return cls(flat, np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]))
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, chunk: int) -> np.ndarray:
+        return self.flat[self.offsets[chunk] : self.offsets[chunk + 1]]
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[c] for c in range(len(self)))
+
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    def gathered(self, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The samples of the chunks in ``order``, one chunk after the other, and each run's
+        length (one vectorised gather)."""
+        lengths = self.lengths()[order]
+        starts = self.offsets[:-1][order]
+        shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+        return self.flat[np.arange(int(lengths.sum()), dtype=np.int64) + shift], lengths

@@ -376,7 +376,7 @@ class Loader:
     def _start_prefetch(self, batches: list[np.ndarray], epoch: int, after: int = 0):
         ds, fields = self.dataset, self.stream.fields
         chunk_of, row_of = ds.sample_chunks()
-        batch_chunks = [chunk_of[b] for b in batches]
+        batch_chunks = _chunks_of_batches(chunk_of, batches)
         this_epoch, _ = first_and_last_use(batch_chunks)
         budget = self._budget()
         if self.cluster is not None:
@@ -423,7 +423,11 @@ class Loader:
         next_use = self._next_epoch_positions(after + len(this_epoch), epoch)
         # Plan-aware eviction: a chunk not yet loaded this epoch is next needed at its place in
         # this epoch; once loaded (the prefetcher holds it for this use), at its place in the next.
-        ds.schedule_chunks([*next_use.items(), *((c, after + t) for t, c in enumerate(this_epoch))])
+        # An empty tier (a fresh process's first epoch) has nothing to rank: each chunk is told
+        # when it is loaded, which spares a large lake's first batch millions of cache keys.
+        if ds.source.memory is not None and len(ds.source.memory):
+            ahead = ((c, after + t) for t, c in enumerate(this_epoch))
+            ds.schedule_chunks([*next_use.items(), *ahead])
 
         def load(c: int) -> dict[str, np.ndarray]:
             ds.schedule_chunks([(c, next_use.get(c, math.inf))])
@@ -454,10 +458,8 @@ class Loader:
         ``epoch``'s own chunks (``offset`` of them)."""
         order = rank_order(self._members, self.plan, epoch + 1)
         chunk_of, _ = self.dataset.sample_chunks()
-        positions: dict[int, float] = {}
-        for c in chunk_of[order].tolist():
-            positions.setdefault(c, offset + len(positions))
-        return positions
+        used, _ = first_and_last_use([chunk_of[order]] if len(order) else [])
+        return {c: float(offset + i) for i, c in enumerate(used)}
 
     def _pinned_buffers(self, n: int) -> dict[str, torch.Tensor] | None:
         """Pinned host tensors to gather into when copying to CUDA. The tensors themselves (not
@@ -537,3 +539,11 @@ def _drain(q: queue.Queue) -> None:
             q.get_nowait()
         except queue.Empty:
             return
+
+
+def _chunks_of_batches(chunk_of, batches: list[np.ndarray]) -> list[np.ndarray]:
+    """The chunk id of each sample of each batch: computed for all at once, then cut."""
+    if not batches:
+        return []
+    ids = chunk_of[np.concatenate(batches)]
+    return np.split(ids, np.cumsum([len(b) for b in batches[:-1]]))

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lakeio.format.index import ChunkMembers
+
 
 @dataclass(frozen=True)
 class PlanSpec:
@@ -40,19 +42,28 @@ class PlanSpec:
             raise ValueError(f"rank {self.rank} is not in 0..{self.world_size - 1}")
 
 
-def global_order(chunks: list[np.ndarray], spec: PlanSpec, epoch: int) -> np.ndarray:
-    """All ranks' samples in epoch order: chunks permuted, samples shuffled within windows."""
-    if not chunks:
+def global_order(chunks, spec: PlanSpec, epoch: int) -> np.ndarray:
+    """All ranks' samples in epoch order: chunks permuted, samples shuffled within windows.
+
+    ``chunks``: a `ChunkMembers` or a list of per-chunk sample arrays. The chunks are gathered
+    in their permuted order at once and each window is shuffled in place, which draws exactly
+    what permuting each window's concatenation did (orders are kept from version to version:
+    a resumed run sees the order it saved its place in)."""
+    members = ChunkMembers.of(chunks)
+    if not len(members):
         return np.empty(0, dtype=np.int64)
     if not spec.shuffle:
-        return np.concatenate(chunks).astype(np.int64)
+        return members.flat.copy()
     rng = np.random.default_rng([spec.seed, epoch])
-    chunk_order = rng.permutation(len(chunks))
-    parts = []
-    for start in range(0, len(chunk_order), spec.window):
-        window = np.concatenate([chunks[c] for c in chunk_order[start : start + spec.window]])
-        parts.append(rng.permutation(window))
-    return np.concatenate(parts).astype(np.int64)
+    order, lengths = members.gathered(rng.permutation(len(members)))
+    ends = np.cumsum(lengths)[spec.window - 1 :: spec.window].tolist()
+    if not ends or ends[-1] != len(order):
+        ends.append(len(order))
+    start = 0
+    for end in ends:
+        rng.shuffle(order[start:end])
+        start = end
+    return order
 
 
 def samples_per_rank(total: int, spec: PlanSpec) -> int:
@@ -61,7 +72,7 @@ def samples_per_rank(total: int, spec: PlanSpec) -> int:
     return math.ceil(total / spec.world_size)
 
 
-def rank_orders(chunks: list[np.ndarray], spec: PlanSpec, epoch: int) -> np.ndarray:
+def rank_orders(chunks, spec: PlanSpec, epoch: int) -> np.ndarray:
     """Every rank's samples for ``epoch``, in order: row r is rank r's share."""
     order = global_order(chunks, spec, epoch)
     per_rank = samples_per_rank(len(order), spec)
@@ -71,14 +82,12 @@ def rank_orders(chunks: list[np.ndarray], spec: PlanSpec, epoch: int) -> np.ndar
     return order[:needed].reshape(spec.world_size, per_rank)
 
 
-def rank_order(chunks: list[np.ndarray], spec: PlanSpec, epoch: int) -> np.ndarray:
+def rank_order(chunks, spec: PlanSpec, epoch: int) -> np.ndarray:
     """This rank's samples for ``epoch``, in order (global sample indices)."""
     return rank_orders(chunks, spec, epoch)[spec.rank]
 
 
-def first_need(
-    chunks: list[np.ndarray], chunk_of: np.ndarray, spec: PlanSpec, epoch: int
-) -> dict[int, float]:
+def first_need(chunks, chunk_of, spec: PlanSpec, epoch: int) -> dict[int, float]:
     """When each chunk is first read in ``epoch`` by any rank, as a share of the epoch (0 = at
     its start; ranks read their shares side by side). Chunks no rank reads are left out.
 

@@ -20,15 +20,21 @@ from dask.utils import parse_timedelta
 
 
 def first_and_last_use(batch_chunks: list[np.ndarray]) -> tuple[list[int], dict[int, int]]:
-    """Chunks in order of first use, and the batch index of each chunk's last use."""
-    order: list[int] = []
-    last: dict[int, int] = {}
-    for b, chunks in enumerate(batch_chunks):
-        for c in chunks.tolist():
-            if c not in last:
-                order.append(c)
-            last[c] = b
-    return order, last
+    """Chunks in order of first use, and the batch index of each chunk's last use (vectorised:
+    an epoch of a large lake has millions of samples)."""
+    if not batch_chunks:
+        return [], {}
+    lengths = np.fromiter((len(c) for c in batch_chunks), dtype=np.int64, count=len(batch_chunks))
+    ids = np.concatenate(batch_chunks).astype(np.int64, copy=False)
+    if not ids.size:
+        return [], {}
+    first = np.full(int(ids.max()) + 1, ids.size, dtype=np.int64)
+    np.minimum.at(first, ids, np.arange(ids.size, dtype=np.int64))
+    last = np.full(len(first), -1, dtype=np.int64)
+    np.maximum.at(last, ids, np.repeat(np.arange(len(batch_chunks), dtype=np.int64), lengths))
+    used = np.flatnonzero(last >= 0)
+    order = used[np.argsort(first[used], kind="stable")]
+    return order.tolist(), dict(zip(used.tolist(), last[used].tolist(), strict=True))
 
 
 class ThreadLoads:

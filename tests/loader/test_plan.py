@@ -1,3 +1,4 @@
+import itertools
 import math
 from collections import Counter
 
@@ -111,3 +112,41 @@ def test_first_need_is_the_soonest_read_of_each_chunk_by_any_rank(
     assert got.keys() == want.keys()
     assert all(math.isclose(got[c], want[c]) for c in want)
     assert all(0 <= f < 1 for f in got.values())
+
+
+def _reference_global_order(chunks, spec, epoch):
+    """The order as version 1 of the plan computed it (a list of per-chunk arrays, each window
+    concatenated and permuted): orders must not change between lakeio versions."""
+    if not chunks:
+        return np.empty(0, dtype=np.int64)
+    if not spec.shuffle:
+        return np.concatenate(chunks).astype(np.int64)
+    rng = np.random.default_rng([spec.seed, epoch])
+    chunk_order = rng.permutation(len(chunks))
+    parts = []
+    for start in range(0, len(chunk_order), spec.window):
+        window = np.concatenate([chunks[c] for c in chunk_order[start : start + spec.window]])
+        parts.append(rng.permutation(window))
+    return np.concatenate(parts).astype(np.int64)
+
+
+@given(
+    st.lists(st.integers(1, 40), min_size=0, max_size=60),
+    st.integers(1, 9),
+    st.integers(0, 2**31),
+    st.integers(0, 5),
+    st.booleans(),
+)
+def test_the_vectorised_order_is_the_order_the_plan_always_gave(
+    sizes, window, seed, epoch, shuffle
+):
+    from lakeio.format.index import ChunkMembers
+
+    starts = np.cumsum([0, *sizes])
+    chunks = [np.arange(a, b) + 7 for a, b in itertools.pairwise(starts)]
+    spec = PlanSpec(batch_size=4, shuffle=shuffle, seed=seed, window=window)
+    expected = _reference_global_order(chunks, spec, epoch)
+    np.testing.assert_array_equal(global_order(chunks, spec, epoch), expected)
+    members = ChunkMembers.of(chunks)
+    np.testing.assert_array_equal(global_order(members, spec, epoch), expected)
+    assert [c.tolist() for c in members] == [c.tolist() for c in chunks]
