@@ -74,13 +74,16 @@ class Dataset:
         if self.indices is None:  # every sample: the chunks' own runs, from the segment figures
             starts = self.index.chunk_starts()
             offsets = np.concatenate([starts, [len(self.index)]])
-            return ChunkMembers(np.arange(len(self.index), dtype=np.int64), offsets)
+            samples = np.arange(len(self.index), dtype=np.int64)
+            return ChunkMembers(samples, offsets, consecutive=True)
         members = np.sort(self.indices)
         if not len(members):
             return ChunkMembers(members, np.zeros(1, dtype=np.int64))
         chunk_of, _ = self.sample_chunks()
-        cuts = np.flatnonzero(np.diff(chunk_of[members])) + 1
-        return ChunkMembers(members, np.concatenate([[0], cuts, [len(members)]]))
+        ids = chunk_of[members]
+        cuts = np.flatnonzero(np.diff(ids)) + 1
+        offsets = np.concatenate([[0], cuts, [len(members)]])
+        return ChunkMembers(members, offsets, ids[offsets[:-1]])
 
     def load_chunk(self, chunk: int, fields) -> dict[str, np.ndarray]:
         """The decoded chunk ``chunk`` (an id from `sample_chunks`) for each field."""

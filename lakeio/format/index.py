@@ -131,9 +131,18 @@ class ChunkMembers:
     """The samples of each chunk, chunk by chunk, as one flat array and where each chunk's run
     starts in it: what the epoch plan shuffles, without an array object per chunk."""
 
-    def __init__(self, flat: np.ndarray, offsets: np.ndarray) -> None:
+    def __init__(
+        self,
+        flat: np.ndarray,
+        offsets: np.ndarray,
+        ids: np.ndarray | None = None,
+        consecutive: bool = False,
+    ) -> None:
+        self.consecutive = consecutive  # flat is first, first + 1, …: computed, not read
         self.flat = np.asarray(flat, dtype=np.int64)
         self.offsets = np.asarray(offsets, dtype=np.int64)  # len(self) + 1 of them
+        # the lake's id of each chunk (default: the runs are the lake's chunks, in order)
+        self.ids = np.arange(len(self)) if ids is None else np.asarray(ids, dtype=np.int64)
 
     @classmethod
     def of(cls, chunks) -> ChunkMembers:
@@ -156,10 +165,28 @@ class ChunkMembers:
     def lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
-    def gathered(self, order: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The samples of the chunks in ``order``, one chunk after the other, and each run's
-        length (one vectorised gather)."""
+    def packable(self) -> bool:
+        """Whether each sample and its run fit one int64 as ``run * 2**32 + sample``."""
+        return len(self) < 2**31 and (not len(self.flat) or int(self.flat[-1]) < 2**32)
+
+    def packed_runs(self, order: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """For the chunks in ``order`` (``lengths``: theirs), one after the other: each sample
+        as ``run * 2**32 + sample``, built with one repeat and one add (an epoch of a large
+        lake is tens of millions of samples: every array of that size costs page faults)."""
+        starts = self.offsets[:-1][order]
+        positions = np.cumsum(lengths) - lengths
+        if self.consecutive:  # the sample at a position follows from its chunk's start
+            base = (order.astype(np.int64) << 32) + (self.flat[0] + starts - positions)
+            packed = np.repeat(base, lengths)
+            packed += np.arange(len(packed), dtype=np.int64)
+            return packed
+        packed = np.repeat(order.astype(np.int64) << 32, lengths)
+        packed |= self.gathered(order)
+        return packed
+
+    def gathered(self, order: np.ndarray) -> np.ndarray:
+        """The samples of the chunks in ``order``, one chunk after the other (one gather)."""
         lengths = self.lengths()[order]
         starts = self.offsets[:-1][order]
         shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
-        return self.flat[np.arange(int(lengths.sum()), dtype=np.int64) + shift], lengths
+        return self.flat[np.arange(int(lengths.sum()), dtype=np.int64) + shift]

@@ -23,7 +23,14 @@ import torch
 from lakeio.loader.batch import gather
 from lakeio.loader.device import DeviceOptions, DeviceStage
 from lakeio.loader.in_flight import ReadFigures, advice, read_figures
-from lakeio.loader.plan import PlanSpec, batch_count, batch_slices, first_need, rank_order
+from lakeio.loader.plan import (
+    PlanSpec,
+    batch_count,
+    batch_slices,
+    first_need,
+    rank_chunk_orders,
+    rank_orders_and_chunks,
+)
 from lakeio.loader.prefetch import ChunkPrefetcher, ThreadLoads, first_and_last_use
 
 _DONE = object()
@@ -79,6 +86,7 @@ class Loader:
         )
         self._device = DeviceStage(device, shape[-1])
         self._members = dataset.chunk_members()
+        self._planned: tuple | None = None  # (epoch and plan, its batches, their chunk ids)
         self.epoch = 0
         self._resume_at = 0
         self._consumed = 0
@@ -370,14 +378,35 @@ class Loader:
         return None
 
     def _batches_of(self, epoch: int) -> list[np.ndarray]:
-        order = rank_order(self._members, self.plan, epoch)
-        return batch_slices(order, self.plan.batch_size)[: len(self)]
+        """This rank's batches for ``epoch``; the chunk ids of their samples are kept beside
+        them (the last epoch asked for) for `_start_prefetch`."""
+        planned = self._planned
+        if planned is not None and planned[0] == (epoch, self.plan):
+            return planned[1]
+        orders, chunk_ids = rank_orders_and_chunks(self._members, self.plan, epoch)
+        size, count = self.plan.batch_size, len(self)
+        batches = batch_slices(orders[self.plan.rank], size)[:count]
+        chunks = batch_slices(chunk_ids[self.plan.rank], size)[:count]
+        self._planned = ((epoch, self.plan), batches, chunks)
+        return batches
+
+    def _planned_chunks(self, batches: list[np.ndarray]) -> list[np.ndarray] | None:
+        """The chunk ids of ``batches``, if they are (the tail of) the last epoch planned."""
+        planned = self._planned
+        if planned is None or not batches:
+            return None
+        _, all_batches, all_chunks = planned
+        skip = len(all_batches) - len(batches)
+        if skip < 0 or batches[0] is not all_batches[skip] or batches[-1] is not all_batches[-1]:
+            return None
+        return all_chunks[skip:]
 
     def _start_prefetch(self, batches: list[np.ndarray], epoch: int, after: int = 0):
         ds, fields = self.dataset, self.stream.fields
         chunk_of, row_of = ds.sample_chunks()
-        batch_chunks = _chunks_of_batches(chunk_of, batches)
-        this_epoch, _ = first_and_last_use(batch_chunks)
+        batch_chunks = self._planned_chunks(batches) or _chunks_of_batches(chunk_of, batches)
+        uses = first_and_last_use(batch_chunks)
+        this_epoch = uses[0]
         budget = self._budget()
         if self.cluster is not None:
             loads = self._cluster_loads(this_epoch, budget, epoch)
@@ -394,6 +423,7 @@ class Loader:
             chunk_bytes=lambda c: ds.chunk_nbytes(fields),
             batch_chunks=batch_chunks,
             budget=budget,
+            uses=uses,
         )
         return prefetcher, loads, batch_chunks, row_of, after
 
@@ -456,9 +486,8 @@ class Loader:
     def _next_epoch_positions(self, offset: int, epoch: int) -> dict[int, float]:
         """When each chunk is first needed in the epoch after ``epoch``, counted after
         ``epoch``'s own chunks (``offset`` of them)."""
-        order = rank_order(self._members, self.plan, epoch + 1)
-        chunk_of, _ = self.dataset.sample_chunks()
-        used, _ = first_and_last_use([chunk_of[order]] if len(order) else [])
+        mine = rank_chunk_orders(self._members, self.plan, epoch + 1)[self.plan.rank]
+        used, _ = first_and_last_use([mine] if len(mine) else [])
         return {c: float(offset + i) for i, c in enumerate(used)}
 
     def _pinned_buffers(self, n: int) -> dict[str, torch.Tensor] | None:

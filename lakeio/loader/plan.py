@@ -49,21 +49,61 @@ def global_order(chunks, spec: PlanSpec, epoch: int) -> np.ndarray:
     in their permuted order at once and each window is shuffled in place, which draws exactly
     what permuting each window's concatenation did (orders are kept from version to version:
     a resumed run sees the order it saved its place in)."""
-    members = ChunkMembers.of(chunks)
+    return _ordered(ChunkMembers.of(chunks), spec, epoch, samples=True, chunks=False)[0]
+
+
+def global_order_and_chunks(chunks, spec: PlanSpec, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """`global_order`, and the chunk id of each of its samples (``chunks``' ids: a loader
+    needs them for every sample of an epoch, and here they come without a search)."""
+    return _ordered(ChunkMembers.of(chunks), spec, epoch, samples=True, chunks=True)
+
+
+def global_chunk_order(chunks, spec: PlanSpec, epoch: int) -> np.ndarray:
+    """The chunk id of each sample of `global_order`, without the samples themselves."""
+    return _ordered(ChunkMembers.of(chunks), spec, epoch, samples=False, chunks=True)[1]
+
+
+def _ordered(members: ChunkMembers, spec: PlanSpec, epoch: int, samples: bool, chunks: bool):
+    """(samples in epoch order, their chunk ids); what is not asked for is left empty."""
+    empty = np.empty(0, dtype=np.int64)
     if not len(members):
-        return np.empty(0, dtype=np.int64)
+        return empty, empty
+    lengths = members.lengths()
     if not spec.shuffle:
-        return members.flat.copy()
+        runs = np.repeat(np.arange(len(members)), lengths) if chunks else None
+        return (members.flat.copy() if samples else empty), (members.ids[runs] if chunks else empty)
     rng = np.random.default_rng([spec.seed, epoch])
-    order, lengths = members.gathered(rng.permutation(len(members)))
+    chunk_order = rng.permutation(len(members))
+    lengths = lengths[chunk_order]
     ends = np.cumsum(lengths)[spec.window - 1 :: spec.window].tolist()
-    if not ends or ends[-1] != len(order):
-        ends.append(len(order))
+    total = int(lengths.sum())
+    if not ends or ends[-1] != total:
+        ends.append(total)
+    if not chunks:  # the samples alone: shuffle each window in place
+        order = members.gathered(chunk_order)
+        start = 0
+        for end in ends:
+            rng.shuffle(order[start:end])
+            start = end
+        return order, empty
+    if members.packable():  # one array to shuffle: run * 2**32 + sample
+        packed = members.packed_runs(chunk_order, lengths)
+        start = 0
+        for end in ends:
+            rng.shuffle(packed[start:end])  # the draws of shuffling the samples alone
+            start = end
+        runs = packed >> 32
+        order = np.bitwise_and(packed, 0xFFFFFFFF, out=packed) if samples else empty
+        return order, members.ids[runs]
+    # with the chunks: the same draws as a permutation of positions, applied to both at once
+    order = members.gathered(chunk_order) if samples else empty
+    moved = np.empty(total, dtype=np.int64)
     start = 0
     for end in ends:
-        rng.shuffle(order[start:end])
+        moved[start:end] = rng.permutation(end - start) + start
         start = end
-    return order
+    runs = np.repeat(chunk_order, lengths)[moved]
+    return (order[moved] if samples else empty), members.ids[runs]
 
 
 def samples_per_rank(total: int, spec: PlanSpec) -> int:
@@ -74,7 +114,21 @@ def samples_per_rank(total: int, spec: PlanSpec) -> int:
 
 def rank_orders(chunks, spec: PlanSpec, epoch: int) -> np.ndarray:
     """Every rank's samples for ``epoch``, in order: row r is rank r's share."""
-    order = global_order(chunks, spec, epoch)
+    return _shares(global_order(chunks, spec, epoch), spec)
+
+
+def rank_orders_and_chunks(chunks, spec: PlanSpec, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """`rank_orders`, and the chunk id of each sample in them."""
+    order, chunk_ids = global_order_and_chunks(chunks, spec, epoch)
+    return _shares(order, spec), _shares(chunk_ids, spec)
+
+
+def rank_chunk_orders(chunks, spec: PlanSpec, epoch: int) -> np.ndarray:
+    """The chunk id of each sample of `rank_orders` (row r: rank r), without the samples."""
+    return _shares(global_chunk_order(chunks, spec, epoch), spec)
+
+
+def _shares(order: np.ndarray, spec: PlanSpec) -> np.ndarray:
     per_rank = samples_per_rank(len(order), spec)
     needed = per_rank * spec.world_size
     if needed > len(order) and len(order):  # pad by repeating the start of the order

@@ -64,11 +64,13 @@ class ChunkPrefetcher:
         chunk_bytes: Callable[[int], int],
         batch_chunks: list[np.ndarray],
         budget: int,
+        uses: tuple[list[int], dict[int, int]] | None = None,
     ) -> None:
         self._start = start
         self._chunk_bytes = chunk_bytes
         self._batch_chunks = batch_chunks
-        self._order, self._last_use = first_and_last_use(batch_chunks)
+        # (`first_and_last_use` of batch_chunks, where the caller has it already)
+        self._order, self._last_use = uses or first_and_last_use(batch_chunks)
         self._budget = budget
         self._held: dict[int, Future] = {}
         self._held_bytes = 0

@@ -150,3 +150,38 @@ def test_the_vectorised_order_is_the_order_the_plan_always_gave(
     members = ChunkMembers.of(chunks)
     np.testing.assert_array_equal(global_order(members, spec, epoch), expected)
     assert [c.tolist() for c in members] == [c.tolist() for c in chunks]
+
+
+@given(
+    st.lists(st.integers(0, 40), min_size=1, max_size=12),
+    st.integers(1, 9),
+    st.integers(1, 6),
+    st.integers(0, 2**31),
+    st.booleans(),
+    st.booleans(),
+)
+def test_the_plan_gives_each_samples_chunk_as_the_index_does(
+    segments, chunk_samples, window, seed, shuffle, subset
+):
+    """The chunk ids the plan hands the loader (no search) are the index's, for the whole lake
+    (consecutive samples, packed into one array to shuffle) and for a subset (a gather)."""
+    from lakeio.format.index import ChunkMembers, SampleIndex
+    from lakeio.loader.plan import global_chunk_order, global_order_and_chunks
+
+    index = SampleIndex(segments, chunk_samples)
+    _, chunk_of, _ = index.chunk_table()
+    n = len(index)
+    if subset:
+        members = np.unique(np.random.default_rng(seed).integers(0, max(n, 1), n // 2))
+        members = members[members < n]
+    else:
+        members = np.arange(n)
+    ids = chunk_of[members] if len(members) else np.empty(0, dtype=np.int64)
+    cuts = np.flatnonzero(np.diff(ids)) + 1
+    offsets = np.concatenate([[0], cuts, [len(members)]]) if len(members) else np.zeros(1, int)
+    runs = ChunkMembers(members, offsets, ids[offsets[:-1]], consecutive=not subset)
+    spec = PlanSpec(batch_size=4, shuffle=shuffle, seed=seed, window=window)
+    order, chunks = global_order_and_chunks(runs, spec, 3)
+    np.testing.assert_array_equal(order, global_order([*runs], spec, 3))
+    np.testing.assert_array_equal(chunks, chunk_of[order] if len(order) else order)
+    np.testing.assert_array_equal(global_chunk_order(runs, spec, 3), chunks)
