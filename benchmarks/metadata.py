@@ -940,6 +940,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="format of the real lakes (default: what lakeio writes)")  # fmt: skip
     p.add_argument("--plot", metavar="PATH", help="draw the growth curves (matplotlib)")
     p.add_argument("--out", metavar="FILE", help="append the Markdown and the command line here")
+    p.add_argument("--json", metavar="FILE", help="write the measured rows here (to plot later)")
     p.add_argument("--workdir", help="where lakes are built (default: a new temporary folder)")
     p.add_argument("--keep", action="store_true", help="keep the built lakes (to profile them)")
     return p.parse_args(argv)
@@ -998,6 +999,9 @@ def main(argv: list[str] | None = None) -> int:
     if ns.out:
         with open(ns.out, "a", encoding="utf-8") as fh:
             fh.write(text + "\n")
+    if ns.json:
+        with open(ns.json, "w", encoding="utf-8") as fh:
+            json.dump({"real": real, "synthetic": synthetic, "extra": extra}, fh, default=str)
     if ns.plot:
         plot(ns.plot, real, synthetic, extra["format"])
         print(f"plot: {ns.plot}")

@@ -23,7 +23,9 @@ class ReadFigures:
     read from the origin (the rest came from the memory or disk tier). ``in_flight_needed``:
     Little's law, wanted × origin share × latency. ``in_flight_cap``: chunk loads the loader
     may run at once, the smaller of ``threads`` and the chunks the prefetcher may hold.
-    ``peak_in_flight``: origin reads seen at once (each field its own)."""
+    ``peak_in_flight``: origin reads seen at once (each field its own). ``epoch_chunks``: the
+    chunks an epoch reads (0: not known); a cap that already covers them all is not what
+    holds the loop up, however high Little's law comes out (a short epoch of a slow store)."""
 
     latency_s: float
     wanted_chunks_per_s: float
@@ -34,10 +36,12 @@ class ReadFigures:
     threads: int
     held_chunks: int
     threads_set_by: str = "budget"  # "threads" (given), "max-in-flight" or "budget"
+    epoch_chunks: int = 0
 
     @property
     def cap_limits(self) -> bool:
-        return self.in_flight_needed > self.in_flight_cap
+        covers_epoch = 0 < self.epoch_chunks <= self.in_flight_cap
+        return self.in_flight_needed > self.in_flight_cap and not covers_epoch
 
     def as_dict(self) -> dict:
         return {**asdict(self), "cap_limits": self.cap_limits}
@@ -53,6 +57,7 @@ def read_figures(
     held_chunks: int,
     peak: int,
     threads_set_by: str = "budget",
+    epoch_chunks: int = 0,
 ) -> ReadFigures:
     """The figures from a loader's counts: ``chunks`` it loaded in ``busy_seconds`` of the
     loop's own work, ``origin_reads`` of ``requests`` chunk reads went to the origin; it runs
@@ -64,8 +69,9 @@ def read_figures(
     needed = math.ceil(wanted * share * latency_s) if latency_s > 0 else 0
     cap = min(threads, held_chunks)
     return ReadFigures(
-        latency_s, wanted, share, needed, cap, peak, threads, held_chunks, threads_set_by
-    )
+        latency_s, wanted, share, needed, cap, peak, threads, held_chunks, threads_set_by,
+        epoch_chunks,
+    )  # fmt: skip
 
 
 def advice(figures: ReadFigures, chunk_bytes: int, stall_fraction: float) -> str | None:

@@ -213,7 +213,7 @@ class Loader:
         return read_figures(
             s["chunks_loaded"], s["seconds"] - s["stall_seconds"], cache["origin_reads"],
             cache["requests"], cache["origin_latency_s"], s["load_threads"], held,
-            cache["origin_in_flight_peak"], self._threads_set_by(),
+            cache["origin_in_flight_peak"], self._threads_set_by(), len(self._members),
         )  # fmt: skip
 
     def _threads_set_by(self) -> str:

@@ -42,3 +42,14 @@ def test_the_advice_names_the_setting_that_binds():
     assert "lakeio.read.max-in-flight to 20" in advice(capped, 4 << 20, stall_fraction=0.4)
     enough = read_figures(400, 2.0, 800, 800, 0.1, 32, 64, 16, threads_set_by="max-in-flight")
     assert not enough.cap_limits and advice(enough, 4 << 20, stall_fraction=0.4) is None
+
+
+def test_a_cap_that_covers_the_whole_epoch_is_not_what_holds_the_loop_up():
+    """Little's law may ask for more reads in flight than an epoch has chunks (a short epoch
+    from a slow store): every chunk may be in flight already, so no setting is advised."""
+    short = read_figures(400, 2.0, 800, 800, 0.5, 64, 64, 16, epoch_chunks=48)
+    assert short.in_flight_needed == 100 and not short.cap_limits
+    assert advice(short, 4 << 20, stall_fraction=0.4) is None
+    longer = read_figures(400, 2.0, 800, 800, 0.5, 64, 64, 16, epoch_chunks=5_000)
+    assert longer.cap_limits and "100 reads in flight" in advice(longer, 4 << 20, 0.4)
+    assert short.as_dict()["epoch_chunks"] == 48
