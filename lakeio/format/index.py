@@ -139,6 +139,7 @@ class ChunkMembers:
         consecutive: bool = False,
     ) -> None:
         self.consecutive = consecutive  # flat is first, first + 1, …: computed, not read
+        self._packable: bool | None = None
         self.flat = np.asarray(flat, dtype=np.int64)
         self.offsets = np.asarray(offsets, dtype=np.int64)  # len(self) + 1 of them
         # the lake's id of each chunk (default: the runs are the lake's chunks, in order)
@@ -167,7 +168,11 @@ class ChunkMembers:
 
     def packable(self) -> bool:
         """Whether each sample and its run fit one int64 as ``run * 2**32 + sample``."""
-        return len(self) < 2**31 and (not len(self.flat) or int(self.flat[-1]) < 2**32)
+        if self._packable is None:
+            flat = self.flat
+            fits = not len(flat) or (int(flat.min()) >= 0 and int(flat.max()) < 2**32)
+            self._packable = len(self) < 2**31 and fits
+        return self._packable
 
     def packed_runs(self, order: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """For the chunks in ``order`` (``lengths``: theirs), one after the other: each sample

@@ -87,6 +87,7 @@ class Loader:
         self._device = DeviceStage(device, shape[-1])
         self._members = dataset.chunk_members()
         self._planned: tuple | None = None  # (epoch and plan, its batches, their chunk ids)
+        self._epoch_chunks = 0  # chunks the last prefetch started reads (0: none yet)
         self.epoch = 0
         self._resume_at = 0
         self._consumed = 0
@@ -106,6 +107,7 @@ class Loader:
     def __getstate__(self) -> dict[str, Any]:  # sent to DataLoader workers: no threads, no lock
         state = dict(self.__dict__)
         state["_spare"] = None
+        state["_planned"] = None  # an epoch's plan is made again where it is needed
         del state["_spare_lock"]
         return state
 
@@ -213,7 +215,7 @@ class Loader:
         return read_figures(
             s["chunks_loaded"], s["seconds"] - s["stall_seconds"], cache["origin_reads"],
             cache["requests"], cache["origin_latency_s"], s["load_threads"], held,
-            cache["origin_in_flight_peak"], self._threads_set_by(), len(self._members),
+            cache["origin_in_flight_peak"], self._threads_set_by(), self._epoch_chunks,
         )  # fmt: skip
 
     def _threads_set_by(self) -> str:
@@ -382,13 +384,14 @@ class Loader:
         them (the last epoch asked for) for `_start_prefetch`."""
         planned = self._planned
         if planned is not None and planned[0] == (epoch, self.plan):
-            return planned[1]
+            return list(planned[1])
         orders, chunk_ids = rank_orders_and_chunks(self._members, self.plan, epoch)
+        mine, their_chunks = orders[self.plan.rank].copy(), chunk_ids[self.plan.rank].copy()
+        mine.flags.writeable = their_chunks.flags.writeable = False  # shared: read-only
         size, count = self.plan.batch_size, len(self)
-        batches = batch_slices(orders[self.plan.rank], size)[:count]
-        chunks = batch_slices(chunk_ids[self.plan.rank], size)[:count]
-        self._planned = ((epoch, self.plan), batches, chunks)
-        return batches
+        batches = batch_slices(mine, size)[:count]
+        self._planned = ((epoch, self.plan), batches, batch_slices(their_chunks, size)[:count])
+        return list(batches)
 
     def _planned_chunks(self, batches: list[np.ndarray]) -> list[np.ndarray] | None:
         """The chunk ids of ``batches``, if they are (the tail of) the last epoch planned."""
@@ -397,7 +400,7 @@ class Loader:
             return None
         _, all_batches, all_chunks = planned
         skip = len(all_batches) - len(batches)
-        if skip < 0 or batches[0] is not all_batches[skip] or batches[-1] is not all_batches[-1]:
+        if skip < 0 or any(a is not b for a, b in zip(batches, all_batches[skip:], strict=True)):
             return None
         return all_chunks[skip:]
 
@@ -407,6 +410,7 @@ class Loader:
         batch_chunks = self._planned_chunks(batches) or _chunks_of_batches(chunk_of, batches)
         uses = first_and_last_use(batch_chunks)
         this_epoch = uses[0]
+        self._epoch_chunks = len(this_epoch)  # what this rank reads: the read figures' epoch
         budget = self._budget()
         if self.cluster is not None:
             loads = self._cluster_loads(this_epoch, budget, epoch)
@@ -455,6 +459,8 @@ class Loader:
         # this epoch; once loaded (the prefetcher holds it for this use), at its place in the next.
         # An empty tier (a fresh process's first epoch) has nothing to rank: each chunk is told
         # when it is loaded, which spares a large lake's first batch millions of cache keys.
+        # (Other readers of the same tier meanwhile, ds[i] on this dataset, see the chunks this
+        # loader has not loaded yet as not needed; with one reader, as here, nothing changes.)
         if ds.source.memory is not None and len(ds.source.memory):
             ahead = ((c, after + t) for t, c in enumerate(this_epoch))
             ds.schedule_chunks([*next_use.items(), *ahead])

@@ -308,3 +308,25 @@ def test_the_next_epoch_is_loaded_ahead_in_process_and_dropped_when_unused(small
         assert len(got) == len(expected)
         assert all(np.array_equal(g, e) for g, e in zip(got, expected, strict=True))
     loader.close()
+
+
+def test_batches_given_in_any_order_are_gathered_from_their_own_chunks(small_lake):
+    """The loader keeps the chunk ids of the epoch it planned beside its batches; a list of
+    those batches in another order is not that plan and must not borrow them."""
+    path, _, labels = small_lake
+    loader = lakeio.open_dataset(path).loader(8, seed=1, shuffle_window=2)
+    planned = loader.batches()
+    picked = [planned[-3], planned[0], planned[-1]]
+    for batch, (_, got) in zip(picked, loader.iterate(picked), strict=True):
+        np.testing.assert_array_equal(got.numpy(), labels[batch])
+
+
+def test_the_batches_handed_out_cannot_change_the_plan(small_lake):
+    path, _, _ = small_lake
+    loader = lakeio.open_dataset(path).loader(8, seed=2)
+    first = loader.batches()
+    expected = [b.copy() for b in first]
+    first.reverse()
+    with pytest.raises(ValueError, match="read-only"):
+        first[0].sort()
+    assert [b.tolist() for b in loader.batches()] == [b.tolist() for b in expected]

@@ -185,3 +185,14 @@ def test_the_plan_gives_each_samples_chunk_as_the_index_does(
     np.testing.assert_array_equal(order, global_order([*runs], spec, 3))
     np.testing.assert_array_equal(chunks, chunk_of[order] if len(order) else order)
     np.testing.assert_array_equal(global_chunk_order(runs, spec, 3), chunks)
+
+
+def test_samples_past_2_to_the_32_keep_their_numbers_in_any_chunk():
+    from lakeio.loader.plan import global_order_and_chunks
+
+    chunks = [np.array([9, 10]), np.array([2**32 + 5, 2**32 + 6]), np.array([7, 8])]
+    spec = PlanSpec(batch_size=2, seed=4, window=2)
+    order, ids = global_order_and_chunks(chunks, spec, 0)
+    np.testing.assert_array_equal(order, _reference_global_order(chunks, spec, 0))
+    owner = {int(s): c for c, run in enumerate(chunks) for s in run}
+    assert ids.tolist() == [owner[int(s)] for s in order]

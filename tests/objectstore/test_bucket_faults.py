@@ -270,5 +270,8 @@ def test_the_loader_says_when_too_few_reads_are_in_flight_for_the_latency(bucket
     assert small["peak_in_flight"] <= 4 * 2  # 4 threads, a chunk's two fields at once
     assert "Little's law" in small["advice"] and "prefetch_bytes=" in small["advice"]
     assert not big["cap_limits"] and big["in_flight_cap"] == 64 and big["advice"] is None
-    assert 4 < big["in_flight_needed"] <= 64
+    # (how many Little's law asks for grows with the latency, which 64 reads at once on this
+    # 2-core machine inflate: 65-87 in loaded runs. The cap covers the epoch's 48 chunks, so
+    # no setting would help and none is advised.)
+    assert big["in_flight_needed"] > 4 and big["epoch_chunks"] == 48 <= big["in_flight_cap"]
     assert big["peak_in_flight"] > 4 * 2
