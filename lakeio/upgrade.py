@@ -55,7 +55,7 @@ def upgrade(url: str | os.PathLike, *, storage_options: dict | None = None) -> U
     loc = Location.of(url, storage_options)
     for _ in range(UPGRADE_RETRIES):
         base = read_manifest(loc)
-        before = len(loc.read_bytes(manifest_key(base.version)))
+        before = loc.size(manifest_key(base.version))  # a stat: the manifest was just read
         if base.format_version >= FORMAT_VERSION:
             return UpgradeResult(loc.describe(), base.version, base.format_version, None,
                                  len(base.segments), before, before)  # fmt: skip
@@ -65,7 +65,7 @@ def upgrade(url: str | os.PathLike, *, storage_options: dict | None = None) -> U
             time.sleep(random.uniform(0, 0.05))
             continue
         publish_root_summary(loc, committed)
-        after = len(loc.read_bytes(manifest_key(committed.version)))
+        after = len(committed.to_json())  # the bytes the commit wrote (and read back)
         return UpgradeResult(loc.describe(), base.version, base.format_version,
                              committed.version, len(committed.segments), before, after)  # fmt: skip
     raise LakeError(f"{loc.describe()}: gave up upgrading after {UPGRADE_RETRIES} conflicts")

@@ -112,6 +112,7 @@ def parse_fragment(
         _segment,
         _typed,
         refuse_constant,
+        refuse_unknown,
     )
 
     _check_checksum(data, source)
@@ -125,7 +126,7 @@ def parse_fragment(
             f"{source}: not a lakeio fragment (format={str(doc.get('format'))[:40]!r}, "
             f"format_version={str(doc.get('format_version'))[:20]})"
         )
-    _refuse_unknown(doc, _TOP_KEYS, source, "fragment")
+    refuse_unknown(doc, _TOP_KEYS, source, "fragment")
     if fragment_id is not None and doc.get("id") != fragment_id:
         raise FormatError(
             f"{source}: fragment says it is {str(doc.get('id'))[:40]!r}, the manifest names "
@@ -134,18 +135,9 @@ def parse_fragment(
     listed = _member(doc, "segments", list, source, "segments")
     for i, entry in enumerate(listed):
         if isinstance(entry, dict):  # (anything else: _segment names what it is)
-            _refuse_unknown(entry, _SEGMENT_KEYS, source, f"segments[{i}]")
+            refuse_unknown(entry, _SEGMENT_KEYS, source, f"segments[{i}]")
     return tuple(_segment(s, i, source, 0, chunk_samples) for i, s in enumerate(listed))
 
 
 _TOP_KEYS = frozenset({"crc32c", "format", "format_version", "id", "segments"})
 _SEGMENT_KEYS = frozenset({"id", "samples", *_FIGURES})
-
-
-def _refuse_unknown(doc: dict, known: frozenset, source: str, path: str) -> None:
-    unknown = sorted(set(doc) - known)
-    if unknown:
-        raise FormatError(
-            f"{source}: {path} has unknown keys {[str(k)[:40] for k in unknown[:5]]} "
-            f"(a fragment holds {', '.join(sorted(known))})"
-        )

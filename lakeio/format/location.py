@@ -92,6 +92,12 @@ class Location:
                 return fh.read()
         return self._remote(key, lambda: self.fs.cat_file(self.path(key), start=0))
 
+    def size(self, key: str) -> int:
+        """An object's size in bytes (a stat or a HEAD, not a read)."""
+        if self.is_local:
+            return os.path.getsize(self.path(key))
+        return int(self._remote(key, lambda: self.fs.size(self.path(key))))
+
     def read_prefix(self, key: str, size: int) -> bytes:
         """The first ``size`` bytes of an object (all of it if shorter), in one request."""
         if self.is_local:

@@ -201,14 +201,7 @@ def _manifest_v2(doc: dict, source: str, fields, classes: tuple, chunk_samples: 
         raise FormatError(
             f"{source}: class_counts has {len(counts)} entries, the lake {len(classes)} classes"
         )
-    if not _plain_counts(counts):
-        counts = [
-            _integer(c, source, f"class_counts[{j}]", 0, MAX_SAMPLES) for j, c in enumerate(counts)
-        ]
-    if counts and sum(counts) != samples:
-        raise FormatError(
-            f"{source}: class_counts add up to {sum(counts)}, but the lake holds {samples} samples"
-        )
+    counts = _checked_counts(counts, source, "class_counts", samples, "the lake")
     return Manifest(
         fields=fields,
         classes=classes,
@@ -223,9 +216,7 @@ def _manifest_v2(doc: dict, source: str, fields, classes: tuple, chunk_samples: 
 def _fragment_ref(doc: Any, i: int, source: str) -> FragmentRef:
     path = f"fragments[{i}]"
     _typed(doc, dict, source, path)
-    unknown = sorted(set(doc) - {"id", "segments", "samples", "crc32c"})
-    if unknown:
-        raise FormatError(f"{source}: {path} has unknown keys {[k[:40] for k in unknown[:5]]}")
+    refuse_unknown(doc, {"id", "segments", "samples", "crc32c"}, source, path)
     fragment_id = _plain_name(_member(doc, "id", str, source, f"{path}.id"), source, f"{path}.id")
     crc = _member(doc, "crc32c", str, source, f"{path}.crc32c")
     if not _HEX8.fullmatch(crc):
@@ -263,21 +254,34 @@ def _segment(doc: Any, i: int, source: str, classes: int, chunk_samples: int) ->
         raise FormatError(
             f"{source}: segment {segment_id} counts {len(counts)} classes, the lake has {classes}"
         )
-    if not _plain_counts(counts):  # find the bad one, to name it
-        counts = [
-            _integer(c, source, f"{path}.class_counts[{j}]", 0, MAX_SAMPLES)
-            for j, c in enumerate(counts)
-        ]
-    if counts and sum(counts) != samples:
-        raise FormatError(
-            f"{source}: {path}.class_counts add up to {sum(counts)}, "
-            f"but the segment holds {samples} samples"
-        )
+    counts = _checked_counts(counts, source, f"{path}.class_counts", samples, "the segment")
     figures = {
         key: _count(doc, key, source, f"{path}.{key}", 0, MAX_BYTE_FIGURE, default=0)
         for key in ("source_bytes", "decoded_bytes", "stored_bytes")
     }
     return SegmentEntry(segment_id, samples, tuple(counts), **figures)
+
+
+def _checked_counts(counts: list, source: str, path: str, samples: int, holder: str) -> list:
+    """Per-class counts: integers within range (a bad one named by its place) that add up to
+    the ``samples`` of ``holder``, or none at all (not known)."""
+    if not _plain_counts(counts):  # find the bad one, to name it
+        counts = [_integer(c, source, f"{path}[{j}]", 0, MAX_SAMPLES) for j, c in enumerate(counts)]
+    if counts and sum(counts) != samples:
+        raise FormatError(
+            f"{source}: {path} add up to {sum(counts)}, but {holder} holds {samples} samples"
+        )
+    return counts
+
+
+def refuse_unknown(doc: dict, known: frozenset | set, source: str, path: str) -> None:
+    """A document lakeio writes holds only the keys it writes: anything else is refused."""
+    unknown = sorted(set(doc) - known)
+    if unknown:
+        raise FormatError(
+            f"{source}: {path} has unknown keys {[str(k)[:40] for k in unknown[:5]]} "
+            f"(it holds {', '.join(sorted(known))})"
+        )
 
 
 def _plain_counts(counts: list) -> bool:

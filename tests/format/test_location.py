@@ -110,3 +110,11 @@ def test_only_network_trouble_and_throttling_are_retried(make, transient):
     from lakeio.format.location import is_transient
 
     assert is_transient(make(botocore.exceptions)) is transient
+
+
+def test_size_is_the_objects_byte_count_on_a_disk_and_in_a_bucket(tmp_path, s3_options):
+    for loc in (Location.of(tmp_path), Location.of("s3://lakeio-test/size", s3_options)):
+        loc.write_atomic("a/b.json", b"12345")
+        assert loc.size("a/b.json") == 5
+        with pytest.raises(FileNotFoundError):
+            loc.size("a/missing.json")
