@@ -74,8 +74,7 @@ class Dataset:
         if self.indices is None:  # every sample: the chunks' own runs, from the segment figures
             starts = self.index.chunk_starts()
             offsets = np.concatenate([starts, [len(self.index)]])
-            samples = np.arange(len(self.index), dtype=np.int64)
-            return ChunkMembers(samples, offsets, consecutive=True)
+            return ChunkMembers.of_range(0, offsets)
         members = np.sort(self.indices)
         if not len(members):
             return ChunkMembers(members, np.zeros(1, dtype=np.int64))

@@ -7,6 +7,8 @@ Every rank and every Dask worker holds this index, so its size is multiplied by 
 
 from __future__ import annotations
 
+import mmap
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -140,10 +142,27 @@ class ChunkMembers:
     ) -> None:
         self.consecutive = consecutive  # flat is first, first + 1, …: computed, not read
         self._packable: bool | None = None
-        self.flat = np.asarray(flat, dtype=np.int64)
+        self._flat: np.ndarray | None = np.asarray(flat, dtype=np.int64)
+        self._first = int(self._flat[0]) if consecutive and len(self._flat) else 0
         self.offsets = np.asarray(offsets, dtype=np.int64)  # len(self) + 1 of them
         # the lake's id of each chunk (default: the runs are the lake's chunks, in order)
         self.ids = np.arange(len(self)) if ids is None else np.asarray(ids, dtype=np.int64)
+
+    @classmethod
+    def of_range(cls, first: int, offsets: np.ndarray) -> ChunkMembers:
+        """Samples ``first``, ``first + 1``, … cut into runs at ``offsets``, without the array
+        of them (a whole lake of 14 M samples: 112 MB not made unless asked for)."""
+        members = cls(np.empty(0, dtype=np.int64), offsets, consecutive=True)
+        members._flat, members._first = None, int(first)
+        return members
+
+    @property
+    def flat(self) -> np.ndarray:
+        """Every run's samples, one run after the other."""
+        if self._flat is None:
+            size = int(self.offsets[-1])
+            self._flat = np.arange(self._first, self._first + size, dtype=np.int64)
+        return self._flat
 
     @classmethod
     def of(cls, chunks) -> ChunkMembers:
@@ -167,26 +186,45 @@ class ChunkMembers:
         return np.diff(self.offsets)
 
     def packable(self) -> bool:
-        """Whether each sample and its run fit one int64 as ``run * 2**32 + sample``."""
+        """Whether each sample and its chunk id fit one int64 as two int32 halves (`packed`)."""
         if self._packable is None:
-            flat = self.flat
-            fits = not len(flat) or (int(flat.min()) >= 0 and int(flat.max()) < 2**32)
-            self._packable = len(self) < 2**31 and fits
+            size = int(self.offsets[-1])
+            if self.consecutive:
+                low, high = self._first, self._first + size - 1
+            else:
+                flat = self.flat
+                low, high = (int(flat.min()), int(flat.max())) if size else (0, 0)
+            ids = self.ids
+            ids_fit = not len(ids) or (int(ids.min()) >= 0 and int(ids.max()) < 2**31)
+            self._packable = ids_fit and (not size or (low >= 0 and high < 2**31))
         return self._packable
 
-    def packed_runs(self, order: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    def packed(self, order: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """For the chunks in ``order`` (``lengths``: theirs), one after the other: each sample
-        as ``run * 2**32 + sample``, built with one repeat and one add (an epoch of a large
-        lake is tens of millions of samples: every array of that size costs page faults)."""
-        starts = self.offsets[:-1][order]
-        positions = np.cumsum(lengths) - lengths
-        if self.consecutive:  # the sample at a position follows from its chunk's start
-            base = (order.astype(np.int64) << 32) + (self.flat[0] + starts - positions)
+        as ``chunk id * 2**32 + sample`` (see `unpacked`). An epoch of a large lake is tens of
+        millions of samples, and every fresh array that size costs page faults: this one is
+        built in ordinary pages (`ordinary_pages`), a block of runs at a time."""
+        base = self.ids[order] << 32
+        if not self.consecutive:
             packed = np.repeat(base, lengths)
-            packed += np.arange(len(packed), dtype=np.int64)
+            packed |= self.gathered(order)
             return packed
-        packed = np.repeat(order.astype(np.int64) << 32, lengths)
-        packed |= self.gathered(order)
+        ends = np.cumsum(lengths)
+        base += self._first + self.offsets[:-1][order] - (ends - lengths)  # + position: sample
+        packed = ordinary_pages(int(ends[-1]) if len(ends) else 0)
+        counting = np.arange(min(_BLOCK, len(packed)), dtype=np.int64)
+        cuts = np.searchsorted(ends, np.arange(_BLOCK, len(packed), _BLOCK), side="right")
+        first_run, start = 0, 0
+        for last_run in [*cuts.tolist(), len(ends)]:  # runs first_run..last_run, whole
+            stop = int(ends[last_run - 1]) if last_run else 0
+            if stop > start:
+                block = packed[start:stop]
+                block[:] = np.repeat(base[first_run:last_run], lengths[first_run:last_run])
+                for at in range(0, stop - start, len(counting)):
+                    part = block[at : at + len(counting)]
+                    part += counting[: len(part)]
+                    part += start + at
+            first_run, start = last_run, stop
         return packed
 
     def gathered(self, order: np.ndarray) -> np.ndarray:
@@ -195,3 +233,26 @@ class ChunkMembers:
         starts = self.offsets[:-1][order]
         shift = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
         return self.flat[np.arange(int(lengths.sum()), dtype=np.int64) + shift]
+
+
+def unpacked(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The samples and chunk ids of a `ChunkMembers.packed` array, as int32 views into it
+    (no copy: at tens of millions of samples, two arrays less to fault in)."""
+    halves = packed.view(np.int32).reshape(-1, 2)
+    low, high = (0, 1) if sys.byteorder == "little" else (1, 0)
+    return halves[:, low], halves[:, high]
+
+
+def ordinary_pages(size: int) -> np.ndarray:
+    """An uninitialised int64 array of ``size`` in an anonymous mapping of ordinary pages.
+
+    numpy asks Linux for transparent huge pages for arrays of 4 MB and more; where the kernel
+    compacts memory to find them (``defrag=madvise``), the first touch of a new 112 MB array
+    stalled 0.2–1.0 s on our machines, against a steady 0.07–0.1 s in ordinary pages (numpy
+    issue 31590). A loader's plan is one such array per epoch, on the way to the first batch."""
+    if not size:
+        return np.empty(0, dtype=np.int64)
+    return np.frombuffer(mmap.mmap(-1, size * 8), dtype=np.int64)
+
+
+_BLOCK = 1 << 20  # samples a block: temporaries that size come back from the allocator

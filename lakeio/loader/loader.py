@@ -28,10 +28,14 @@ from lakeio.loader.plan import (
     batch_count,
     batch_slices,
     first_need,
-    rank_chunk_orders,
     rank_orders_and_chunks,
 )
-from lakeio.loader.prefetch import ChunkPrefetcher, ThreadLoads, first_and_last_use
+from lakeio.loader.prefetch import (
+    ChunkPrefetcher,
+    ThreadLoads,
+    first_and_last_use,
+    uses_in_order,
+)
 
 _DONE = object()
 
@@ -86,7 +90,7 @@ class Loader:
         )
         self._device = DeviceStage(device, shape[-1])
         self._members = dataset.chunk_members()
-        self._planned: tuple | None = None  # (epoch and plan, its batches, their chunk ids)
+        self._planned: tuple | None = None  # (epoch and plan, its batches, their samples' chunks)
         self._epoch_chunks = 0  # chunks the last prefetch started reads (0: none yet)
         self.epoch = 0
         self._resume_at = 0
@@ -307,7 +311,7 @@ class Loader:
             started = self._take_spare(epoch)
             if started is None:
                 started = self._start_prefetch(batches, self.epoch)
-            prefetcher, loads, batch_chunks, row_of, after = started
+            prefetcher, loads, batch_chunks, row_of, after, begun = started
             ahead = epoch is not None and self.stream.prefetch_next_epoch
             for i, indices in enumerate(batches):
                 if stop.is_set():
@@ -328,6 +332,7 @@ class Loader:
                     if spare is not None:
                         spare.warm(prefetcher.budget - prefetcher.held_bytes)
                 _put(ready, (arrays, pinned), stop)
+                begun.set()
             finished = True
             _put(ready, _DONE, stop)
         except BaseException as exc:  # surfaces in the consumer's thread
@@ -337,6 +342,7 @@ class Loader:
                 prefetcher.close()
             if loads is not None:
                 loads.close()
+                begun.set()
             if not finished:  # abandoned or failed: the next epoch is not a given any more
                 self._drop_spare()
 
@@ -386,15 +392,19 @@ class Loader:
         if planned is not None and planned[0] == (epoch, self.plan):
             return list(planned[1])
         orders, chunk_ids = rank_orders_and_chunks(self._members, self.plan, epoch)
-        mine, their_chunks = orders[self.plan.rank].copy(), chunk_ids[self.plan.rank].copy()
+        mine, their_chunks = orders[self.plan.rank], chunk_ids[self.plan.rank]
+        if self.plan.world_size > 1:  # this rank's share alone, not views that keep them all
+            mine, their_chunks = mine.copy(), their_chunks.copy()
         mine.flags.writeable = their_chunks.flags.writeable = False  # shared: read-only
         size, count = self.plan.batch_size, len(self)
         batches = batch_slices(mine, size)[:count]
-        self._planned = ((epoch, self.plan), batches, batch_slices(their_chunks, size)[:count])
+        their_chunks = their_chunks[: sum(map(len, batches))]  # (drop_last: a short tail cut)
+        self._planned = ((epoch, self.plan), batches, their_chunks)
         return list(batches)
 
-    def _planned_chunks(self, batches: list[np.ndarray]) -> list[np.ndarray] | None:
-        """The chunk ids of ``batches``, if they are (the tail of) the last epoch planned."""
+    def _planned_chunks(self, batches: list[np.ndarray]) -> np.ndarray | None:
+        """The chunk ids of the samples of ``batches``, one batch after the other, if they are
+        (the tail of) the last epoch planned."""
         planned = self._planned
         if planned is None or not batches:
             return None
@@ -402,21 +412,27 @@ class Loader:
         skip = len(all_batches) - len(batches)
         if skip < 0 or any(a is not b for a, b in zip(batches, all_batches[skip:], strict=True)):
             return None
-        return all_chunks[skip:]
+        return all_chunks[skip * self.plan.batch_size :]
 
     def _start_prefetch(self, batches: list[np.ndarray], epoch: int, after: int = 0):
         ds, fields = self.dataset, self.stream.fields
         chunk_of, row_of = ds.sample_chunks()
-        batch_chunks = self._planned_chunks(batches) or _chunks_of_batches(chunk_of, batches)
-        uses = first_and_last_use(batch_chunks)
+        planned = self._planned_chunks(batches)
+        if planned is not None:  # the plan's own chunk ids: cut, not looked up
+            batch_chunks = batch_slices(planned, self.plan.batch_size)
+            uses = uses_in_order(planned, self.plan.batch_size)
+        else:
+            batch_chunks = _chunks_of_batches(chunk_of, batches)
+            uses = first_and_last_use(batch_chunks)
         this_epoch = uses[0]
         self._epoch_chunks = len(this_epoch)  # what this rank reads: the read figures' epoch
         budget = self._budget()
+        begun = threading.Event()  # set once the first batch is handed out (or never will be)
         if self.cluster is not None:
             loads = self._cluster_loads(this_epoch, budget, epoch)
         else:
             threads = self._load_threads(budget)
-            loads = ThreadLoads(self._scheduled_load(this_epoch, epoch, after), threads)
+            loads = ThreadLoads(self._scheduled_load(this_epoch, epoch, after, begun), threads)
 
         def start(chunk: int):
             self._stats["chunks_loaded"] += 1  # (from the batcher thread)
@@ -429,7 +445,7 @@ class Loader:
             budget=budget,
             uses=uses,
         )
-        return prefetcher, loads, batch_chunks, row_of, after
+        return prefetcher, loads, batch_chunks, row_of, after, begun
 
     def _budget(self) -> int:
         """Bytes of decoded chunks held or in flight: as asked, or two shuffle windows."""
@@ -449,19 +465,33 @@ class Loader:
         return max(4, min(limit, chunks))
 
     def _scheduled_load(
-        self, this_epoch: list[int], epoch: int, after: int = 0
+        self, this_epoch: list[int], epoch: int, after: int, begun: threading.Event
     ) -> Callable[[int], dict[str, np.ndarray]]:
         """In-process loads that tell the memory tier when each chunk is needed next (in chunk
-        uses from now; ``after`` uses of an epoch still being read come first)."""
+        uses from now; ``after`` uses of an epoch still being read come first). ``begun``: set
+        when the epoch's first batch is out."""
         ds, fields = self.dataset, self.stream.fields
-        next_use = self._next_epoch_positions(after + len(this_epoch), epoch)
+        tier = ds.source.memory
+        if tier is None or tier.policy != "plan":
+            return lambda c: ds.load_chunk(c, fields)
         # Plan-aware eviction: a chunk not yet loaded this epoch is next needed at its place in
         # this epoch; once loaded (the prefetcher holds it for this use), at its place in the next.
-        # An empty tier (a fresh process's first epoch) has nothing to rank: each chunk is told
-        # when it is loaded, which spares a large lake's first batch millions of cache keys.
-        # (Other readers of the same tier meanwhile, ds[i] on this dataset, see the chunks this
-        # loader has not loaded yet as not needed; with one reader, as here, nothing changes.)
-        if ds.source.memory is not None and len(ds.source.memory):
+        offset = after + len(this_epoch)
+        if not len(tier) and len(self) * self.plan.batch_size > PLAN_ON_A_THREAD:
+            # An empty tier (a fresh process's first epoch) has nothing to rank yet: the next
+            # epoch is planned on a thread once the first batch is out (a large lake's plan
+            # takes a second), and the chunks loaded until then are told when it is done.
+            # (Other readers of the same tier, ds[i] on this dataset, meanwhile see the chunks
+            # this loader has not loaded yet as not needed; with one reader nothing changes.)
+            later = _PlannedLater(lambda: self._next_epoch_positions(offset, epoch), ds, begun)
+
+            def load_early(c: int) -> dict[str, np.ndarray]:
+                later.loaded(c)
+                return ds.load_chunk(c, fields)
+
+            return load_early
+        next_use = self._next_epoch_positions(offset, epoch)
+        if len(tier):
             ahead = ((c, after + t) for t, c in enumerate(this_epoch))
             ds.schedule_chunks([*next_use.items(), *ahead])
 
@@ -489,12 +519,12 @@ class Loader:
         )  # fmt: skip
         return _CountingLoads(loads, self)
 
-    def _next_epoch_positions(self, offset: int, epoch: int) -> dict[int, float]:
+    def _next_epoch_positions(self, offset: int, epoch: int) -> dict[int, int]:
         """When each chunk is first needed in the epoch after ``epoch``, counted after
         ``epoch``'s own chunks (``offset`` of them)."""
-        mine = rank_chunk_orders(self._members, self.plan, epoch + 1)[self.plan.rank]
-        used, _ = first_and_last_use([mine] if len(mine) else [])
-        return {c: float(offset + i) for i, c in enumerate(used)}
+        chunk_ids = rank_orders_and_chunks(self._members, self.plan, epoch + 1)[1][self.plan.rank]
+        used, _ = uses_in_order(chunk_ids, self.plan.batch_size)
+        return dict(zip(used, range(offset, offset + len(used)), strict=True))
 
     def _pinned_buffers(self, n: int) -> dict[str, torch.Tensor] | None:
         """Pinned host tensors to gather into when copying to CUDA. The tensors themselves (not
@@ -528,11 +558,49 @@ class Loader:
         return tuple(out[f] for f in self.stream.fields)
 
 
+PLAN_ON_A_THREAD = 1 << 20  # samples per rank and epoch above which planning takes ~0.1 s
+
+
+class _PlannedLater:
+    """Next-epoch positions for the memory tier, computed on a thread: chunks loaded before
+    they are known are told when they are (until then the tier counts them as not needed)."""
+
+    def __init__(
+        self, compute: Callable[[], dict[int, int]], dataset, begun: threading.Event
+    ) -> None:
+        self._dataset = dataset
+        self._lock = threading.Lock()
+        self._known: dict[int, int] | None = None
+        self._loaded: list[int] = []
+        plan = threading.Thread(target=self._plan, args=(compute, begun), name="lakeio-plan")
+        plan.daemon = True
+        plan.start()
+
+    def _plan(self, compute: Callable[[], dict[int, int]], begun: threading.Event) -> None:
+        begun.wait()  # not before the first batch: on few cores that would wait for this
+        try:
+            known = compute()
+        except Exception:  # a hint only: without it the tier evicts as if nothing were needed
+            known = {}
+        with self._lock:
+            self._known, loaded, self._loaded = known, self._loaded, []
+        self._dataset.schedule_chunks([(c, known.get(c, math.inf)) for c in loaded])
+
+    def loaded(self, chunk: int) -> None:
+        with self._lock:
+            if self._known is None:
+                self._loaded.append(chunk)
+                return
+            known = self._known
+        self._dataset.schedule_chunks([(chunk, known.get(chunk, math.inf))])
+
+
 def _close_started(started) -> None:
-    """Close a (prefetcher, loads, …) tuple from `Loader._start_prefetch`."""
+    """Close a (prefetcher, loads, …, begun) tuple from `Loader._start_prefetch`."""
     prefetcher, loads = started[0], started[1]
     prefetcher.close()
     loads.close()
+    started[-1].set()
 
 
 class _CountingLoads:

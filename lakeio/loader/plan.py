@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lakeio.format.index import ChunkMembers
+from lakeio.format.index import ChunkMembers, unpacked
 
 
 @dataclass(frozen=True)
@@ -58,18 +58,16 @@ def global_order_and_chunks(chunks, spec: PlanSpec, epoch: int) -> tuple[np.ndar
     return _ordered(ChunkMembers.of(chunks), spec, epoch, samples=True, chunks=True)
 
 
-def global_chunk_order(chunks, spec: PlanSpec, epoch: int) -> np.ndarray:
-    """The chunk id of each sample of `global_order`, without the samples themselves."""
-    return _ordered(ChunkMembers.of(chunks), spec, epoch, samples=False, chunks=True)[1]
-
-
 def _ordered(members: ChunkMembers, spec: PlanSpec, epoch: int, samples: bool, chunks: bool):
-    """(samples in epoch order, their chunk ids); what is not asked for is left empty."""
+    """(samples in epoch order, their chunk ids); what is not asked for is left empty. With the
+    chunk ids, both come as int32 views of one packed array where they fit (`unpacked`)."""
     empty = np.empty(0, dtype=np.int64)
     if not len(members):
         return empty, empty
     lengths = members.lengths()
     if not spec.shuffle:
+        if chunks and members.packable():
+            return unpacked(members.packed(np.arange(len(members)), lengths))
         runs = np.repeat(np.arange(len(members)), lengths) if chunks else None
         return (members.flat.copy() if samples else empty), (members.ids[runs] if chunks else empty)
     rng = np.random.default_rng([spec.seed, epoch])
@@ -86,15 +84,14 @@ def _ordered(members: ChunkMembers, spec: PlanSpec, epoch: int, samples: bool, c
             rng.shuffle(order[start:end])
             start = end
         return order, empty
-    if members.packable():  # one array to shuffle: run * 2**32 + sample
-        packed = members.packed_runs(chunk_order, lengths)
+    if members.packable():  # one array to shuffle: chunk id * 2**32 + sample
+        packed = members.packed(chunk_order, lengths)
         start = 0
         for end in ends:
             rng.shuffle(packed[start:end])  # the draws of shuffling the samples alone
             start = end
-        runs = packed >> 32
-        order = np.bitwise_and(packed, 0xFFFFFFFF, out=packed) if samples else empty
-        return order, members.ids[runs]
+        order, chunk_ids = unpacked(packed)
+        return (order if samples else empty), chunk_ids
     # with the chunks: the same draws as a permutation of positions, applied to both at once
     order = members.gathered(chunk_order) if samples else empty
     moved = np.empty(total, dtype=np.int64)
@@ -121,11 +118,6 @@ def rank_orders_and_chunks(chunks, spec: PlanSpec, epoch: int) -> tuple[np.ndarr
     """`rank_orders`, and the chunk id of each sample in them."""
     order, chunk_ids = global_order_and_chunks(chunks, spec, epoch)
     return _shares(order, spec), _shares(chunk_ids, spec)
-
-
-def rank_chunk_orders(chunks, spec: PlanSpec, epoch: int) -> np.ndarray:
-    """The chunk id of each sample of `rank_orders` (row r: rank r), without the samples."""
-    return _shares(global_chunk_order(chunks, spec, epoch), spec)
 
 
 def _shares(order: np.ndarray, spec: PlanSpec) -> np.ndarray:

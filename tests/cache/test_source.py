@@ -114,5 +114,46 @@ def test_plan_aware_eviction_keeps_what_the_next_epoch_needs(small_lake):
     plan = _epoch_hit_rates(path, "plan", budget)
     lru = _epoch_hit_rates(path, "lru", budget)
     assert plan[0] == lru[0] == 0.0
-    assert all(abs(r - 6 / 13) < 0.01 for r in plan[1:])  # the best any policy can do here
+    assert all(abs(r - 6 / 13) < 0.01 for r in plan[1:]), (
+        plan,
+        lru,
+    )  # the best any policy can do here
     assert all(p > r for p, r in zip(plan[1:], lru[1:], strict=True))
+
+
+@pytest.mark.parametrize("epoch", [0, 2])
+def test_a_large_first_epoch_plans_the_next_on_a_thread_and_tells_the_tier_the_same(
+    small_lake, monkeypatch, epoch
+):
+    """A fresh tier and a large lake: the next epoch is planned on a thread once the first
+    batch is out, and every chunk loaded before that is told its next use when it is known —
+    what the tier finally holds is what planning first would have told it."""
+    import threading
+
+    import lakeio.loader.loader as loader_module
+
+    path, _, _ = small_lake
+
+    def told(plan_on_a_thread: int) -> dict[int, float]:
+        monkeypatch.setattr(loader_module, "PLAN_ON_A_THREAD", plan_on_a_thread)
+        ds = lakeio.open_dataset(path, cache=Cache(memory="64MB"))
+        heard: dict[int, float] = {}
+        tell = ds.schedule_chunks
+
+        def record_then_tell(pairs) -> None:
+            pairs = list(pairs)
+            heard.update(pairs)
+            tell(pairs)
+
+        ds.schedule_chunks = record_then_tell
+        loader = ds.loader(batch_size=16, seed=3, fields=("images",), prefetch_next_epoch=False)
+        loader.set_epoch(epoch)
+        assert sum(1 for _ in loader) == len(loader)
+        for thread in threading.enumerate():
+            if thread.name == "lakeio-plan":
+                thread.join(timeout=30)
+        return heard
+
+    now, later = told(plan_on_a_thread=10**9), told(plan_on_a_thread=0)
+    assert later == now and len(now) == 13
+    assert sorted(now.values()) == list(range(13, 26))  # after this epoch's 13 chunk uses
