@@ -509,8 +509,7 @@ class Loader:
         # eviction serves every rank (and every job) reading the lake, not just this one.
         next_use = None  # Cache(eviction="lru"): the workers are not told the plan
         if self.dataset.source.cache.eviction == "plan":
-            chunk_of, _ = self.dataset.sample_chunks()
-            soonest = first_need(self._members, chunk_of, self.plan, epoch + 1)
+            soonest = first_need(self._members, self.plan, epoch + 1)
             next_use = {c: epoch + 1 + f for c, f in soonest.items()}
         loads = ClusterLoads(
             self.cluster.client, self.dataset, token, self.stream.fields, this_epoch,

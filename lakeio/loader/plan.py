@@ -133,22 +133,27 @@ def rank_order(chunks, spec: PlanSpec, epoch: int) -> np.ndarray:
     return rank_orders(chunks, spec, epoch)[spec.rank]
 
 
-def first_need(chunks, chunk_of, spec: PlanSpec, epoch: int) -> dict[int, float]:
+def first_need(members: ChunkMembers, spec: PlanSpec, epoch: int) -> dict[int, float]:
     """When each chunk is first read in ``epoch`` by any rank, as a share of the epoch (0 = at
     its start; ranks read their shares side by side). Chunks no rank reads are left out.
 
     For caches that serve all ranks (a Dask worker's): one rank's plan alone would call a
     chunk that only another rank reads next "never needed"."""
-    shares = rank_orders(chunks, spec, epoch)
+    shares = _shares(_ordered(members, spec, epoch, samples=False, chunks=True)[1], spec)
     per_rank = shares.shape[1]
     if not per_rank:
         return {}
-    found = [np.unique(chunk_of[share], return_index=True) for share in shares]
-    soonest = np.full(max(int(ids[-1]) + 1 if len(ids) else 0 for ids, _ in found), np.inf)
-    for ids, first in found:
-        np.minimum.at(soonest, ids, first / per_rank)
-    needed = np.flatnonzero(np.isfinite(soonest))
-    return dict(zip(needed.tolist(), soonest[needed].tolist(), strict=True))
+    soonest = np.full(int(shares.max()) + 1, per_rank, dtype=np.int64)
+    counting = np.arange(min(per_rank, _BLOCK), dtype=np.int64)
+    for share in shares:  # the first place in any share, block by block
+        for start in range(0, per_rank, _BLOCK):
+            block = share[start : start + _BLOCK]
+            np.minimum.at(soonest, block, counting[: len(block)] + start)
+    needed = np.flatnonzero(soonest < per_rank)
+    return dict(zip(needed.tolist(), (soonest[needed] / per_rank).tolist(), strict=True))
+
+
+_BLOCK = 1 << 20  # samples a block: temporaries that size come back from the allocator
 
 
 def batch_count(total: int, spec: PlanSpec) -> int:

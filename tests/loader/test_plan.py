@@ -97,12 +97,13 @@ def test_first_need_is_the_soonest_read_of_each_chunk_by_any_rank(
 ):
     """What a cache shared by all ranks is told: for every chunk any rank reads, the earliest
     share of the epoch at which one does (ranks read side by side), and nothing else."""
+    from lakeio.format.index import ChunkMembers
     from lakeio.loader.plan import first_need
 
     chunks = _chunks(sizes)
     chunk_of = np.repeat(np.arange(len(sizes)), sizes)
     spec = PlanSpec(batch, True, seed, 2, drop_last, 0, world)
-    got = first_need(chunks, chunk_of, spec, epoch=1)
+    got = first_need(ChunkMembers.of(chunks), spec, epoch=1)
     want: dict[int, float] = {}
     for rank in range(world):
         order = rank_order(chunks, PlanSpec(batch, True, seed, 2, drop_last, rank, world), 1)
