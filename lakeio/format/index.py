@@ -244,15 +244,17 @@ def unpacked(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def ordinary_pages(size: int) -> np.ndarray:
-    """An uninitialised int64 array of ``size`` in an anonymous mapping of ordinary pages.
+    """A zero-filled int64 array of ``size`` in an anonymous mapping of ordinary pages.
 
     numpy asks Linux for transparent huge pages for arrays of 4 MB and more; where the kernel
     compacts memory to find them (``defrag=madvise``), the first touch of a new 112 MB array
     stalled 0.2–1.0 s on our machines, against a steady 0.07–0.1 s in ordinary pages (numpy
-    issue 31590). A loader's plan is one such array per epoch, on the way to the first batch."""
+    issue 31590). A loader's plan is one such array per epoch, on the way to the first batch.
+    Private, as numpy's own memory is: forked DataLoader workers copy it on write."""
     if not size:
         return np.empty(0, dtype=np.int64)
-    return np.frombuffer(mmap.mmap(-1, size * 8), dtype=np.int64)
+    private = {"flags": mmap.MAP_PRIVATE} if hasattr(mmap, "MAP_PRIVATE") else {}  # not Windows
+    return np.frombuffer(mmap.mmap(-1, size * 8, **private), dtype=np.int64)
 
 
 _BLOCK = 1 << 20  # samples a block: temporaries that size come back from the allocator

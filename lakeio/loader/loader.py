@@ -149,8 +149,13 @@ class Loader:
         self.epoch = int(epoch)
 
     def batches(self) -> list[np.ndarray]:
-        """This rank's batches for the current epoch, as global sample indices."""
-        return self._batches_of(self.epoch)
+        """This rank's batches for the current epoch, as global sample indices (int64)."""
+        planned = self._batches_of(self.epoch)  # (int32 views of the plan, where they fit)
+        if not planned:
+            return planned
+        flat = np.concatenate(planned).astype(np.int64, copy=False)
+        flat.flags.writeable = False  # as the plan's own: a batch handed out is not to be edited
+        return batch_slices(flat, len(planned[0]))
 
     def _plan_key(self) -> dict[str, Any]:
         """The plan without the rank: every rank's state is the same, so rank 0 can save it."""
@@ -234,7 +239,7 @@ class Loader:
     def __iter__(self) -> Iterator:
         start, self._resume_at = self._resume_at, 0
         self._consumed = start
-        return self._run(self.batches()[start:], self.epoch if start == 0 else None)
+        return self._run(self._batches_of(self.epoch)[start:], self.epoch if start == 0 else None)
 
     def as_iterable_dataset(self):
         """This loader as a `torch.utils.data.IterableDataset` for a plain ``DataLoader(ds,
@@ -311,7 +316,7 @@ class Loader:
             started = self._take_spare(epoch)
             if started is None:
                 started = self._start_prefetch(batches, self.epoch)
-            prefetcher, loads, batch_chunks, row_of, after, begun = started
+            prefetcher, loads, batch_chunks, row_of, after, later = started
             ahead = epoch is not None and self.stream.prefetch_next_epoch
             for i, indices in enumerate(batches):
                 if stop.is_set():
@@ -332,7 +337,8 @@ class Loader:
                     if spare is not None:
                         spare.warm(prefetcher.budget - prefetcher.held_bytes)
                 _put(ready, (arrays, pinned), stop)
-                begun.set()
+                if later is not None:
+                    later.start()  # the first batch is out: plan the next epoch now
             finished = True
             _put(ready, _DONE, stop)
         except BaseException as exc:  # surfaces in the consumer's thread
@@ -342,7 +348,8 @@ class Loader:
                 prefetcher.close()
             if loads is not None:
                 loads.close()
-                begun.set()
+                if later is not None:  # its word would come too late, or for nothing
+                    later.cancel()
             if not finished:  # abandoned or failed: the next epoch is not a given any more
                 self._drop_spare()
 
@@ -408,31 +415,33 @@ class Loader:
         planned = self._planned
         if planned is None or not batches:
             return None
-        _, all_batches, all_chunks = planned
+        (_, plan), all_batches, all_chunks = planned
         skip = len(all_batches) - len(batches)
         if skip < 0 or any(a is not b for a, b in zip(batches, all_batches[skip:], strict=True)):
             return None
-        return all_chunks[skip * self.plan.batch_size :]
+        return all_chunks[skip * plan.batch_size :]
 
     def _start_prefetch(self, batches: list[np.ndarray], epoch: int, after: int = 0):
         ds, fields = self.dataset, self.stream.fields
         chunk_of, row_of = ds.sample_chunks()
         planned = self._planned_chunks(batches)
         if planned is not None:  # the plan's own chunk ids: cut, not looked up
-            batch_chunks = batch_slices(planned, self.plan.batch_size)
-            uses = uses_in_order(planned, self.plan.batch_size)
+            size = len(batches[0])  # (every batch but the last is full)
+            batch_chunks = batch_slices(planned, size)
+            uses = uses_in_order(planned, size)
         else:
             batch_chunks = _chunks_of_batches(chunk_of, batches)
             uses = first_and_last_use(batch_chunks)
         this_epoch = uses[0]
         self._epoch_chunks = len(this_epoch)  # what this rank reads: the read figures' epoch
         budget = self._budget()
-        begun = threading.Event()  # set once the first batch is handed out (or never will be)
+        later = None  # the next epoch's plan for the memory tier, when it is made on a thread
         if self.cluster is not None:
             loads = self._cluster_loads(this_epoch, budget, epoch)
         else:
             threads = self._load_threads(budget)
-            loads = ThreadLoads(self._scheduled_load(this_epoch, epoch, after, begun), threads)
+            load, later = self._scheduled_load(this_epoch, epoch, after)
+            loads = ThreadLoads(load, threads)
 
         def start(chunk: int):
             self._stats["chunks_loaded"] += 1  # (from the batcher thread)
@@ -445,7 +454,7 @@ class Loader:
             budget=budget,
             uses=uses,
         )
-        return prefetcher, loads, batch_chunks, row_of, after, begun
+        return prefetcher, loads, batch_chunks, row_of, after, later
 
     def _budget(self) -> int:
         """Bytes of decoded chunks held or in flight: as asked, or two shuffle windows."""
@@ -465,15 +474,15 @@ class Loader:
         return max(4, min(limit, chunks))
 
     def _scheduled_load(
-        self, this_epoch: list[int], epoch: int, after: int, begun: threading.Event
-    ) -> Callable[[int], dict[str, np.ndarray]]:
+        self, this_epoch: list[int], epoch: int, after: int
+    ) -> tuple[Callable[[int], dict[str, np.ndarray]], _PlannedLater | None]:
         """In-process loads that tell the memory tier when each chunk is needed next (in chunk
-        uses from now; ``after`` uses of an epoch still being read come first). ``begun``: set
-        when the epoch's first batch is out."""
+        uses from now; ``after`` uses of an epoch still being read come first); and, where the
+        next epoch is planned later, what the producer starts once the first batch is out."""
         ds, fields = self.dataset, self.stream.fields
         tier = ds.source.memory
         if tier is None or tier.policy != "plan":
-            return lambda c: ds.load_chunk(c, fields)
+            return (lambda c: ds.load_chunk(c, fields)), None
         # Plan-aware eviction: a chunk not yet loaded this epoch is next needed at its place in
         # this epoch; once loaded (the prefetcher holds it for this use), at its place in the next.
         offset = after + len(this_epoch)
@@ -483,13 +492,13 @@ class Loader:
             # takes a second), and the chunks loaded until then are told when it is done.
             # (Other readers of the same tier, ds[i] on this dataset, meanwhile see the chunks
             # this loader has not loaded yet as not needed; with one reader nothing changes.)
-            later = _PlannedLater(lambda: self._next_epoch_positions(offset, epoch), ds, begun)
+            later = _PlannedLater(lambda: self._next_epoch_positions(offset, epoch), ds)
 
             def load_early(c: int) -> dict[str, np.ndarray]:
                 later.loaded(c)
                 return ds.load_chunk(c, fields)
 
-            return load_early
+            return load_early, later
         next_use = self._next_epoch_positions(offset, epoch)
         if len(tier):
             ahead = ((c, after + t) for t, c in enumerate(this_epoch))
@@ -499,7 +508,7 @@ class Loader:
             ds.schedule_chunks([(c, next_use.get(c, math.inf))])
             return ds.load_chunk(c, fields)
 
-        return load
+        return load, None
 
     def _cluster_loads(self, this_epoch: list[int], budget: int, epoch: int):
         from lakeio.cluster.loads import ClusterLoads
@@ -561,45 +570,64 @@ PLAN_ON_A_THREAD = 1 << 20  # samples per rank and epoch above which planning ta
 
 
 class _PlannedLater:
-    """Next-epoch positions for the memory tier, computed on a thread: chunks loaded before
-    they are known are told when they are (until then the tier counts them as not needed)."""
+    """Next-epoch positions for the memory tier, computed on a thread once `start` is called
+    (when the first batch is out): chunks loaded before they are known are told when they are
+    (until then the tier counts them as not needed). After `cancel` (the epoch is over, or
+    abandoned), nothing more is told: positions counted from this epoch's start would then
+    be wrong for whatever reads next."""
 
-    def __init__(
-        self, compute: Callable[[], dict[int, int]], dataset, begun: threading.Event
-    ) -> None:
+    def __init__(self, compute: Callable[[], dict[int, int]], dataset) -> None:
+        self._compute: Callable[[], dict[int, int]] | None = compute
         self._dataset = dataset
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # taken before the tier's own lock, never after it
         self._known: dict[int, int] | None = None
         self._loaded: list[int] = []
-        plan = threading.Thread(target=self._plan, args=(compute, begun), name="lakeio-plan")
+        self._cancelled = False
+
+    def start(self) -> None:
+        with self._lock:
+            compute, self._compute = self._compute, None
+            if compute is None or self._cancelled:
+                return
+        plan = threading.Thread(target=self._plan, args=(compute,), name="lakeio-plan")
         plan.daemon = True
         plan.start()
 
-    def _plan(self, compute: Callable[[], dict[int, int]], begun: threading.Event) -> None:
-        begun.wait()  # not before the first batch: on few cores that would wait for this
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled, self._compute, self._loaded = True, None, []
+
+    def _plan(self, compute: Callable[[], dict[int, int]]) -> None:
+        with self._lock:
+            if self._cancelled:
+                return
         try:
             known = compute()
         except Exception:  # a hint only: without it the tier evicts as if nothing were needed
             known = {}
         with self._lock:
+            if self._cancelled:
+                return
             self._known, loaded, self._loaded = known, self._loaded, []
-        self._dataset.schedule_chunks([(c, known.get(c, math.inf)) for c in loaded])
+            self._dataset.schedule_chunks([(c, known.get(c, math.inf)) for c in loaded])
 
     def loaded(self, chunk: int) -> None:
         with self._lock:
+            if self._cancelled:
+                return
             if self._known is None:
                 self._loaded.append(chunk)
                 return
-            known = self._known
-        self._dataset.schedule_chunks([(chunk, known.get(chunk, math.inf))])
+            self._dataset.schedule_chunks([(chunk, self._known.get(chunk, math.inf))])
 
 
 def _close_started(started) -> None:
-    """Close a (prefetcher, loads, …, begun) tuple from `Loader._start_prefetch`."""
-    prefetcher, loads = started[0], started[1]
+    """Close a (prefetcher, loads, …, later) tuple from `Loader._start_prefetch`."""
+    prefetcher, loads, later = started[0], started[1], started[-1]
     prefetcher.close()
     loads.close()
-    started[-1].set()
+    if later is not None:
+        later.cancel()
 
 
 class _CountingLoads:

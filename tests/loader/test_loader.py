@@ -325,8 +325,43 @@ def test_the_batches_handed_out_cannot_change_the_plan(small_lake):
     path, _, _ = small_lake
     loader = lakeio.open_dataset(path).loader(8, seed=2)
     first = loader.batches()
+    assert all(b.dtype == np.int64 for b in first)  # (the plan inside is int32 where it fits)
     expected = [b.copy() for b in first]
     first.reverse()
     with pytest.raises(ValueError, match="read-only"):
         first[0].sort()
     assert [b.tolist() for b in loader.batches()] == [b.tolist() for b in expected]
+
+
+def test_an_abandoned_epoch_tells_the_tier_nothing_from_its_late_plan(small_lake, monkeypatch):
+    """A peek at one batch, then the epoch is dropped: the next epoch's plan, made on a thread
+    once that batch was out, arrives after the epoch is over and must not be told (its
+    positions count from an epoch nobody reads any more)."""
+    import threading
+
+    import lakeio.loader.loader as loader_module
+
+    path, _, _ = small_lake
+    monkeypatch.setattr(loader_module, "PLAN_ON_A_THREAD", 0)  # every epoch counts as large
+    release = threading.Event()
+    plan = loader_module.Loader._next_epoch_positions
+
+    def held_back(self, offset, epoch):
+        release.wait(timeout=30)
+        return plan(self, offset, epoch)
+
+    monkeypatch.setattr(loader_module.Loader, "_next_epoch_positions", held_back)
+    ds = lakeio.open_dataset(path, cache=Cache(memory="64MB"))
+    told: list = []
+    tell = ds.schedule_chunks
+    ds.schedule_chunks = lambda pairs: (told.extend(pairs), tell(pairs))
+    loader = ds.loader(batch_size=16, seed=0, fields=("images",), prefetch_next_epoch=False)
+    batches = iter(loader)
+    next(batches)
+    batches.close()  # the epoch is abandoned after its first batch
+    release.set()
+    for thread in threading.enumerate():
+        if thread.name == "lakeio-plan":
+            thread.join(timeout=30)
+            assert not thread.is_alive()
+    assert told == []
