@@ -337,7 +337,7 @@ class Loader:
                     if spare is not None:
                         spare.warm(prefetcher.budget - prefetcher.held_bytes)
                 _put(ready, (arrays, pinned), stop)
-                if later is not None:
+                if i == 0 and later is not None:
                     later.start()  # the first batch is out: plan the next epoch now
             finished = True
             _put(ready, _DONE, stop)
@@ -405,7 +405,7 @@ class Loader:
         mine.flags.writeable = their_chunks.flags.writeable = False  # shared: read-only
         size, count = self.plan.batch_size, len(self)
         batches = batch_slices(mine, size)[:count]
-        their_chunks = their_chunks[: sum(map(len, batches))]  # (drop_last: a short tail cut)
+        their_chunks = their_chunks[: min(len(mine), size * count)]  # (drop_last cuts a tail)
         self._planned = ((epoch, self.plan), batches, their_chunks)
         return list(batches)
 

@@ -143,14 +143,31 @@ def first_need(members: ChunkMembers, spec: PlanSpec, epoch: int) -> dict[int, f
     per_rank = shares.shape[1]
     if not per_rank:
         return {}
-    soonest = np.full(int(shares.max()) + 1, per_rank, dtype=np.int64)
-    counting = np.arange(min(per_rank, _BLOCK), dtype=np.int64)
-    for share in shares:  # the first place in any share, block by block
-        for start in range(0, per_rank, _BLOCK):
-            block = share[start : start + _BLOCK]
-            np.minimum.at(soonest, block, counting[: len(block)] + start)
+    size = int(shares.max()) + 1
+    soonest = np.full(size, per_rank, dtype=np.int64)
+    for share in shares:  # the first place in any share
+        np.minimum(soonest, first_and_last_places(share, size, last=False)[0], out=soonest)
     needed = np.flatnonzero(soonest < per_rank)
     return dict(zip(needed.tolist(), (soonest[needed] / per_rank).tolist(), strict=True))
+
+
+def first_and_last_places(
+    ids: np.ndarray, size: int, last: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """For each id in ``0..size-1``: its first place in ``ids`` (``len(ids)`` where it is
+    absent) and, if asked, its last (-1 where absent). Read block by block: an epoch's chunk
+    ids are tens of millions, and no temporary of that length is made."""
+    firsts = np.full(size, len(ids), dtype=np.int64)
+    lasts = np.full(size, -1, dtype=np.int64) if last else None
+    counting = np.arange(min(len(ids), _BLOCK), dtype=np.int64)
+    where = np.empty_like(counting)
+    for start in range(0, len(ids), _BLOCK):
+        block = ids[start : start + _BLOCK]
+        np.add(counting[: len(block)], start, out=where[: len(block)])
+        np.minimum.at(firsts, block, where[: len(block)])
+        if lasts is not None:
+            np.maximum.at(lasts, block, where[: len(block)])
+    return firsts, lasts
 
 
 _BLOCK = 1 << 20  # samples a block: temporaries that size come back from the allocator

@@ -18,6 +18,8 @@ import dask.config
 import numpy as np
 from dask.utils import parse_timedelta
 
+from lakeio.loader.plan import first_and_last_places
+
 
 def first_and_last_use(batch_chunks: list[np.ndarray]) -> tuple[list[int], dict[int, int]]:
     """Chunks in order of first use, and the batch index of each chunk's last use (vectorised:
@@ -42,24 +44,12 @@ def uses_in_order(chunk_ids: np.ndarray, batch_size: int) -> tuple[list[int], di
     (the loader's own plan), read block by block: no per-sample temporary of an epoch's size."""
     if not len(chunk_ids):
         return [], {}
-    size = len(chunk_ids)
-    first = np.full(int(chunk_ids.max()) + 1, size, dtype=np.int64)
-    last = np.full(len(first), -1, dtype=np.int64)
-    counting = np.arange(min(size, _BLOCK), dtype=np.int64)
-    where = np.empty_like(counting)
-    for start in range(0, size, _BLOCK):
-        block = chunk_ids[start : start + _BLOCK]
-        np.add(counting[: len(block)], start, out=where[: len(block)])
-        np.minimum.at(first, block, where[: len(block)])
-        np.maximum.at(last, block, where[: len(block)])
+    first, last = first_and_last_places(chunk_ids, int(chunk_ids.max()) + 1)
     used = np.flatnonzero(last >= 0)
     order = used[np.argsort(first[used], kind="stable")]
     return order.tolist(), dict(
         zip(used.tolist(), (last[used] // batch_size).tolist(), strict=True)
     )
-
-
-_BLOCK = 1 << 20
 
 
 class ThreadLoads:

@@ -31,13 +31,14 @@ def test_first_and_last_use_is_the_loop_it_replaced(batches):
 def test_uses_in_order_reads_the_plan_block_by_block_as_the_loop_did(ids, batch_size, block):
     """The loader's own plan: one array of chunk ids cut every ``batch_size`` samples, read in
     blocks (here also blocks smaller than a batch, so uses cross block edges)."""
-    import lakeio.loader.prefetch as prefetch
+    import lakeio.loader.plan as plan
+    from lakeio.loader.prefetch import uses_in_order
 
     flat = np.asarray(ids, dtype=np.int64)
     as_int32 = np.stack([flat, flat], axis=1).astype(np.int32)[:, 1]  # strided, as the plan's are
     batches = [flat[i : i + batch_size] for i in range(0, len(flat), batch_size)]
-    saved, prefetch._BLOCK = prefetch._BLOCK, block
+    saved, plan._BLOCK = plan._BLOCK, block
     try:
-        assert prefetch.uses_in_order(as_int32, batch_size) == _reference(batches)
+        assert uses_in_order(as_int32, batch_size) == _reference(batches)
     finally:
-        prefetch._BLOCK = saved
+        plan._BLOCK = saved

@@ -55,6 +55,15 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 SOURCE = "lake/_lakeio/manifests/v00000001.json"
+BYTE_CHANGES = st.lists(  # (kind, where, what) for `apply_all`
+    st.tuples(
+        st.sampled_from(["flip", "truncate", "insert", "overwrite"]),
+        st.integers(0, 2**32 - 1),
+        st.integers(0, 2**32 - 1),
+    ),
+    min_size=1,
+    max_size=4,
+)
 
 # -- codec spec strings ----------------------------------------------------------------------
 
@@ -269,17 +278,7 @@ def _edited_is_refused_or_sound(good: dict, edits) -> None:
 
 
 @FUZZ
-@given(
-    st.lists(
-        st.tuples(
-            st.sampled_from(["flip", "truncate", "insert", "overwrite"]),
-            st.integers(0, 2**32 - 1),
-            st.integers(0, 2**32 - 1),
-        ),
-        min_size=1,
-        max_size=4,
-    )
-)
+@given(BYTE_CHANGES)
 def test_manifest_bytes_mutated_are_format_errors_or_sound_manifests(changes):
     _mutated_is_refused_or_sound(json.dumps(GOOD).encode(), changes)
 
@@ -303,18 +302,7 @@ def test_mutated_version_2_manifests_are_format_errors_or_sound_manifests(edits)
 
 
 @FUZZ
-@given(
-    st.lists(
-        st.tuples(
-            st.sampled_from(["flip", "truncate", "insert", "overwrite"]),
-            st.integers(0, 2**32 - 1),
-            st.integers(0, 2**32 - 1),
-        ),
-        min_size=1,
-        max_size=4,
-    ),
-    st.booleans(),
-)
+@given(BYTE_CHANGES, st.booleans())
 def test_mutated_version_2_manifest_and_fragment_bytes_are_refused_or_sound(changes, fragment):
     """A changed byte of a fragment is refused by its checksum (the manifest records it) or
     parses to sound segments; of a manifest, as for version 1."""
