@@ -29,6 +29,7 @@ import multiprocessing
 import os
 import shlex
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -60,18 +61,28 @@ def load_photo_crops():
     return module.photo_crops
 
 
-def timed_epochs(batches, n, epochs=2):
-    """batches(epoch) -> iterable of uint8 image tensors (the batch's first element)."""
-    rates = []
-    for epoch in range(epochs):
-        start, seen = time.perf_counter(), 0
-        for x in batches(epoch):
-            assert x.dtype == torch.uint8, x.dtype
-            seen += x.shape[0]
-        rates.append(seen / (time.perf_counter() - start))
-        if seen != n:
-            raise RuntimeError(f"epoch {epoch} yielded {seen} images, expected {n}")
-    return rates
+def timed_epoch(batches, epoch, n):
+    """Images/s of one epoch; batches(epoch) -> iterable of uint8 image tensors."""
+    start, seen = time.perf_counter(), 0
+    for x in batches(epoch):
+        assert x.dtype == torch.uint8, x.dtype
+        seen += x.shape[0]
+    rate = seen / (time.perf_counter() - start)
+    if seen != n:
+        raise RuntimeError(f"epoch {epoch} yielded {seen} images, expected {n}")
+    return rate
+
+
+def measure(batches, reference, n, epochs):
+    """The first epoch's rate, then each warm epoch's rate with the reference (memmap) epoch
+    timed right after it: this machine's speed drifts by 2x within minutes, so each warm epoch
+    is read against a reference measured beside it, not against one taken earlier."""
+    first = timed_epoch(batches, 0, n)
+    warm, shares = [], []
+    for epoch in range(1, epochs):
+        warm.append(timed_epoch(batches, epoch, n))
+        shares.append(warm[-1] / timed_epoch(reference, epoch, n))
+    return {"first": first, "warm": warm, "shares": shares}
 
 
 # --- reference: raw memmap ---------------------------------------------------------------------
@@ -89,7 +100,7 @@ def run_memmap(work, images, labels, batch):
             idx = np.sort(perm[i : i + batch])
             yield torch.from_numpy(mm[idx])
 
-    return timed_epochs(batches, n)
+    return batches
 
 
 # --- WebDataset --------------------------------------------------------------------------------
@@ -119,7 +130,7 @@ def run_webdataset(work, jpegs, labels, batch):
         for images, _ in wds.WebLoader(dataset, batch_size=None, num_workers=WORKERS):
             yield torch.as_tensor(images)  # DataLoader(batch_size=None) already made it a tensor
 
-    return timed_epochs(batches, len(jpegs))
+    return batches
 
 
 # --- LitData -----------------------------------------------------------------------------------
@@ -155,7 +166,7 @@ def run_litdata(work, images, labels, batch):
         for sample in loader:  # images come decoded as (B, 3, H, W) uint8 tensors
             yield sample["image"]
 
-    return timed_epochs(batches, len(images))
+    return batches
 
 
 # --- MosaicML Streaming ------------------------------------------------------------------------
@@ -191,7 +202,7 @@ def run_mosaic(work, jpeg_files, labels, batch):
         for images, _ in loader:
             yield images
 
-    return timed_epochs(batches, len(jpeg_files))
+    return batches
 
 
 # --- FFCV --------------------------------------------------------------------------------------
@@ -235,7 +246,7 @@ def run_ffcv(work, images, labels, batch, field_kwargs, tag):
         for x, _ in loader:  # (B, H, W, 3) uint8
             yield x
 
-    return timed_epochs(batches, len(images))
+    return batches
 
 
 FFCV_MODES = {
@@ -247,6 +258,27 @@ FFCV_MODES = {
         "jpeg_quality": QUALITY,
     },
 }
+
+
+# --- lakeio ------------------------------------------------------------------------------------
+
+
+def run_lakeio(work, images, labels, batch, codec):
+    import lakeio
+
+    path = os.path.join(work, f"lake-{codec}")
+    lakeio.ingest(
+        images, path, labels=labels, codec=codec, workers=WORKERS, progress=False, echo=None
+    )
+    dataset = lakeio.open_dataset(path, cache=lakeio.Cache(memory="8GB"))
+    loader = dataset.loader(batch_size=batch, seed=0)  # one loader, held across epochs
+
+    def batches(epoch):
+        loader.set_epoch(epoch)
+        for x, _ in loader:  # (B, H, W, 3) uint8
+            yield x
+
+    return batches
 
 
 # --- driver ------------------------------------------------------------------------------------
@@ -269,10 +301,11 @@ def prepare(work, size, count):
     return images, labels, jpegs, files
 
 
-def run_case(work, size, count, batch):
+def run_case(work, size, count, batch, epochs, only):
     images, labels, jpegs, files = prepare(work, size, count)
+    reference = run_memmap(work, images, labels, batch)
     loaders = {
-        "memmap (raw .npy), reference": lambda: run_memmap(work, images, labels, batch),
+        "memmap (raw .npy), reference": lambda: reference,
         "WebDataset, JPEG q90, 2 workers": lambda: run_webdataset(work, jpegs, labels, batch),
         "LitData, JPEG q90, 2 workers": lambda: run_litdata(work, images, labels, batch),
         "MosaicML Streaming, JPEG q90, 2 workers": lambda: run_mosaic(work, files, labels, batch),
@@ -281,33 +314,43 @@ def run_case(work, size, count, batch):
         loaders[f"FFCV {tag}, 2 workers"] = lambda kwargs=kwargs, tag=tag: run_ffcv(
             work, images, labels, batch, kwargs, tag
         )
+    for codec in ("lz4", "zstd:3"):
+        loaders[f"lakeio {codec}"] = lambda codec=codec: run_lakeio(
+            work, images, labels, batch, codec
+        )
     rows = {}
-    for name, run in loaders.items():
+    for name, make in loaders.items():
+        if only and not any(word.lower() in name.lower() for word in only):
+            continue
         start = time.perf_counter()
         try:
-            rows[name] = run()
+            batches = make()
+            written = time.perf_counter() - start
+            rows[name] = measure(batches, reference, len(images), epochs)
+            rows[name]["write_s"] = written
         except Exception as e:
             traceback.print_exc()
             rows[name] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:200]
-        print(
-            f"  {name}: {rows[name]} ({time.perf_counter() - start:.0f} s with writing)", flush=True
-        )
+        print(f"  {name}: {rows[name]} ({time.perf_counter() - start:.0f} s)", flush=True)
     return rows
 
 
-def render(size, count, batch, rows):
-    memmap = rows["memmap (raw .npy), reference"][1]
+def render(size, count, batch, rows, epochs):
     lines = [
         f"\n**{size[0]}x{size[1]}, {count} images, batch {batch}**\n",
-        "| loader | epoch 1 img/s | epoch 2 img/s | epoch 2 / memmap |",
+        f"| loader | epoch 1 img/s | warm img/s (median of {epochs - 1}) "
+        "| warm / memmap, median (range) |",
         "|---|---|---|---|",
     ]
     for name, result in rows.items():
         if isinstance(result, str):
             lines.append(f"| {name} | failed: {result} | | |")
-        else:
-            e1, e2 = result
-            lines.append(f"| {name} | {e1:,.0f} | {e2:,.0f} | {e2 / memmap:.1%} |")
+            continue
+        shares = result["shares"]
+        lines.append(
+            f"| {name} | {result['first']:,.0f} | {statistics.median(result['warm']):,.0f} "
+            f"| {statistics.median(shares):.1%} ({min(shares):.0%}–{max(shares):.0%}) |"
+        )
     return "\n".join(lines)
 
 
@@ -329,6 +372,10 @@ def main() -> None:
     )
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument("--out", help="also write the tables to this file")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per loader (first + warm)")
+    parser.add_argument(
+        "--only", default="", help="comma-separated words: run only loaders whose name has one"
+    )
     args = parser.parse_args()
     command = " ".join(shlex.quote(a) for a in [os.path.relpath(sys.executable), *sys.argv])
     out = [
@@ -341,7 +388,9 @@ def main() -> None:
         count = int(count * args.scale)
         work = tempfile.mkdtemp(prefix="lakeio-peers-bench-")
         try:
-            out.append(render(size, count, batch, run_case(work, size, count, batch)))
+            only = [w for w in args.only.split(",") if w]
+            rows = run_case(work, size, count, batch, args.epochs, only)
+            out.append(render(size, count, batch, rows, args.epochs))
             print(out[-1], flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)

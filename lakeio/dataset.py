@@ -69,10 +69,22 @@ class Dataset:
         _, chunk_of, row_of = self._chunk_table
         return chunk_of, row_of
 
+    @cached_property
+    def chunk_starts(self) -> np.ndarray:
+        """The global number of each chunk's first sample (a sample's row in its chunk is its
+        number less its chunk's start), by chunk id."""
+        return self.index.chunk_starts()
+
+    def chunk_in_memory(self, chunk: int, fields) -> bool:
+        """Whether the memory tier holds chunk ``chunk`` of every one of ``fields`` now (a load
+        of it then costs a lookup, not a read)."""
+        ref = self._chunk_table[0][chunk]
+        return all(self.source.in_memory(ref.segment, f, ref.chunk) for f in fields)
+
     def chunk_members(self) -> ChunkMembers:
         """The global sample ids of this dataset in each chunk, chunk by chunk (empty ones dropped)."""
         if self.indices is None:  # every sample: the chunks' own runs, from the segment figures
-            starts = self.index.chunk_starts()
+            starts = self.chunk_starts
             offsets = np.concatenate([starts, [len(self.index)]])
             return ChunkMembers.of_range(0, offsets)
         members = np.sort(self.indices)

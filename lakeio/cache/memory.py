@@ -45,6 +45,10 @@ class MemoryTier:
         """Chunks held now."""
         return len(self._items)
 
+    def __contains__(self, key: str) -> bool:
+        """Whether ``key`` is held now (not counted as a request)."""
+        return key in self._items
+
     def schedule(self, next_use: dict[str, float], reader: str = "", now: float = 0.0) -> None:
         """Tell the tier when keys are needed next (smaller = sooner); unknown keys count as never.
         ``reader`` and its clock's ``now`` matter to a shared schedule only."""

@@ -83,6 +83,12 @@ class ChunkSource:
         cache_key = self.loc.describe(key)
         return self._serve(cache_key, lambda: self._load(field, key, cache_key))
 
+    def in_memory(self, segment: int, field: str, chunk: int) -> bool:
+        """Whether the memory tier holds the decoded chunk now."""
+        if self.memory is None:
+            return False
+        return self.loc.describe(self.key(segment, field, chunk)) in self.memory
+
     def get_fields(
         self, segment: int, fields: tuple[str, ...], chunk: int
     ) -> dict[str, np.ndarray]:

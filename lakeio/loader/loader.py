@@ -20,7 +20,7 @@ import dask.config
 import numpy as np
 import torch
 
-from lakeio.loader.batch import gather
+from lakeio.loader.batch import Batcher
 from lakeio.loader.device import DeviceOptions, DeviceStage
 from lakeio.loader.in_flight import ReadFigures, advice, read_figures
 from lakeio.loader.plan import (
@@ -316,17 +316,17 @@ class Loader:
             started = self._take_spare(epoch)
             if started is None:
                 started = self._start_prefetch(batches, self.epoch)
-            prefetcher, loads, batch_chunks, row_of, after, later = started
+            prefetcher, loads, batch_chunks, starts, after, later, batcher = started
             ahead = epoch is not None and self.stream.prefetch_next_epoch
             for i, indices in enumerate(batches):
                 if stop.is_set():
                     return
-                chunks = prefetcher.chunks_for(i, stop)
-                if chunks is None:  # the consumer went away mid-epoch
+                if prefetcher.chunks_for(i, stop) is None:  # the consumer went away mid-epoch
                     return
                 pinned = self._pinned_buffers(len(indices))  # travels with the batch to the copy
                 out = {f: t.numpy() for f, t in pinned.items()} if pinned else None
-                arrays = gather(self.stream.fields, batch_chunks[i], row_of[indices], chunks, out)
+                chunk_ids = batch_chunks[i]
+                arrays = batcher.gather(chunk_ids, indices - starts[chunk_ids], out)
                 prefetcher.done_with(i)
                 if ahead and prefetcher.fully_requested:
                     # this epoch's tail is all requested: what it frees of the budget goes to
@@ -423,7 +423,7 @@ class Loader:
 
     def _start_prefetch(self, batches: list[np.ndarray], epoch: int, after: int = 0):
         ds, fields = self.dataset, self.stream.fields
-        chunk_of, row_of = ds.sample_chunks()
+        chunk_of, _ = ds.sample_chunks()
         planned = self._planned_chunks(batches)
         if planned is not None:  # the plan's own chunk ids: cut, not looked up
             size = len(batches[0])  # (every batch but the last is full)
@@ -441,20 +441,23 @@ class Loader:
         else:
             threads = self._load_threads(budget)
             load, later = self._scheduled_load(this_epoch, epoch, after)
-            loads = ThreadLoads(load, threads)
+            loads = ThreadLoads(load, threads, lambda c: ds.chunk_in_memory(c, fields))
 
         def start(chunk: int):
             self._stats["chunks_loaded"] += 1  # (from the batcher thread)
             return loads.start(chunk)
 
+        batcher = Batcher(fields)
         prefetcher = ChunkPrefetcher(
             start=start,
             chunk_bytes=lambda c: ds.chunk_nbytes(fields),
             batch_chunks=batch_chunks,
             budget=budget,
             uses=uses,
+            ready=batcher.add,
+            released=batcher.drop,
         )
-        return prefetcher, loads, batch_chunks, row_of, after, later
+        return prefetcher, loads, batch_chunks, ds.chunk_starts, after, later, batcher
 
     def _budget(self) -> int:
         """Bytes of decoded chunks held or in flight: as asked, or two shuffle windows."""
@@ -623,7 +626,7 @@ class _PlannedLater:
 
 def _close_started(started) -> None:
     """Close a (prefetcher, loads, …, later) tuple from `Loader._start_prefetch`."""
-    prefetcher, loads, later = started[0], started[1], started[-1]
+    prefetcher, loads, later = started[0], started[1], started[5]
     prefetcher.close()
     loads.close()
     if later is not None:

@@ -53,16 +53,31 @@ def uses_in_order(chunk_ids: np.ndarray, batch_size: int) -> tuple[list[int], di
 
 
 class ThreadLoads:
-    """Chunk loads on a pool of threads in this process (the default, in-process path)."""
+    """Chunk loads on a pool of threads in this process (the default, in-process path). A chunk
+    ``in_memory`` says is held decoded already is loaded at once by the caller: a lookup is
+    cheaper than a hand-over to a thread and back (a warm epoch is all lookups)."""
 
-    def __init__(self, load: Callable[[int], dict[str, np.ndarray]], threads: int) -> None:
+    def __init__(
+        self,
+        load: Callable[[int], dict[str, np.ndarray]],
+        threads: int,
+        in_memory: Callable[[int], bool] | None = None,
+    ) -> None:
         self._load = load
+        self._in_memory = in_memory
         self._pool = ThreadPoolExecutor(
             max_workers=max(1, threads), thread_name_prefix="lakeio-load"
         )
 
     def start(self, chunk: int) -> Future:
-        return self._pool.submit(self._load, chunk)
+        if self._in_memory is None or not self._in_memory(chunk):
+            return self._pool.submit(self._load, chunk)
+        done: Future = Future()
+        try:
+            done.set_result(self._load(chunk))
+        except Exception as exc:  # (evicted meanwhile and then failed to read: as a thread would)
+            done.set_exception(exc)
+        return done
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -80,6 +95,8 @@ class ChunkPrefetcher:
         batch_chunks: list[np.ndarray],
         budget: int,
         uses: tuple[list[int], dict[int, int]] | None = None,
+        ready: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+        released: Callable[[int], None] | None = None,
     ) -> None:
         self._start = start
         self._chunk_bytes = chunk_bytes
@@ -90,6 +107,9 @@ class ChunkPrefetcher:
         self._held: dict[int, Future] = {}
         self._held_bytes = 0
         self._next = 0  # position in self._order of the next chunk to request
+        self._loaded: dict[int, dict[str, np.ndarray]] = {}  # held chunks whose load is done
+        self._ready, self._released = ready, released  # told of each loaded / released chunk
+        self._needed: tuple[int, list[int]] | None = None  # (batch, its chunks)
 
     @property
     def order(self) -> list[int]:
@@ -127,22 +147,31 @@ class ChunkPrefetcher:
         budget), before any batch asks."""
         self._request_until(set(), budget)
 
+    def _chunks_of(self, batch: int) -> list[int]:
+        """The distinct chunks batch ``batch`` draws on (kept for its `done_with`)."""
+        if self._needed is None or self._needed[0] != batch:
+            self._needed = (batch, np.unique(self._batch_chunks[batch]).tolist())
+        return self._needed[1]
+
     def chunks_for(
         self, batch: int, stop: threading.Event | None = None
     ) -> dict[int, dict[str, np.ndarray]] | None:
-        """The loaded chunks batch ``batch`` needs: blocks until they are ready, or returns None
-        as soon as ``stop`` is set (an abandoned epoch must not wait for its loads)."""
-        needed = set(self._batch_chunks[batch].tolist())
-        self._request_until(needed)
+        """The loaded chunks batch ``batch`` needs (and others held, loaded already): blocks
+        until they are ready, or returns None as soon as ``stop`` is set (an abandoned epoch
+        must not wait for its loads)."""
+        needed = self._chunks_of(batch)
+        waiting = [c for c in needed if c not in self._loaded]
+        if not waiting:
+            return self._loaded
+        self._request_until(set(waiting))
         timeout = parse_timedelta(dask.config.get("lakeio.load-timeout", "10 minutes"))
-        out = {}
-        for c in needed:
+        for c in waiting:
             deadline = time.monotonic() + timeout
             while True:
                 if stop is not None and stop.is_set():
                     return None
                 try:
-                    out[c] = self._held[c].result(timeout=0.1)
+                    arrays = self._held[c].result(timeout=0.1)
                     break
                 except FuturesTimeout:
                     if time.monotonic() > deadline:
@@ -150,17 +179,26 @@ class ChunkPrefetcher:
                             f"chunk {c} did not load within {timeout:.0f} s "
                             "(lakeio.load-timeout); is the cluster alive?"
                         ) from None
-        return out
+            self._loaded[c] = arrays
+            if self._ready is not None:
+                self._ready(c, arrays)
+        return self._loaded
 
     def done_with(self, batch: int) -> None:
         """Release the chunks whose last use was ``batch``, and request more ahead."""
-        for c in self._batch_chunks[batch].tolist():
+        for c in self._chunks_of(batch):
             if self._last_use[c] == batch and c in self._held:
                 del self._held[c]
                 self._held_bytes -= self._chunk_bytes(c)
+                if self._loaded.pop(c, None) is not None and self._released is not None:
+                    self._released(c)
         self._request_until(set())
 
     def close(self) -> None:
         for future in self._held.values():
             future.cancel()
         self._held.clear()
+        if self._released is not None:
+            for c in self._loaded:
+                self._released(c)
+        self._loaded.clear()

@@ -1,10 +1,13 @@
 """Batch assembly: every sample lands at its place in the batch, whatever the chunk mix."""
 
+import dask.config
 import numpy as np
-from hypothesis import given, settings
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from lakeio.loader.batch import PER_SAMPLE_COPY_BYTES, gather
+from lakeio.loader.batch import PER_SAMPLE_COPY_BYTES, Batcher, gather
+from lakeio.loader.kernels import copy_rows_kernel
 
 ROWS = 7  # rows per chunk
 
@@ -69,3 +72,74 @@ def test_string_fields_and_strided_destination():
 def test_both_copy_paths_are_exercised():
     """The strategy's sample sizes straddle the per-sample threshold (else one path goes untested)."""
     assert 8 * 8 * 3 < PER_SAMPLE_COPY_BYTES <= 128 * 128 * 3
+
+
+# --- the Batcher: the compiled gather and its numpy stand-in give the same batches -------------
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def gather_mode(request):
+    with dask.config.set({"lakeio.loader.gather": request.param}):
+        yield request.param
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)  # (the fixture only sets a config value, the same for every example)
+@given(case=batches(), dtype=st.sampled_from(["uint8", "uint16", "float32", "int64"]))
+def test_batcher_puts_each_sample_in_its_place(gather_mode, case, dtype):
+    chunks, chunk_ids, rows, into_buffers = case
+    chunks = {c: {f: a.astype(dtype) for f, a in arrays.items()} for c, arrays in chunks.items()}
+    fields = ("images", "labels")
+    batcher = Batcher(fields)
+    assert batcher.compiled == (gather_mode == "compiled")
+    for c, arrays in chunks.items():
+        batcher.add(c, arrays)
+    out = None
+    if into_buffers:
+        out = {f: np.zeros((len(rows) + 3, *chunks[chunk_ids[0]][f].shape[1:]), dtype)
+               for f in fields}  # fmt: skip
+    got = batcher.gather(chunk_ids.astype(np.int32), rows, out)
+    for field in fields:
+        expected = np.stack([chunks[c][field][r] for c, r in zip(chunk_ids, rows, strict=True)])
+        np.testing.assert_array_equal(got[field], expected)
+        assert got[field].dtype == expected.dtype
+        if out is not None:
+            assert np.shares_memory(got[field], out[field])
+
+
+def test_batcher_names_a_dropped_chunk_and_a_row_past_the_end(gather_mode):
+    batcher = Batcher(("images",))
+    for c in (3, 9):
+        batcher.add(c, {"images": np.full((ROWS, 2, 2, 3), c, np.uint8)})
+    np.testing.assert_array_equal(
+        batcher.gather(np.array([9, 3]), np.array([0, ROWS - 1]))["images"][:, 0, 0, 0], [9, 3]
+    )
+    batcher.drop(9)
+    with pytest.raises((IndexError, KeyError), match="9"):
+        batcher.gather(np.array([3, 9]), np.array([0, 1]))
+    if gather_mode == "compiled":  # (numpy's own IndexError says the same, without the chunk)
+        with pytest.raises(IndexError, match=f"row {ROWS} of chunk 3, which has {ROWS} rows"):
+            batcher.gather(np.array([3]), np.array([ROWS]))
+
+
+def test_batcher_copies_strings_and_strided_rows_with_numpy(gather_mode):
+    """Fields the kernel cannot copy (objects, rows that are not contiguous) still gather."""
+    batcher = Batcher(("paths", "images"))
+    base = np.arange(ROWS * 8, dtype=np.uint8).reshape(ROWS, 8)
+    for c in (0, 1):
+        batcher.add(c, {
+            "paths": np.array([f"{c}/{i}" for i in range(ROWS)], dtype=object),
+            "images": base[:, ::2] + c,  # every other column: not C-contiguous
+        })  # fmt: skip
+    got = batcher.gather(np.array([1, 0, 1]), np.array([2, 5, 0]))
+    assert got["paths"].tolist() == ["1/2", "0/5", "1/0"]
+    np.testing.assert_array_equal(got["images"], [base[2, ::2] + 1, base[5, ::2], base[0, ::2] + 1])
+
+
+def test_gather_setting_is_checked():
+    with (
+        dask.config.set({"lakeio.loader.gather": "fast"}),
+        pytest.raises(ValueError, match=r"lakeio\.loader\.gather is 'fast'"),
+    ):
+        copy_rows_kernel()

@@ -3,6 +3,7 @@
 import multiprocessing
 from collections import Counter
 
+import dask.config
 import numpy as np
 import pytest
 import torch
@@ -365,3 +366,24 @@ def test_an_abandoned_epoch_tells_the_tier_nothing_from_its_late_plan(small_lake
             thread.join(timeout=30)
             assert not thread.is_alive()
     assert told == []
+
+
+@pytest.mark.parametrize("mode", ["compiled", "numpy"])
+def test_warm_epochs_gather_the_planned_samples_either_way(small_lake, mode):
+    """The compiled gather and numpy's give each batch its planned samples; a warm epoch's
+    chunks are looked up in the memory tier by the batcher itself (no read)."""
+    path, images, labels = small_lake
+    with dask.config.set({"lakeio.loader.gather": mode}):
+        ds = lakeio.open_dataset(path, cache=Cache(memory="64MB"))
+        loader = ds.loader(batch_size=24, seed=5, shuffle_window=3)
+        for epoch in range(3):
+            loader.set_epoch(epoch)
+            got = list(loader)
+            planned = loader.batches()
+            assert len(got) == len(planned)
+            for (x, y), ids in zip(got, planned, strict=True):
+                np.testing.assert_array_equal(x.numpy(), images[ids])
+                np.testing.assert_array_equal(y.numpy(), labels[ids])
+    cache = loader.stats()["cache"]
+    assert cache["origin_reads"] == 2 * 13  # the first epoch's reads; then memory hits
+    assert cache["memory"]["hits"] == cache["requests"] - cache["origin_reads"]
