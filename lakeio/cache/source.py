@@ -6,6 +6,7 @@ counts what each tier served so users can see where time and bytes go.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -51,6 +52,9 @@ class ChunkSource:
         self.disk = DiskTier(self.cache.disk, self.cache.disk_size) if self.cache.disk else None
         self._codecs = {name: parse_codec(f.codec) for name, f in manifest.fields.items()}
         self._lock = threading.Lock()
+        # a chunk's name in the tiers, asked for on every lookup and schedule (a warm epoch is
+        # all lookups): formatted once per chunk, for the chunks read lately
+        self.cache_key = functools.lru_cache(maxsize=1 << 16)(self._cache_key)
         self._pool: tuple[int, ThreadPoolExecutor] | None = None  # (pid, pool) for fields
         self._in_flight = self._peak_in_flight = 0  # origin reads at once: now, at most
         self._recent_latency: float | None = None  # of origin reads, exponentially weighted
@@ -77,17 +81,22 @@ class ChunkSource:
         info = self.manifest.fields[field]
         return chunk_key(self.manifest.segments[segment].id, field, chunk, 1 + len(info.shape))
 
+    def _cache_key(self, segment: int, field: str, chunk: int) -> str:
+        """The chunk's name in the tiers: its full URL (tiers may serve several lakes)."""
+        return self.loc.describe(self.key(segment, field, chunk))
+
     def get(self, segment: int, field: str, chunk: int) -> np.ndarray:
         """The decoded chunk (full chunk length; rows past the segment's end are padding)."""
-        key = self.key(segment, field, chunk)
-        cache_key = self.loc.describe(key)
-        return self._serve(cache_key, lambda: self._load(field, key, cache_key))
+        cache_key = self.cache_key(segment, field, chunk)
+        return self._serve(
+            cache_key, lambda: self._load(field, self.key(segment, field, chunk), cache_key)
+        )
 
     def in_memory(self, segment: int, field: str, chunk: int) -> bool:
         """Whether the memory tier holds the decoded chunk now."""
         if self.memory is None:
             return False
-        return self.loc.describe(self.key(segment, field, chunk)) in self.memory
+        return self.cache_key(segment, field, chunk) in self.memory
 
     def get_fields(
         self, segment: int, fields: tuple[str, ...], chunk: int
@@ -190,7 +199,7 @@ class ChunkSource:
         times = {}
         for (segment, chunk), when in refs_and_times:
             for field in self.manifest.fields:
-                times[prefix + self.loc.describe(self.key(segment, field, chunk))] = when
+                times[prefix + self.cache_key(segment, field, chunk)] = when
         self.memory.schedule(times, reader, now)
 
     def read_origin(self, segment: int, field: str, chunk: int) -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from lakeio.loader.buffers import RecycledArrays
 from lakeio.loader.kernels import copy_rows_kernel
 
 PER_SAMPLE_COPY_BYTES = 32768
@@ -66,8 +67,9 @@ class Batcher:
     `gather` may run on several threads at once while one thread adds and drops chunks, as
     long as a batch's chunks are added before its gather starts and dropped after it ends."""
 
-    def __init__(self, fields: tuple[str, ...]) -> None:
+    def __init__(self, fields: tuple[str, ...], buffers: RecycledArrays | None = None) -> None:
         self.fields = fields
+        self._buffers = buffers if buffers is not None else RecycledArrays(0)  # (0: fresh)
         self._chunks: dict[int, dict[str, np.ndarray]] = {}
         self._addresses = {f: np.zeros(0, np.int64) for f in fields}  # by chunk id; 0: none
         self._lengths = np.zeros(0, np.int64)  # rows of each held chunk, by chunk id
@@ -118,6 +120,12 @@ class Batcher:
         if self._kernel is None:
             self._kernel = copy_rows_kernel()
         if self._kernel is None or not len(rows):
+            if out is None:  # (into arrays let go of, as the kernel's copies are)
+                out = {
+                    f: self._buffers.empty((len(rows), *shape), dtype)
+                    for f, (shape, dtype) in self._rows.items()
+                    if not dtype.hasobject
+                }
             return gather(self.fields, chunk_ids, rows, dict(self._chunks), out)
         ids = np.ascontiguousarray(chunk_ids, dtype=np.int64)
         places = np.ascontiguousarray(rows, dtype=np.int64)
@@ -145,7 +153,7 @@ class Batcher:
             if dest.dtype != dtype or not dest.flags.c_contiguous or dest.shape[1:] != shape:
                 return None
         else:
-            dest = np.empty((len(ids), *shape), dtype=dtype)
+            dest = self._buffers.empty((len(ids), *shape), dtype)
         row_bytes = dest[:1].nbytes
         table, lengths = self._addresses[field], self._lengths
         bad = self._kernel(dest.ctypes.data, row_bytes, table, lengths, ids, rows)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from lakeio.loader.batch import Batcher
+from lakeio.loader.buffers import RecycledArrays
 from lakeio.loader.device import DeviceOptions, DeviceStage
 from lakeio.loader.in_flight import ReadFigures, advice, read_figures
 from lakeio.loader.plan import (
@@ -36,8 +37,7 @@ from lakeio.loader.prefetch import (
     first_and_last_use,
     uses_in_order,
 )
-
-_DONE = object()
+from lakeio.loader.producer import DONE, CopyOrder, Orders, drain, get, put
 
 
 @dataclass(frozen=True)
@@ -107,17 +107,19 @@ class Loader:
         self._spare = None  # (epoch, prefetch) started ahead for the epoch expected next
         self._spare_lock = threading.Lock()
         self._closed = False
+        self._buffers = RecycledArrays(keep=stream.ahead + 8)  # batch arrays, written again
 
     def __getstate__(self) -> dict[str, Any]:  # sent to DataLoader workers: no threads, no lock
         state = dict(self.__dict__)
         state["_spare"] = None
         state["_planned"] = None  # an epoch's plan is made again where it is needed
-        del state["_spare_lock"]
+        del state["_spare_lock"], state["_buffers"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._spare_lock = threading.Lock()
+        self._buffers = RecycledArrays(keep=self.stream.ahead + 8)
 
     def close(self) -> None:
         """Release the cluster connection (and the LocalCluster, if this loader started one)
@@ -267,13 +269,14 @@ class Loader:
         try:
             while True:
                 waited = time.perf_counter()
-                item = _get(ready, producer)
-                self._stats["stall_seconds"] += time.perf_counter() - waited
-                if item is _DONE:
+                item = get(ready, producer)
+                if item is DONE:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                arrays, pinned = item
+                order, pinned = item
+                arrays = order.take()  # (copied here, unless the batcher thread was ahead)
+                self._stats["stall_seconds"] += time.perf_counter() - waited
                 batch = self._to_output(arrays, pinned)
                 self._consumed += 1
                 self._stats["batches"] += 1
@@ -287,7 +290,7 @@ class Loader:
             if self.cluster is not None:
                 self._report(began, force=True)
             stop.set()
-            _drain(ready)
+            drain(ready)
             producer.join(timeout=30)
 
     def _report(self, began: float, force: bool = False) -> None:
@@ -310,7 +313,10 @@ class Loader:
         stop: threading.Event,
         epoch: int | None,
     ) -> None:
-        prefetcher = loads = spare = None
+        """The batcher thread (see `lakeio.loader.producer`): each batch's chunks, then its
+        copy order queued; a batch's chunks are let go once its copy is made."""
+        prefetcher = loads = spare = later = None
+        orders = Orders()
         finished = False
         try:
             started = self._take_spare(epoch)
@@ -326,8 +332,13 @@ class Loader:
                 pinned = self._pinned_buffers(len(indices))  # travels with the batch to the copy
                 out = {f: t.numpy() for f, t in pinned.items()} if pinned else None
                 chunk_ids = batch_chunks[i]
-                arrays = batcher.gather(chunk_ids, indices - starts[chunk_ids], out)
-                prefetcher.done_with(i)
+                order = CopyOrder(batcher.gather, chunk_ids, indices - starts[chunk_ids], out)
+                orders.add(i, order)
+                while ready.full() and not stop.is_set() and orders.take_one():
+                    pass  # ahead of the training loop: make the copies it will ask for
+                put(ready, (order, pinned), stop)
+                for done in orders.finished():
+                    prefetcher.done_with(done)
                 if ahead and prefetcher.fully_requested:
                     # this epoch's tail is all requested: what it frees of the budget goes to
                     # the next epoch's first chunks, so both together stay within the budget
@@ -336,14 +347,17 @@ class Loader:
                         ahead = spare is not None
                     if spare is not None:
                         spare.warm(prefetcher.budget - prefetcher.held_bytes)
-                _put(ready, (arrays, pinned), stop)
                 if i == 0 and later is not None:
                     later.start()  # the first batch is out: plan the next epoch now
+            for done in orders.finished(everything=True):
+                prefetcher.done_with(done)
             finished = True
-            _put(ready, _DONE, stop)
-        except BaseException as exc:  # surfaces in the consumer's thread
-            _put(ready, exc, stop)
+            put(ready, DONE, stop)
+        except BaseException as exc:  # surfaces in the consumer's thread, after the batches
+            orders.finished(everything=True)  # queued before it (their chunks are still held)
+            put(ready, exc, stop)
         finally:
+            orders.cancel()  # abandoned: a copy in progress reads chunks about to be let go
             if prefetcher is not None:
                 prefetcher.close()
             if loads is not None:
@@ -447,10 +461,11 @@ class Loader:
             self._stats["chunks_loaded"] += 1  # (from the batcher thread)
             return loads.start(chunk)
 
-        batcher = Batcher(fields)
+        batcher = Batcher(fields, self._buffers)
+        chunk_nbytes = ds.chunk_nbytes(fields)
         prefetcher = ChunkPrefetcher(
             start=start,
-            chunk_bytes=lambda c: ds.chunk_nbytes(fields),
+            chunk_bytes=lambda c: chunk_nbytes,
             batch_chunks=batch_chunks,
             budget=budget,
             uses=uses,
@@ -645,33 +660,6 @@ class _CountingLoads:
         self._loader.cluster_tasks += self._loads.tasks
         self._loader.cluster_tasks_moved += self._loads.moved
         self._loader.cluster_tasks_retried += self._loads.retried
-
-
-def _put(q: queue.Queue, item, stop: threading.Event) -> None:
-    while not stop.is_set():
-        try:
-            q.put(item, timeout=0.1)
-            return
-        except queue.Full:
-            continue
-
-
-def _get(q: queue.Queue, producer: threading.Thread):
-    """The next item; if the producer died without saying why, an error instead of a hang."""
-    while True:
-        try:
-            return q.get(timeout=1.0)
-        except queue.Empty:
-            if not producer.is_alive() and q.empty():
-                raise RuntimeError("lakeio's batch producer stopped unexpectedly") from None
-
-
-def _drain(q: queue.Queue) -> None:
-    while True:
-        try:
-            q.get_nowait()
-        except queue.Empty:
-            return
 
 
 def _chunks_of_batches(chunk_of, batches: list[np.ndarray]) -> list[np.ndarray]:

@@ -387,3 +387,24 @@ def test_warm_epochs_gather_the_planned_samples_either_way(small_lake, mode):
     cache = loader.stats()["cache"]
     assert cache["origin_reads"] == 2 * 13  # the first epoch's reads; then memory hits
     assert cache["memory"]["hits"] == cache["requests"] - cache["origin_reads"]
+
+
+def test_batches_a_training_loop_keeps_are_never_written_over(small_lake):
+    """Batch arrays are written again once let go of; the ones kept (whole, or as a view of
+    a few samples) must still hold their own samples after the epochs that follow."""
+    path, images, labels = small_lake
+    ds = lakeio.open_dataset(path, cache=Cache(memory="64MB"))
+    loader = ds.loader(batch_size=8, seed=2)
+    kept = []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        planned = loader.batches()
+        for i, (x, y) in enumerate(loader):
+            if i % 5 == 0:
+                kept.append((x, y, planned[i]))  # the whole batch
+            elif i % 5 == 1:
+                kept.append((x[2:5], y[2:5], planned[i][2:5]))  # a view of part of it
+    assert loader._buffers.reused > 0  # (what is let go of is written again)
+    for x, y, ids in kept:
+        np.testing.assert_array_equal(x.numpy(), images[ids])
+        np.testing.assert_array_equal(y.numpy(), labels[ids])
