@@ -18,6 +18,8 @@ from lakeio.format.index import ChunkMembers, SampleIndex
 from lakeio.format.location import Location
 from lakeio.format.manifest import Manifest, read_manifest
 
+BATCH_ARRAYS_KEPT = 12  # of each shape: the batches in flight of a loader or two
+
 
 class Dataset:
     """A read-only snapshot of a lake: ``len(ds)``, ``ds[i]`` → (image, label), ``ds.to_dask()``."""
@@ -74,6 +76,14 @@ class Dataset:
         """The global number of each chunk's first sample (a sample's row in its chunk is its
         number less its chunk's start), by chunk id."""
         return self.index.chunk_starts()
+
+    @cached_property
+    def batch_arrays(self):
+        """Batch arrays shared by this dataset's loaders, written again once nobody holds them
+        (`lakeio.loader.buffers`): a new loader starts with them instead of fresh memory."""
+        from lakeio.loader.buffers import RecycledArrays
+
+        return RecycledArrays(keep=BATCH_ARRAYS_KEPT)
 
     def chunk_in_memory(self, chunk: int, fields) -> bool:
         """Whether the memory tier holds chunk ``chunk`` of every one of ``fields`` now (a load

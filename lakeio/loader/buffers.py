@@ -40,6 +40,12 @@ class RecycledArrays:
         self._lock = threading.Lock()  # (batches are gathered on two threads)
         self.reused = 0  # arrays handed out again
 
+    def __getstate__(self) -> dict:  # (sent to DataLoader workers: an empty pool there)
+        return {"keep": self.keep}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["keep"])
+
     def empty(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         """An array of ``shape`` and ``dtype`` whose contents are garbage: one let go of, if
         there is one, else a new one (kept for later, if there is room). Object arrays are

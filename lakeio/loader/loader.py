@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from lakeio.loader.batch import Batcher
-from lakeio.loader.buffers import RecycledArrays
 from lakeio.loader.device import DeviceOptions, DeviceStage
 from lakeio.loader.in_flight import ReadFigures, advice, read_figures
 from lakeio.loader.plan import (
@@ -96,7 +95,7 @@ class Loader:
         self._resume_at = 0
         self._consumed = 0
         self._stats = {"batches": 0, "samples": 0, "stall_seconds": 0.0, "seconds": 0.0,
-                       "chunks_loaded": 0}  # fmt: skip
+                       "chunks_loaded": 0, "first_batch_s": 0.0, "first_batch_s_max": 0.0}  # fmt: skip
         self._running_since: float | None = None  # when the epoch being read began
         self.cluster = cluster  # a lakeio.cluster.session.ClusterSession, or None: in process
         self.cluster_options = cluster_options
@@ -107,19 +106,17 @@ class Loader:
         self._spare = None  # (epoch, prefetch) started ahead for the epoch expected next
         self._spare_lock = threading.Lock()
         self._closed = False
-        self._buffers = RecycledArrays(keep=stream.ahead + 8)  # batch arrays, written again
 
     def __getstate__(self) -> dict[str, Any]:  # sent to DataLoader workers: no threads, no lock
         state = dict(self.__dict__)
         state["_spare"] = None
         state["_planned"] = None  # an epoch's plan is made again where it is needed
-        del state["_spare_lock"], state["_buffers"]
+        del state["_spare_lock"]
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._spare_lock = threading.Lock()
-        self._buffers = RecycledArrays(keep=self.stream.ahead + 8)
 
     def close(self) -> None:
         """Release the cluster connection (and the LocalCluster, if this loader started one)
@@ -189,7 +186,9 @@ class Loader:
         self._resume_at = self._consumed = int(state["batches_done"])
 
     def stats(self) -> dict[str, Any]:
-        """Batches and samples delivered, samples/s, time the consumer waited (stall), cache figures."""
+        """Batches and samples delivered, samples/s, time the consumer waited (stall), the time
+        from asking for an iteration to its first batch (``first_batch_s``: the latest one;
+        ``first_batch_s_max``), cache figures."""
         s = dict(self._stats)
         running = self._running_since  # mid-epoch: count the epoch so far too
         if running is not None:
@@ -241,7 +240,10 @@ class Loader:
     def __iter__(self) -> Iterator:
         start, self._resume_at = self._resume_at, 0
         self._consumed = start
-        return self._run(self._batches_of(self.epoch)[start:], self.epoch if start == 0 else None)
+        planning = time.perf_counter()
+        batches = self._batches_of(self.epoch)[start:]
+        planning = time.perf_counter() - planning
+        return self._run(batches, self.epoch if start == 0 else None, planning)
 
     def as_iterable_dataset(self):
         """This loader as a `torch.utils.data.IterableDataset` for a plain ``DataLoader(ds,
@@ -255,9 +257,10 @@ class Loader:
         """Yield the given batches (global sample indices) through prefetch, batcher and device."""
         return self._run(batches, None)
 
-    def _run(self, batches: list[np.ndarray], epoch: int | None) -> Iterator:
+    def _run(self, batches: list[np.ndarray], epoch: int | None, planning: float = 0.0) -> Iterator:
         """Iterate ``batches``; ``epoch`` says they are that whole epoch, so the next epoch's
-        first chunks may be loaded as soon as this one's last batch is assembled."""
+        first chunks may be loaded as soon as this one's last batch is assembled. ``planning``:
+        seconds spent planning them, counted in the time to the first batch."""
         ready: queue.Queue = queue.Queue(maxsize=max(1, self.stream.ahead))
         stop = threading.Event()
         producer = threading.Thread(
@@ -266,6 +269,7 @@ class Loader:
         )  # fmt: skip
         producer.start()
         began = self._running_since = time.perf_counter()
+        first = True
         try:
             while True:
                 waited = time.perf_counter()
@@ -278,6 +282,9 @@ class Loader:
                 arrays = order.take()  # (copied here, unless the batcher thread was ahead)
                 self._stats["stall_seconds"] += time.perf_counter() - waited
                 batch = self._to_output(arrays, pinned)
+                if first:
+                    self._first_batch(planning + time.perf_counter() - began)
+                    first = False
                 self._consumed += 1
                 self._stats["batches"] += 1
                 self._stats["samples"] += len(next(iter(arrays.values())))
@@ -292,6 +299,11 @@ class Loader:
             stop.set()
             drain(ready)
             producer.join(timeout=30)
+
+    def _first_batch(self, seconds: float) -> None:
+        """An iteration's time to its first batch, planning included (for `stats`)."""
+        self._stats["first_batch_s"] = seconds
+        self._stats["first_batch_s_max"] = max(self._stats["first_batch_s_max"], seconds)
 
     def _report(self, began: float, force: bool = False) -> None:
         """This trainer's figures for the lakeio dashboard page (sent at most once a second)."""
@@ -461,7 +473,7 @@ class Loader:
             self._stats["chunks_loaded"] += 1  # (from the batcher thread)
             return loads.start(chunk)
 
-        batcher = Batcher(fields, self._buffers)
+        batcher = Batcher(fields, ds.batch_arrays)
         chunk_nbytes = ds.chunk_nbytes(fields)
         prefetcher = ChunkPrefetcher(
             start=start,

@@ -130,13 +130,17 @@ class ChunkPrefetcher:
         """Every chunk of the epoch has been requested (what is left is the epoch's tail)."""
         return self._next >= len(self._order)
 
-    def _request_until(self, needed: set[int], budget: int | None = None) -> None:
+    def _request_until(
+        self, needed: set[int], budget: int | None = None, fill: bool = True
+    ) -> None:
+        """Request chunks in order of first use until ``needed`` are all requested, and (with
+        ``fill``) on until ``budget`` bytes are held."""
         budget = self._budget if budget is None else budget
         while self._next < len(self._order):
             chunk = self._order[self._next]
             size = self._chunk_bytes(chunk)
             must = bool(needed - self._held.keys())
-            if not must and self._held_bytes + size > budget:
+            if not must and (not fill or self._held_bytes + size > budget):
                 return
             self._held[chunk] = self._start(chunk)
             self._held_bytes += size
@@ -163,7 +167,9 @@ class ChunkPrefetcher:
         waiting = [c for c in needed if c not in self._loaded]
         if not waiting:
             return self._loaded
-        self._request_until(set(waiting))
+        # what this batch needs, no more: the rest of the budget is requested once its copy is
+        # under way (`done_with`), so a warm start does not look up two windows first
+        self._request_until(set(waiting), fill=False)
         timeout = parse_timedelta(dask.config.get("lakeio.load-timeout", "10 minutes"))
         for c in waiting:
             deadline = time.monotonic() + timeout

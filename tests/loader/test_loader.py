@@ -156,6 +156,8 @@ def test_second_epoch_is_served_from_memory_and_stats_add_up(small_lake):
     assert stats["samples"] == 2 * 203 and stats["batches"] == 2 * len(loader)
     assert stats["cache"]["origin_reads"] == 2 * 13  # images + labels chunks, first epoch only
     assert 0.0 <= stats["stall_fraction"] <= 1.0 and stats["samples_per_s"] > 0
+    # the time from iter() to each epoch's first batch: the second (warm) one is the latest
+    assert 0.0 < stats["first_batch_s"] <= stats["first_batch_s_max"] < stats["seconds"]
 
 
 def test_slicing_a_dataset_says_what_to_use_instead(small_lake):
@@ -404,7 +406,7 @@ def test_batches_a_training_loop_keeps_are_never_written_over(small_lake):
                 kept.append((x, y, planned[i]))  # the whole batch
             elif i % 5 == 1:
                 kept.append((x[2:5], y[2:5], planned[i][2:5]))  # a view of part of it
-    assert loader._buffers.reused > 0  # (what is let go of is written again)
+    assert ds.batch_arrays.reused > 0  # (what is let go of is written again)
     for x, y, ids in kept:
         np.testing.assert_array_equal(x.numpy(), images[ids])
         np.testing.assert_array_equal(y.numpy(), labels[ids])
