@@ -7,7 +7,8 @@ from collections.abc import Callable
 import torch
 
 from lakeio.loader.device import Accelerator, CudaAccelerator, DeviceOptions
-from lakeio.loader.loader import Loader, StreamOptions, _distributed_rank_world
+from lakeio.loader.loader import Loader
+from lakeio.loader.options import StreamOptions
 from lakeio.loader.plan import PlanSpec
 
 
@@ -58,7 +59,7 @@ def make_loader(
     samples; ``"trainer"`` ships stored bytes and decodes here. ``affinity=False`` lets Dask place loads
     anywhere (for comparison). Close the loader (or use it in ``with``) to release the cluster.
     """
-    rank, world_size = _distributed_rank_world(rank, world_size)
+    rank, world_size = _rank_and_world(rank, world_size)
     if isinstance(normalize, str):
         if normalize != "lake":
             raise ValueError(f'normalize must be (mean, std), "lake" or None, not {normalize!r}')
@@ -86,6 +87,15 @@ def make_loader(
         if session is not None:  # a connection (or a whole LocalCluster) nobody would close
             session.close()
         raise
+
+
+def _rank_and_world(rank: int | None, world: int | None) -> tuple[int, int]:
+    """As given; else torch.distributed's, when it is initialised; else rank 0 of 1."""
+    if rank is not None and world is not None:
+        return rank, world
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return rank or 0, world or 1
 
 
 __all__ = [

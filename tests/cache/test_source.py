@@ -130,12 +130,12 @@ def test_a_large_first_epoch_plans_the_next_on_a_thread_and_tells_the_tier_the_s
     what the tier finally holds is what planning first would have told it."""
     import threading
 
-    import lakeio.loader.loader as loader_module
+    import lakeio.loader.reads as reads_module
 
     path, _, _ = small_lake
 
     def told(plan_on_a_thread: int) -> dict[int, float]:
-        monkeypatch.setattr(loader_module, "PLAN_ON_A_THREAD", plan_on_a_thread)
+        monkeypatch.setattr(reads_module, "PLAN_ON_A_THREAD", plan_on_a_thread)
         ds = lakeio.open_dataset(path, cache=Cache(memory="64MB"))
         heard: dict[int, float] = {}
         tell = ds.schedule_chunks

@@ -162,7 +162,7 @@ def test_killing_a_worker_mid_epoch_loses_and_duplicates_nothing(tmp_path, decod
                 if i == 3:
                     os.kill(pids[victim_address], signal.SIGKILL)
                     time.sleep(0.5)  # the next loads meet the dead worker
-            tasks = loader.cluster_tasks
+            tasks = loader.stats()["cluster_tasks"]
         assert_same(got, expected)
         assert victim_address not in client.scheduler_info(n_workers=-1)["workers"]
         assert tasks == len(ds.chunk_members())  # one chunk per task, every one delivered

@@ -342,18 +342,18 @@ def test_an_abandoned_epoch_tells_the_tier_nothing_from_its_late_plan(small_lake
     positions count from an epoch nobody reads any more)."""
     import threading
 
-    import lakeio.loader.loader as loader_module
+    import lakeio.loader.reads as reads_module
 
     path, _, _ = small_lake
-    monkeypatch.setattr(loader_module, "PLAN_ON_A_THREAD", 0)  # every epoch counts as large
+    monkeypatch.setattr(reads_module, "PLAN_ON_A_THREAD", 0)  # every epoch counts as large
     release = threading.Event()
-    plan = loader_module.Loader._next_epoch_positions
+    plan = reads_module.EpochReader._next_epoch_positions
 
     def held_back(self, offset, epoch):
         release.wait(timeout=30)
         return plan(self, offset, epoch)
 
-    monkeypatch.setattr(loader_module.Loader, "_next_epoch_positions", held_back)
+    monkeypatch.setattr(reads_module.EpochReader, "_next_epoch_positions", held_back)
     ds = lakeio.open_dataset(path, cache=Cache(memory="64MB"))
     told: list = []
     tell = ds.schedule_chunks
