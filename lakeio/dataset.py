@@ -147,14 +147,17 @@ class Dataset:
 
     @property
     def version(self) -> int:
+        """The manifest version this dataset reads (a snapshot: later commits are not seen)."""
         return self.manifest.version
 
     @property
     def classes(self) -> tuple[str, ...]:
+        """Class names; a sample's label is its index here."""
         return self.manifest.classes
 
     @property
     def fields(self) -> tuple[str, ...]:
+        """The stored fields (``images``, ``labels``, ``paths``, ...) a loader may ask for."""
         return tuple(self.manifest.fields)
 
     def _position(self, i: int) -> int:

@@ -6,7 +6,7 @@ from typing import Any
 
 from lakeio.dataset import Dataset
 from lakeio.format.paths import display_path, source_path
-from lakeio.ingest.report import human_bytes
+from lakeio.sizes import human_bytes
 
 
 def lake_info(ds: Dataset) -> dict[str, Any]:

@@ -34,3 +34,12 @@ def parse_size(value: int | float | str | None, name: str = "size") -> int | Non
         shown = clipped(text)
         raise ValueError(f"{name}: {shown!r} is not a size such as '512MB', '8GiB' or 1000000")
     return parse_size(float(match.group(1)) * _UNITS[unit], name)
+
+
+def human_bytes(n: float) -> str:
+    """``n`` bytes in the largest binary unit that keeps it at 1 or more (``3.5 MiB``)."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"  # pragma: no cover

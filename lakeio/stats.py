@@ -125,19 +125,3 @@ def _commit_stats(loc, manifest: Manifest, stats: dict[str, Any], counts: tuple)
         ) from None
     publish_root_summary(loc, committed)
     return committed
-
-
-def lake_normalization(manifest: Manifest) -> tuple[list[float], list[float]]:
-    """(mean, std) per channel in 0..1 units from the lake's stored stats, for the loader."""
-    stats = manifest.stats or {}
-    images = stats.get("images")
-    if not isinstance(images, dict):
-        raise LakeError(
-            'normalize="lake" needs the lake\'s statistics; compute them with `lakeio stats LAKE`'
-        )
-    if stats.get("samples") != manifest.samples:
-        raise LakeError(
-            f"the lake's statistics cover {stats.get('samples')} samples but it holds "
-            f"{manifest.samples}; run `lakeio stats LAKE` again"
-        )
-    return [m / 255 for m in images["mean"]], [max(s, 1e-6) / 255 for s in images["std"]]

@@ -38,6 +38,7 @@ class MemoryTier:
         self._items: OrderedDict[str, np.ndarray] = OrderedDict()
         self._schedule = schedule if schedule is not None else Schedule()
         self._bytes = 0
+        self._reserved = 0  # of the capacity, for decoded chunks loaders hold outside the tier
         self._lock = threading.Lock()
         self._stats = TierStats()
 
@@ -70,9 +71,26 @@ class MemoryTier:
             self._stats.hits += 1
             return value
 
+    def reserve(self, nbytes: int) -> int:
+        """Set ``nbytes`` of the capacity aside for decoded chunks held outside the tier (a
+        loader's prefetch window): the tier keeps at most the rest, so that the two together
+        stay within the one budget `Cache(memory=...)` names. The bytes evicted to make room."""
+        with self._lock:
+            self._reserved += max(0, int(nbytes))
+            return self._evict_to(self._room())
+
+    def release(self, nbytes: int) -> None:
+        """Give back what `reserve` set aside."""
+        with self._lock:
+            self._reserved = max(0, self._reserved - max(0, int(nbytes)))
+
+    def _room(self) -> int:
+        """What the tier itself may hold now: the capacity less what loaders hold."""
+        return max(0, self.capacity - self._reserved)
+
     def put(self, key: str, value: np.ndarray) -> bool:
         size = int(value.nbytes)
-        if size > self.capacity:
+        if size > self._room():
             return False
         value.flags.writeable = False  # shared by every reader: nobody may scribble on it
         with self._lock:
@@ -81,7 +99,7 @@ class MemoryTier:
                 self._bytes -= old.nbytes
             self._items[key] = value
             self._bytes += size
-            self._evict_to(self.capacity)
+            self._evict_to(self._room())
             return key in self._items
 
     def _evict_to(self, capacity: int) -> int:
@@ -110,7 +128,7 @@ class MemoryTier:
         """Set the capacity, evicting by the policy down to it; the bytes evicted."""
         with self._lock:
             self.capacity = max(0, int(capacity))
-            return self._evict_to(self.capacity)
+            return self._evict_to(self._room())
 
     def plan_readers(self) -> int:
         """Readers whose plans the tier currently follows."""

@@ -17,12 +17,21 @@ from typing import Any
 
 from lakeio.errors import FormatError
 from lakeio.format.location import Location
-from lakeio.format.manifest import (
+from lakeio.format.manifest_checks import (
+    _check_checksum,
+    _member,
+    _segment,
+    _typed,
+    refuse_constant,
+    refuse_unknown,
+)
+from lakeio.format.manifest_model import (
     FORMAT_NAME,
     MAX_MANIFEST_BYTES,
     FragmentRef,
     SegmentEntry,
     compact_document,
+    with_checksum,
 )
 
 FRAGMENT_FORMAT = f"{FORMAT_NAME}-fragment"
@@ -31,8 +40,6 @@ _FIGURES = ("source_bytes", "decoded_bytes", "stored_bytes")
 
 def fragment_bytes(segments: tuple[SegmentEntry, ...]) -> tuple[str, bytes]:
     """(id, file bytes) of the fragment listing ``segments``: one line per segment."""
-    from lakeio.format.manifest_checks import with_checksum
-
     listed = [
         {"id": s.id, "samples": s.samples, **{k: getattr(s, k) for k in _FIGURES}} for s in segments
     ]
@@ -106,15 +113,6 @@ def parse_fragment(
 ) -> tuple[SegmentEntry, ...]:
     """The checked segments of a fragment's bytes (the file ``source``, which the manifest
     calls ``fragment_id``); `FormatError` else."""
-    from lakeio.format.manifest_checks import (
-        _check_checksum,
-        _member,
-        _segment,
-        _typed,
-        refuse_constant,
-        refuse_unknown,
-    )
-
     _check_checksum(data, source)
     try:
         doc: Any = json.loads(data, parse_constant=refuse_constant)

@@ -14,203 +14,54 @@ read, and still written to a lake that has it until ``lakeio upgrade``.
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import replace
 from datetime import datetime, timezone
-from typing import Any
 
 from lakeio.errors import CommitConflictError, FormatError, LakeNotFoundError
+from lakeio.format.fragments import read_fragments, write_fragment
 from lakeio.format.location import Location
+from lakeio.format.manifest_checks import manifest_from_json
+from lakeio.format.manifest_model import (  # (the manifest's data, named here as before)
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    FORMAT_VERSIONS,
+    FRAGMENT_DIR,
+    MANIFEST_DIR,
+    MAX_MANIFEST_BYTES,
+    META_DIR,
+    SEGMENT_DIR,
+    FieldInfo,
+    FragmentRef,
+    Manifest,
+    SegmentEntry,
+    compact_document,
+    manifest_key,
+)
 
-FORMAT_NAME = "lakeio"
-FORMAT_VERSION = 2  # what new lakes are written as
-FORMAT_VERSIONS = (1, 2)  # what this lakeio reads
-META_DIR = "_lakeio"
-MANIFEST_DIR = f"{META_DIR}/manifests"
-SEGMENT_DIR = "segments"
 _MANIFEST_NAME = re.compile(r"^v(\d{8})\.json$")
-FRAGMENT_DIR = f"{META_DIR}/fragments"
-MAX_MANIFEST_BYTES = 256 * 1024 * 1024
 
-
-@dataclass(frozen=True)
-class FieldInfo:
-    """One aligned field: per-sample shape, dtype and the codec its chunks use."""
-
-    dtype: str
-    shape: tuple[int, ...]
-    codec: str
-
-    @property
-    def sample_bytes(self) -> int:
-        import numpy as np
-
-        itemsize = np.dtype(self.dtype).itemsize if self.dtype != "str" else 0
-        n = itemsize
-        for d in self.shape:
-            n *= d
-        return n
-
-
-@dataclass(frozen=True)
-class SegmentEntry:
-    """A committed segment: its id (folder name), sample count and byte/class figures."""
-
-    id: str
-    samples: int
-    class_counts: tuple[int, ...] = ()
-    source_bytes: int = 0
-    decoded_bytes: int = 0
-    stored_bytes: int = 0
-
-    @property
-    def key(self) -> str:
-        return f"{SEGMENT_DIR}/{self.id}"
-
-
-@dataclass(frozen=True)
-class FragmentRef:
-    """A fragment a version-2 manifest names: its id, what it holds, and its file's checksum."""
-
-    id: str
-    segments: int
-    samples: int
-    crc32c: str
-
-    @property
-    def key(self) -> str:
-        return f"{FRAGMENT_DIR}/{self.id}.json"
-
-
-@dataclass(frozen=True)
-class Manifest:
-    """A snapshot of the lake: fields, classes, chunking and the ordered list of segments."""
-
-    fields: dict[str, FieldInfo]
-    classes: tuple[str, ...]
-    chunk_samples: int
-    segments: tuple[SegmentEntry, ...] = ()
-    version: int = 0
-    created: str = ""
-    history: tuple[dict[str, Any], ...] = ()
-    stats: dict[str, Any] = field(default_factory=dict)
-    format_version: int = FORMAT_VERSION
-    # Version 2: the fragments that list the segments, and the samples per class in the lake.
-    fragments: tuple[FragmentRef, ...] = ()
-    class_counts: tuple[int, ...] = ()
-
-    @property
-    def samples(self) -> int:
-        return sum(s.samples for s in self.segments)
-
-    def with_segments(self, segments, event: dict[str, Any]) -> Manifest:
-        """The next snapshot: these segments, with ``event`` appended to the history.
-
-        An append (the old segments first) keeps the fragments that list them, and adds the new
-        segments' class counts to the lake's; any other list starts afresh. Segments that no
-        fragment lists go into a new fragment when the version is committed.
-        """
-        segments = tuple(segments)
-        appended = segments[: len(self.segments)] == self.segments
-        added = segments[len(self.segments) :] if appended else segments
-        kept = self.fragments if appended else ()
-        totals = self.lake_class_counts() if appended else ()
-        counts = _summed_counts(totals, added, len(self.classes))
-        if sum(counts) != sum(s.samples for s in segments):
-            counts = ()  # some segment's counts are unknown: so are the lake's
-        return replace(
-            self,
-            segments=segments,
-            fragments=kept,
-            class_counts=counts,
-            history=(*self.history, event),
-        )
-
-    def lake_class_counts(self) -> tuple[int, ...]:
-        """Samples per class in the whole lake (one per class; empty where it is not known)."""
-        if self.format_version >= 2:
-            counts = self.class_counts
-            return counts + (0,) * (len(self.classes) - len(counts)) if counts else ()
-        return _summed_counts((), self.segments, len(self.classes))
-
-    def to_json(self) -> bytes:
-        """The manifest's bytes: JSON after a CRC-32C line (the layout of its format version)."""
-        if self.format_version >= 2:
-            return self._to_json_v2()
-        doc = {
-            "format": FORMAT_NAME,
-            "format_version": 1,
-            "version": self.version,
-            "created": self.created,
-            "samples": self.samples,
-            "chunk_samples": self.chunk_samples,
-            "classes": list(self.classes),
-            "fields": {k: {**asdict(v), "shape": list(v.shape)} for k, v in self.fields.items()},
-            "segments": [_segment_document(s) for s in self.segments],
-            "history": list(self.history),
-            "stats": self.stats,
-        }
-        from lakeio.format.manifest_checks import with_checksum
-
-        return with_checksum(json.dumps(doc, indent=1, ensure_ascii=False).encode())
-
-    def _to_json_v2(self) -> bytes:
-        """One line per key, each value compact: small enough to rewrite on every commit, and
-        still a document a person can read and diff."""
-        doc = {
-            "format": FORMAT_NAME,
-            "format_version": self.format_version,
-            "version": self.version,
-            "created": self.created,
-            "samples": sum(f.samples for f in self.fragments),  # the fragments list them all
-            "segments": sum(f.segments for f in self.fragments),
-            "chunk_samples": self.chunk_samples,
-            "fields": {k: {**asdict(v), "shape": list(v.shape)} for k, v in self.fields.items()},
-            "classes": list(self.classes),
-            "class_counts": list(self.lake_class_counts()),  # [] where not known
-            "fragments": [asdict(f) for f in self.fragments],
-            "history": list(self.history),
-            "stats": self.stats,
-        }
-        from lakeio.format.manifest_checks import with_checksum
-
-        return with_checksum(compact_document(doc))
-
-    @classmethod
-    def from_json(cls, data: bytes, source: str) -> Manifest:
-        """Parse and check a manifest; anything malformed or absurd is a `FormatError` naming
-        ``source``, the field, what was expected and what was found."""
-        from lakeio.format.manifest_checks import manifest_from_json
-
-        return manifest_from_json(data, source)
-
-
-def _summed_counts(totals: tuple[int, ...], segments, classes: int) -> tuple[int, ...]:
-    """``totals`` plus the class counts of ``segments``, one entry per class."""
-    import numpy as np
-
-    out = np.zeros(classes, dtype=np.int64)
-    out[: len(totals)] += np.asarray(totals, dtype=np.int64)
-    for segment in segments:
-        n = min(classes, len(segment.class_counts))
-        out[:n] += np.asarray(segment.class_counts[:n], dtype=np.int64)
-    return tuple(out.tolist())
-
-
-def compact_document(doc: dict[str, Any]) -> bytes:
-    """``doc`` as JSON with one top-level key per line (as the checksum line expects), each
-    value without indentation."""
-    lines = (
-        f" {json.dumps(k)}: {json.dumps(v, ensure_ascii=False, separators=(',', ':'))}"
-        for k, v in doc.items()
-    )
-    return ("{\n" + ",\n".join(lines) + "\n}").encode()
-
-
-def manifest_key(version: int) -> str:
-    return f"{MANIFEST_DIR}/v{version:08d}.json"
+__all__ = [
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "FORMAT_VERSIONS",
+    "FRAGMENT_DIR",
+    "MANIFEST_DIR",
+    "MAX_MANIFEST_BYTES",
+    "META_DIR",
+    "SEGMENT_DIR",
+    "FieldInfo",
+    "FragmentRef",
+    "Manifest",
+    "SegmentEntry",
+    "commit_manifest",
+    "compact_document",
+    "manifest_from_json",
+    "manifest_key",
+    "manifest_versions",
+    "read_manifest",
+]
 
 
 def manifest_versions(loc: Location) -> list[int]:
@@ -221,17 +72,6 @@ def manifest_versions(loc: Location) -> list[int]:
         if match:
             versions.append(int(match.group(1)))
     return sorted(versions)
-
-
-_SEGMENT_KEYS = tuple(f.name for f in fields(SegmentEntry))
-
-
-def _segment_document(entry: SegmentEntry) -> dict[str, Any]:
-    """A segment's manifest entry, keys in field order (`asdict` deep-copies every count: 90%
-    of writing a manifest with a thousand classes)."""
-    doc = {key: getattr(entry, key) for key in _SEGMENT_KEYS}
-    doc["class_counts"] = list(entry.class_counts)
-    return doc
 
 
 def read_manifest(loc: Location, version: int | None = None) -> Manifest:
@@ -253,14 +93,12 @@ def read_manifest(loc: Location, version: int | None = None) -> Manifest:
         ) from None
     if len(data) > MAX_MANIFEST_BYTES:
         raise FormatError(f"{loc.describe(key)}: manifest is {len(data)} bytes, over the limit")
-    manifest = Manifest.from_json(data, loc.describe(key))
+    manifest = manifest_from_json(data, loc.describe(key))
     if manifest.version != version:
         raise FormatError(
             f"{loc.describe(key)}: file says version {manifest.version}, name says {version}"
         )
     if manifest.fragments:
-        from lakeio.format.fragments import read_fragments
-
         listed = read_fragments(loc, manifest.fragments, manifest.chunk_samples, key)
         manifest = replace(manifest, segments=listed)
     return manifest
@@ -311,8 +149,6 @@ def _with_fragment_for_the_rest(loc: Location, manifest: Manifest) -> Manifest:
     rest = manifest.segments[listed:]
     if not rest:
         return manifest
-    from lakeio.format.fragments import write_fragment
-
     fragment = write_fragment(loc, rest)
     history = manifest.history
     if history:  # the event that added the segments names the fragment that lists them

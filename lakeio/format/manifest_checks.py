@@ -12,7 +12,7 @@ from typing import Any
 
 from lakeio.errors import CodecError, FormatError, clipped
 from lakeio.format.codecs import parse_codec
-from lakeio.format.manifest import (
+from lakeio.format.manifest_model import (
     FORMAT_NAME,
     FORMAT_VERSIONS,
     FieldInfo,
@@ -91,12 +91,6 @@ _TOP_LEVEL = {"crc32c", "format", "format_version", "version", "created", "sampl
 _TOP_LEVEL |= {"chunk_samples", "classes", "fields", "segments", "history", "stats"}
 _TOP_LEVEL_V2 = _TOP_LEVEL | {"class_counts", "fragments"}
 _HEX8 = re.compile(r"[0-9a-f]{8}")
-
-
-def with_checksum(body: bytes) -> bytes:
-    from lakeio.format.chunks import crc32c_hex
-
-    return b'{\n "crc32c": "%s",\n' % crc32c_hex(body).encode() + body[len(b"{\n") :]
 
 
 def _check_checksum(data: bytes, source: str) -> None:

@@ -60,6 +60,7 @@ class IngestOptions:
         DecodeOptions(size=self.size, resize=self.resize, channels=self.channels or 3)
 
     def decode_options(self, size: tuple[int, int] | None, channels: int) -> DecodeOptions:
+        """How each source image is decoded for a lake of ``size`` and ``channels``."""
         return DecodeOptions(
             size=size,
             resize=self.resize,
@@ -69,6 +70,7 @@ class IngestOptions:
         )
 
     def as_dict(self) -> dict:
+        """The options as JSON-ready values (kept in the manifest's history)."""
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
 

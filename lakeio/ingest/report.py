@@ -9,14 +9,7 @@ from lakeio.errors import IngestError
 from lakeio.format.location import Location
 from lakeio.format.manifest import META_DIR
 from lakeio.format.paths import display_path, source_path
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
+from lakeio.sizes import human_bytes
 
 
 @dataclass(frozen=True)
@@ -45,6 +38,7 @@ class IngestSummary:
 
     @property
     def images_per_second(self) -> float:
+        """Source images handled (written or rejected) per second of the whole run."""
         return (self.written + self.rejected) / self.seconds if self.seconds > 0 else 0.0
 
     def lines(self) -> list[str]:

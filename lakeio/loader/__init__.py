@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
 
-from lakeio.loader.device import Accelerator, CudaAccelerator, DeviceOptions
+from lakeio.errors import LakeWarning
+from lakeio.loader.device import (
+    Accelerator,
+    CudaAccelerator,
+    DeviceOptions,
+    lake_normalization,
+)
 from lakeio.loader.loader import Loader
 from lakeio.loader.options import StreamOptions
 from lakeio.loader.plan import PlanSpec
+from lakeio.sizes import human_bytes
 
 
 def make_loader(
@@ -63,11 +71,11 @@ def make_loader(
     if isinstance(normalize, str):
         if normalize != "lake":
             raise ValueError(f'normalize must be (mean, std), "lake" or None, not {normalize!r}')
-        from lakeio.stats import lake_normalization
-
         normalize = lake_normalization(dataset.manifest)
     if output not in ("tuple", "dict"):
         raise ValueError(f"output must be 'tuple' or 'dict', not {output!r}")
+    if prefetch_bytes is None:
+        shuffle_window = window_within_budget(dataset, tuple(fields), shuffle_window)
     plan = PlanSpec(batch_size, shuffle, seed, shuffle_window, drop_last, rank, world_size)
     device_opts = DeviceOptions(device, layout, dtype, normalize)
     stream = StreamOptions(
@@ -87,6 +95,26 @@ def make_loader(
         if session is not None:  # a connection (or a whole LocalCluster) nobody would close
             session.close()
         raise
+
+
+def window_within_budget(dataset, fields: tuple[str, ...], window: int) -> int:
+    """The shuffle window, shrunk where two of it (what the prefetch holds) would not fit in the
+    memory tier's budget, with one warning that says to what and what it costs."""
+    tier = dataset.source.memory
+    chunk = max(1, dataset.chunk_nbytes(fields))
+    if tier is None or 2 * window * chunk <= tier.capacity:
+        return window
+    fits = max(1, tier.capacity // (2 * chunk))
+    warnings.warn(
+        f"Cache(memory={human_bytes(tier.capacity)}) cannot hold two shuffle windows of "
+        f"{window} chunks ({human_bytes(2 * window * chunk)} of decoded chunks, which the "
+        f"loader holds within that budget); the shuffle window is {fits} chunk"
+        f"{'s' if fits > 1 else ''} instead. A narrower window mixes less: see 'Shuffle "
+        "quality' in docs/benchmarks.md; give the cache more memory, or a disk tier for the rest.",
+        LakeWarning,
+        stacklevel=4,  # (the caller of Dataset.loader)
+    )
+    return fits
 
 
 def _rank_and_world(rank: int | None, world: int | None) -> tuple[int, int]:

@@ -14,6 +14,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from lakeio.errors import LakeError
+from lakeio.format.manifest import Manifest
+
 LAYOUTS = ("NHWC", "NCHW")
 
 
@@ -37,12 +40,15 @@ class CudaAccelerator:
     again before the transfer has finished."""
 
     def available(self, device: torch.device) -> bool:
+        """A CUDA device with a CUDA build of torch (the CPU build cannot pin)."""
         return device.type == "cuda" and torch.cuda.is_available()  # the CPU build cannot pin
 
     def pinned_empty(self, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+        """From torch's caching host allocator, which reuses a block only after its copy."""
         return torch.empty(shape, dtype=dtype, pin_memory=True)
 
     def copy(self, host: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """An asynchronous copy on the current stream (``non_blocking=True``)."""
         return host.to(device, non_blocking=True)
 
 
@@ -113,3 +119,19 @@ class DeviceStage:
         if self.pinned:
             return self.accelerator.copy(x, self.device)
         return x.to(self.device) if self.device.type != "cpu" else x
+
+
+def lake_normalization(manifest: Manifest) -> tuple[list[float], list[float]]:
+    """(mean, std) per channel in 0..1 units from the lake's stored stats, for the loader."""
+    stats = manifest.stats or {}
+    images = stats.get("images")
+    if not isinstance(images, dict):
+        raise LakeError(
+            'normalize="lake" needs the lake\'s statistics; compute them with `lakeio stats LAKE`'
+        )
+    if stats.get("samples") != manifest.samples:
+        raise LakeError(
+            f"the lake's statistics cover {stats.get('samples')} samples but it holds "
+            f"{manifest.samples}; run `lakeio stats LAKE` again"
+        )
+    return [m / 255 for m in images["mean"]], [max(s, 1e-6) / 255 for s in images["std"]]

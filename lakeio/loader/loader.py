@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lakeio.loader.allocator import fix_mmap_threshold
 from lakeio.loader.device import DeviceOptions, DeviceStage
 from lakeio.loader.in_flight import ReadFigures, advice, read_figures
 from lakeio.loader.options import StreamOptions
@@ -62,6 +63,7 @@ class Loader:
         self.cluster_options = cluster_options
         self._reader = uuid.uuid4().hex  # names this loader's plan to the workers' caches
         self._reads = EpochReader(dataset, plan, stream, cluster, cluster_options, self._reader)
+        fix_mmap_threshold()  # (where asked for: see lakeio.loader.allocator)
         self._next = NextEpoch(self._reads)  # reads started ahead for the epoch expected next
 
     def close(self) -> None:
@@ -120,6 +122,7 @@ class Loader:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume where `state_dict` was taken (same plan and lake); `ValueError` otherwise."""
         plan = self._plan_key()
         if state.get("plan") != plan or state.get("samples") != len(self.dataset):
             raise ValueError(

@@ -49,12 +49,16 @@ class EpochReads:
     after: int  # chunk uses scheduled before this epoch's (an epoch still being read)
     later: PlannedLater | None  # the next epoch's plan for the memory tier, made on a thread
     batcher: Batcher
+    on_close: Callable[[], None] | None = None  # (the reader's count of reads open)
 
     def close(self) -> None:
         self.prefetcher.close()
         self.loads.close()
         if self.later is not None:  # its word would come too late, or for nothing
             self.later.cancel()
+        done, self.on_close = self.on_close, None
+        if done is not None:
+            done()
 
 
 @dataclass
@@ -85,9 +89,37 @@ class EpochReader:
         self.members = dataset.chunk_members()
         self.counts = ReadCounts()
         self._planned: tuple | None = None  # (epoch and plan, its batches, their samples' chunks)
+        self._open = 0  # reads started and not closed (this epoch's, the next one's)
+        self._reserved = 0  # of the memory tier's capacity, while any are open
+        self._hold = threading.Lock()
 
     def __getstate__(self) -> dict[str, Any]:  # (sent to DataLoader workers without its plans)
-        return {**self.__dict__, "_planned": None}
+        state = {**self.__dict__, "_planned": None, "_open": 0, "_reserved": 0}
+        del state["_hold"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._hold = threading.Lock()
+
+    def _opened(self) -> None:
+        """Reads start: the memory tier sets the prefetch budget aside (`MemoryTier.reserve`),
+        so that the tier and the chunks held for the plan together stay within
+        ``Cache(memory=...)``; given back once no reads of this loader are open."""
+        tier = self.dataset.source.memory
+        with self._hold:
+            self._open += 1
+            if self._open == 1 and tier is not None:
+                self._reserved = min(self.budget(), tier.capacity)
+                tier.reserve(self._reserved)
+
+    def _closed(self) -> None:
+        tier = self.dataset.source.memory
+        with self._hold:
+            self._open -= 1
+            if self._open == 0 and tier is not None and self._reserved:
+                tier.release(self._reserved)
+                self._reserved = 0
 
     def batch_count(self) -> int:
         return batch_count(len(self.dataset), self.plan)
@@ -160,7 +192,10 @@ class EpochReader:
             ready=batcher.add,
             released=batcher.drop,
         )
-        return EpochReads(prefetcher, loads, batch_chunks, ds.chunk_starts, after, later, batcher)
+        self._opened()
+        return EpochReads(
+            prefetcher, loads, batch_chunks, ds.chunk_starts, after, later, batcher, self._closed
+        )
 
     def budget(self) -> int:
         """Bytes of decoded chunks held or in flight: as asked, or two shuffle windows."""

@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from lakeio.testing.full_disk import fill, spawn_on_tmpfs, unfill
 from lakeio.testing.tally import Tally
+from lakeio.testing.tmpfs import fill, spawn_on_tmpfs, unfill
 
 CLI_OPTIONS = ["--workers", "1", "--chunk-samples", "16", "--quiet"]
 

@@ -94,9 +94,15 @@ def test_chunk_source_survives_pickling_with_an_empty_memory_tier(small_lake):
 
 
 def _epoch_hit_rates(path, policy, budget, epochs=3):
-    ds = lakeio.open_dataset(path, cache=Cache(memory=budget, eviction=policy))
+    """Hit rates of a tier that keeps ``budget`` bytes: the loader's prefetch of two chunks
+    comes out of `Cache(memory=...)` too, so the cache is given that much more."""
+    prefetch = 2 * 16 * 32 * 32 * 3
+    ds = lakeio.open_dataset(path, cache=Cache(memory=budget + prefetch, eviction=policy))
     # no loading ahead across epochs: each epoch's hits are counted within that epoch
-    loader = ds.loader(batch_size=16, seed=0, fields=("images",), prefetch_next_epoch=False)
+    loader = ds.loader(
+        batch_size=16, seed=0, fields=("images",), prefetch_next_epoch=False,
+        prefetch_bytes=prefetch,
+    )  # fmt: skip
     rates = []
     for epoch in range(epochs):
         loader.set_epoch(epoch)

@@ -178,3 +178,18 @@ def test_a_disk_tier_folder_that_cannot_exist_is_an_error_not_a_silent_warning(t
     (tmp_path / "file").write_text("not a folder")
     with pytest.raises(LakeError, match=r"disk cache folder .*file/cache: cannot open it"):
         DiskTier(tmp_path / "file" / "cache", 1 << 20)
+
+
+def test_memory_set_aside_for_a_loader_comes_out_of_the_tier_and_back():
+    """`reserve`: the tier keeps at most its capacity less what loaders hold outside it."""
+    tier = MemoryTier(1000, policy="lru")
+    for key in "abcd":
+        assert tier.put(key, np.zeros(200, np.uint8))
+    assert tier.reserve(500) == 400  # 800 held, 500 of 1000 now set aside: two chunks go
+    assert tier.stats().bytes_held == 400 and tier.get("a") is None and tier.get("d") is not None
+    assert not tier.put("big", np.zeros(600, np.uint8))  # more than the room left
+    assert tier.put("e", np.zeros(200, np.uint8)) and tier.stats().bytes_held == 400  # c went
+    tier.release(500)
+    assert tier.put("f", np.zeros(600, np.uint8)) and tier.stats().bytes_held == 1000
+    tier.release(10**9)  # (more than was set aside: nothing below zero)
+    assert tier.reserve(0) == 0 and tier.stats().bytes_held == 1000

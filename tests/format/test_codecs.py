@@ -99,3 +99,19 @@ def test_canonical_form_parses_back_to_the_same_spec(spec):
     parsed = parse_codec(spec)
     assert parse_codec(str(parsed)) == parsed
     assert parsed.name in CODECS
+
+
+@pytest.mark.parametrize("spec", [s for s in SPECS if s != "none"])
+def test_a_large_chunk_is_decoded_into_pages_of_its_own(tmp_path, spec):
+    """Pages the kernel takes back when the chunk goes (`own_pages`), not a malloc heap's."""
+    import mmap
+
+    data = np.random.default_rng(1).integers(0, 256, size=(2, 512, 512, 3), dtype=np.uint8)
+    _write(tmp_path, spec, data, chunk=2)  # one 1.5 MiB chunk
+    raw = (tmp_path / "a" / "c" / "0" / "0" / "0" / "0").read_bytes()
+    chunk = decode_chunk(raw, parse_codec(spec), data.shape, "uint8", "a/c/0/0/0/0")
+    np.testing.assert_array_equal(chunk, data)
+    base = chunk
+    while isinstance(base, (np.ndarray, memoryview)):
+        base = base.base if isinstance(base, np.ndarray) else base.obj
+    assert isinstance(base, mmap.mmap)

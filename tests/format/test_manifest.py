@@ -159,7 +159,7 @@ def test_manifest_bytes_are_as_the_format_says(tmp_path):
     same JSON, key for key, as the dataclasses describe it."""
     from dataclasses import asdict
 
-    from lakeio.format.manifest_checks import with_checksum
+    from lakeio.format.manifest_model import with_checksum
 
     m = _manifest("s1", "s2")
     doc = json.loads(m.to_json())

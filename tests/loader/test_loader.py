@@ -10,6 +10,7 @@ import torch
 
 import lakeio
 from lakeio.cache.config import Cache
+from lakeio.errors import LakeWarning
 from lakeio.loader.device import CudaAccelerator
 
 
@@ -201,7 +202,8 @@ def test_training_from_an_object_store_through_the_disk_tier(
         memory="100KB", disk=str(tmp_path / "disk"), disk_size="64MB"
     )  # memory too small to hold it
     ds = lakeio.open_dataset(url, cache=cache, storage_options=s3_options)
-    loader = ds.loader(batch_size=32, seed=2, fields=("images", "labels", "paths"))
+    with pytest.warns(LakeWarning, match=r"Cache\(memory=97\.7 KiB\) cannot hold"):
+        loader = ds.loader(batch_size=32, seed=2, fields=("images", "labels", "paths"))
     for epoch in range(2):
         loader.set_epoch(epoch)
         seen = []

@@ -31,7 +31,7 @@ from lakeio.format.manifest import (
     commit_manifest,
     manifest_key,
 )
-from lakeio.format.manifest_checks import MAX_CHUNK_BYTES, MAX_SAMPLES
+from lakeio.format.manifest_checks import MAX_CHUNK_BYTES, MAX_SAMPLES, manifest_from_json
 from lakeio.format.segment import SUMMARY_ATTR, read_segment_summary, write_segment
 from lakeio.ingest.decode import DecodeOptions
 from lakeio.ingest.options import parse_size as parse_hw
@@ -247,7 +247,7 @@ def _parse_with_peak(data: bytes):
     """(result or exception, peak bytes allocated while parsing)."""
     tracemalloc.start()
     try:
-        return Manifest.from_json(data, SOURCE), tracemalloc.get_traced_memory()[1]
+        return manifest_from_json(data, SOURCE), tracemalloc.get_traced_memory()[1]
     except FormatError as exc:
         return exc, tracemalloc.get_traced_memory()[1]
     finally:
@@ -337,7 +337,7 @@ def _check_sound(m: Manifest) -> None:
         assert "/" not in ref.id and 0 <= ref.samples <= MAX_SAMPLES and len(ref.crc32c) == 8
     if m.format_version >= 2 and m.class_counts:
         assert sum(m.class_counts) == sum(f.samples for f in m.fragments)
-    assert Manifest.from_json(m.to_json(), SOURCE) == m
+    assert manifest_from_json(m.to_json(), SOURCE) == m
 
 
 ABSURD = [
@@ -387,7 +387,7 @@ def test_absurd_manifest_values_are_refused_by_field_before_any_allocation(
 @pytest.mark.parametrize("raw", [b"[" * 100_000, b'{"a":' * 100_000, b"\xff\xfe{", b"1" * 5000])
 def test_manifest_bytes_that_are_not_json_are_format_errors(raw):
     with pytest.raises(FormatError, match=r"(not valid JSON|nested too deeply)"):
-        Manifest.from_json(raw, SOURCE)
+        manifest_from_json(raw, SOURCE)
 
 
 # -- segment zarr.json -----------------------------------------------------------------------
