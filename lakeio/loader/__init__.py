@@ -74,7 +74,7 @@ def make_loader(
         normalize = lake_normalization(dataset.manifest)
     if output not in ("tuple", "dict"):
         raise ValueError(f"output must be 'tuple' or 'dict', not {output!r}")
-    if prefetch_bytes is None:
+    if prefetch_bytes is None and cluster is None:  # (on a cluster, Cache is the workers')
         shuffle_window = window_within_budget(dataset, tuple(fields), shuffle_window)
     plan = PlanSpec(batch_size, shuffle, seed, shuffle_window, drop_last, rank, world_size)
     device_opts = DeviceOptions(device, layout, dtype, normalize)
@@ -101,8 +101,10 @@ def window_within_budget(dataset, fields: tuple[str, ...], window: int) -> int:
     """The shuffle window, shrunk where two of it (what the prefetch holds) would not fit in the
     memory tier's budget, with one warning that says to what and what it costs."""
     tier = dataset.source.memory
+    if tier is None or any(f not in dataset.fields for f in fields):  # (the Loader says which)
+        return window
     chunk = max(1, dataset.chunk_nbytes(fields))
-    if tier is None or 2 * window * chunk <= tier.capacity:
+    if 2 * window * chunk <= tier.capacity:
         return window
     fits = max(1, tier.capacity // (2 * chunk))
     warnings.warn(

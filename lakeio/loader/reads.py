@@ -106,7 +106,7 @@ class EpochReader:
         """Reads start: the memory tier sets the prefetch budget aside (`MemoryTier.reserve`),
         so that the tier and the chunks held for the plan together stay within
         ``Cache(memory=...)``; given back once no reads of this loader are open."""
-        tier = self.dataset.source.memory
+        tier = self.dataset.source.memory if self.cluster is None else None  # (else unused)
         with self._hold:
             self._open += 1
             if self._open == 1 and tier is not None:
