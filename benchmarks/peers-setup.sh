@@ -44,6 +44,11 @@ TORCH_PIN=(torch==2.14.1 torchvision==0.29.1)  # repeated on every install so no
 # The data generator: lakeio.testing.images needs only numpy, Pillow and scikit-image.
 step generator "${PIP[@]}" "${TORCH_PIN[@]}" numpy pillow scikit-image
 step lakeio-nodeps "${PIP[@]}" --no-deps -e "$ROOT"
+# lakeio's own runtime dependencies (not torch: the pinned one above), so peers.py can run
+# lakeio beside FFCV in one process tree and one run.
+step lakeio-deps "${PIP[@]}" "${TORCH_PIN[@]}" "dask[array]>=2024.8" "distributed>=2024.8" \
+    "diskcache>=5.6" "simplejpeg>=1.7" "bokeh>=3.1" "prometheus-client>=0.17" "numba>=0.59" \
+    "fsspec>=2024.6" "tqdm>=4.66"
 
 step webdataset "${PIP[@]}" "${TORCH_PIN[@]}" webdataset
 step litdata "${PIP[@]}" "${TORCH_PIN[@]}" litdata

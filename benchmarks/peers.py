@@ -1,12 +1,14 @@
 """Shuffled epochs into uint8 tensors with the data loaders lakeio competes with.
 
 Setup: bash benchmarks/peers-setup.sh   (builds .venv-peers; never touches .venv)
-Run:   .venv-peers/bin/python benchmarks/peers.py [--scale 1.0] [--out benchmarks/peers-results.md]
+Run:   .venv-peers/bin/python benchmarks/peers.py [--scale 1.0] [--epochs 4] [--only WORDS]
+           [--out benchmarks/peers-results.md]
 
 On the same natural images (lakeio.testing.images.photo_crops, seed 0) as benchmarks/loader.py:
 64x64 (20,000 images, batch 256) and 224x224 (4,000 images, batch 64). Each library writes its
-own format into a temp dir, then two shuffled epochs are timed with its recommended loader
-(num_workers=2 where it has workers), consuming uint8 image tensors in this process:
+own format into a temp dir, then shuffled epochs are timed with its recommended loader
+(num_workers=2 where it has workers), consuming uint8 image tensors in this process; each warm
+epoch is read against a memmap epoch timed right after it (the machine's speed drifts):
 
 - memmap:      raw uncompressed .npy, np.load(mmap_mode="r"), sorted index per shuffled batch
 - WebDataset:  tar shards of JPEG q90, WebDataset(...).shuffle(1000).decode("rgb8").batched(B), WebLoader
@@ -15,6 +17,7 @@ own format into a temp dir, then two shuffled epochs are timed with its recommen
 - FFCV:        DatasetWriter + RGBImageField, Loader(order=RANDOM, os_cache=True),
                SimpleRGBImageDecoder + ToTensor; three write modes: raw (RGBImageField's default,
                FFCV's CIFAR recipe), jpg q90, and proportion 0.5 q90 (FFCV's ImageNet recipe)
+- lakeio:      lakeio.ingest (lz4, zstd:3), one ds.loader(...) held across epochs, Cache(memory=8GB)
 
 A library that does not import (see .venv-peers/install-status.txt) or fails is reported, not fatal.
 Images/s per epoch; the ratio to memmap is what to read (absolute numbers on shared machines are noise).

@@ -7,9 +7,9 @@ that threshold to the size of the last such block freed, after which blocks of t
 from heaps (one per thread) that it rarely returns to the kernel. Decoded chunks are in pages
 of their own (`lakeio.format.chunks.own_pages`) whatever this setting; the rest is what it
 changes. Reading a lake four times its budget (246 MB, ``Cache(memory=59 MiB)``), a process
-grew by 136 MiB of anonymous memory with glibc's defaults, and by 82 MiB with the threshold
-fixed at 1 MiB, its warm epochs from 12-16% to 54-67% of a memory-mapped array's rate
-(`benchmarks/memory_budget.py`, docs/benchmarks.md).
+grew by 136-140 MiB of anonymous memory with glibc's defaults, and by 82-85 MiB with the
+threshold fixed at 1 MiB (`benchmarks/memory_budget.py`, docs/benchmarks.md). Its speed could
+not be read off the same benchmark: the memmap it is compared with slows down beside it too.
 
 It is off by default because it is process-wide: every block over the threshold is mapped and
 unmapped, yours too, and code that allocates a fresh large array per step then pays a page
