@@ -17,6 +17,7 @@ from lakeio.loader.device import (
 from lakeio.loader.loader import Loader
 from lakeio.loader.options import StreamOptions
 from lakeio.loader.plan import PlanSpec
+from lakeio.loader.reads import lake_fits
 from lakeio.sizes import human_bytes
 
 
@@ -104,8 +105,8 @@ def window_within_budget(dataset, fields: tuple[str, ...], window: int) -> int:
     if tier is None or any(f not in dataset.fields for f in fields):  # (the Loader says which)
         return window
     chunk = max(1, dataset.chunk_nbytes(fields))
-    if 2 * window * chunk <= tier.capacity:
-        return window
+    if 2 * window * chunk <= tier.capacity or lake_fits(dataset, tier, fields):
+        return window  # (a lake the tier holds whole: the window's chunks are the tier's)
     fits = max(1, tier.capacity // (2 * chunk))
     warnings.warn(
         f"Cache(memory={human_bytes(tier.capacity)}) cannot hold two shuffle windows of "

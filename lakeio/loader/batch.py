@@ -72,7 +72,7 @@ class Batcher:
         self._buffers = buffers if buffers is not None else RecycledArrays(0)  # (0: fresh)
         self._chunks: dict[int, dict[str, np.ndarray]] = {}
         self._addresses = {f: np.zeros(0, np.int64) for f in fields}  # by chunk id; 0: none
-        self._lengths = np.zeros(0, np.int64)  # rows of each held chunk, by chunk id
+        self._lengths = {f: np.zeros(0, np.int64) for f in fields}  # rows of each held chunk
         self._rows: dict[str, tuple[tuple[int, ...], np.dtype]] = {}  # a row's shape and dtype
         self._copyable = dict.fromkeys(fields, True)  # every chunk's rows contiguous so far
         self._kernel = copy_rows_kernel()
@@ -86,12 +86,11 @@ class Batcher:
         """Hold ``chunk`` (its decoded ``arrays``) until `drop`."""
         chunk = int(chunk)
         self._chunks[chunk] = arrays
-        if chunk >= len(self._lengths):
-            self._lengths = _grown(self._lengths, chunk)
-        self._lengths[chunk] = len(arrays[self.fields[0]]) if self.fields else 0
         for field in self.fields:
             array = arrays[field]
-            self._rows.setdefault(field, (array.shape[1:], array.dtype))
+            row = (array.shape[1:], array.dtype)
+            if self._rows.setdefault(field, row) != row:  # (rows unlike the first chunk's: the
+                self._copyable[field] = False  # kernel copies one row size; numpy will say)
             if not len(array):  # (no row of it can be asked for)
                 continue
             if array.dtype == object or not array.flags.c_contiguous:
@@ -99,6 +98,8 @@ class Batcher:
                 continue
             if chunk >= len(self._addresses[field]):
                 self._addresses[field] = _grown(self._addresses[field], chunk)
+                self._lengths[field] = _grown(self._lengths[field], chunk)
+            self._lengths[field][chunk] = len(array)
             self._addresses[field][chunk] = array.ctypes.data
 
     def drop(self, chunk: int) -> None:
@@ -106,7 +107,7 @@ class Batcher:
         chunk = int(chunk)
         if self._chunks.pop(chunk, None) is None:
             return
-        for table in (*self._addresses.values(), self._lengths):
+        for table in (*self._addresses.values(), *self._lengths.values()):
             if chunk < len(table):
                 table[chunk] = 0
 
@@ -155,7 +156,7 @@ class Batcher:
         else:
             dest = self._buffers.empty((len(ids), *shape), dtype)
         row_bytes = dest[:1].nbytes
-        table, lengths = self._addresses[field], self._lengths
+        table, lengths = self._addresses[field], self._lengths[field]
         bad = self._kernel(dest.ctypes.data, row_bytes, table, lengths, ids, rows)
         if bad >= 0:
             chunk, row = int(ids[bad]), int(rows[bad])

@@ -11,6 +11,7 @@ import queue
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
@@ -65,6 +66,8 @@ class Loader:
         self._reads = EpochReader(dataset, plan, stream, cluster, cluster_options, self._reader)
         fix_mmap_threshold()  # (where asked for: see lakeio.loader.allocator)
         self._next = NextEpoch(self._reads)  # reads started ahead for the epoch expected next
+        # a loader dropped without close() lets go of them too (and of the tier's reservation)
+        weakref.finalize(self, self._next.close)
 
     def close(self) -> None:
         """Release the cluster connection (and the LocalCluster, if this loader started one)
@@ -298,7 +301,7 @@ class Loader:
                         spare = self._next.start(epoch + 1, reads.after + len(prefetcher.order))
                         ahead = spare is not None
                     if spare is not None:
-                        spare.warm(prefetcher.budget - prefetcher.held_bytes)
+                        self._next.warm(prefetcher.budget - prefetcher.held_bytes)
                 if i == 0 and reads.later is not None:
                     reads.later.start()  # the first batch is out: plan the next epoch now
             for done in orders.finished(everything=True):

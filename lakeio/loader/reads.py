@@ -38,6 +38,11 @@ from lakeio.loader.prefetch import (
 PLAN_ON_A_THREAD = 1 << 20  # samples per rank and epoch above which planning takes ~0.1 s
 
 
+def lake_fits(dataset, tier, fields: tuple[str, ...]) -> bool:
+    """Whether the memory tier can hold every decoded chunk of ``fields`` in the lake."""
+    return dataset.index.chunk_count * dataset.chunk_nbytes(fields) <= tier.capacity
+
+
 @dataclass
 class EpochReads:
     """What reading one epoch's batches takes (see `EpochReader.start`)."""
@@ -52,13 +57,15 @@ class EpochReads:
     on_close: Callable[[], None] | None = None  # (the reader's count of reads open)
 
     def close(self) -> None:
-        self.prefetcher.close()
-        self.loads.close()
-        if self.later is not None:  # its word would come too late, or for nothing
-            self.later.cancel()
-        done, self.on_close = self.on_close, None
-        if done is not None:
-            done()
+        try:
+            self.prefetcher.close()
+            self.loads.close()
+            if self.later is not None:  # its word would come too late, or for nothing
+                self.later.cancel()
+        finally:
+            done, self.on_close = self.on_close, None
+            if done is not None:
+                done()
 
 
 @dataclass
@@ -109,7 +116,13 @@ class EpochReader:
         tier = self.dataset.source.memory if self.cluster is None else None  # (else unused)
         with self._hold:
             self._open += 1
-            if self._open == 1 and tier is not None:
+            # A lake the tier holds whole is held once: the prefetcher's chunks are the tier's.
+            # Else the tier churns, and what the prefetcher holds may be evicted meanwhile.
+            if (
+                self._open == 1
+                and tier is not None
+                and not lake_fits(self.dataset, tier, self.stream.fields)
+            ):
                 self._reserved = min(self.budget(), tier.capacity)
                 tier.reserve(self._reserved)
 
@@ -301,6 +314,13 @@ class NextEpoch:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["reader"])
+
+    def warm(self, budget: int) -> None:
+        """Load the started epoch's first chunks, up to ``budget`` bytes; nothing once it was
+        taken, dropped or closed (`close` may come from the training loop meanwhile)."""
+        with self._lock:
+            if self._started is not None and not self._closed:
+                self._started[1].prefetcher.warm(budget)
 
     def start(self, epoch: int, after: int) -> ChunkPrefetcher | None:
         """Start reading ``epoch``; ``after``: chunk uses scheduled before it, so the memory

@@ -143,3 +143,13 @@ def test_gather_setting_is_checked():
         pytest.raises(ValueError, match=r"lakeio\.loader\.gather is 'fast'"),
     ):
         copy_rows_kernel()
+
+
+def test_chunks_whose_rows_differ_are_refused_not_misread(gather_mode):
+    """The kernel copies one row size per field: a chunk with other rows goes to numpy, which
+    refuses to mix them (never a read past the smaller chunk's end)."""
+    batcher = Batcher(("images",))
+    batcher.add(0, {"images": np.zeros((ROWS, 4, 4, 3), np.uint8)})
+    batcher.add(1, {"images": np.ones((ROWS, 2, 2, 3), np.uint8)})
+    with pytest.raises(ValueError):
+        batcher.gather(np.array([0, 1]), np.array([0, ROWS - 1]))

@@ -68,3 +68,39 @@ def test_the_window_shrinks_only_when_the_budget_cannot_hold_it(lake):
         assert lakeio.open_dataset(path, cache=Cache(memory=0)).loader(8).plan.window == 32
     with pytest.warns(LakeWarning, match="the shuffle window is 5 chunks instead"):
         assert tight.loader(batch_size=8).plan.window == 5
+
+
+def test_a_loader_dropped_without_close_gives_its_reservation_back(lake):
+    """A full epoch starts the next one's reads at its tail; dropping the loader (no close)
+    must let go of them, or the tier would stay smaller for the rest of the process."""
+    import gc
+
+    path, images, labels = lake
+    ds = lakeio.open_dataset(path, cache=Cache(memory=(images.nbytes + labels.nbytes) // 4))
+    with pytest.warns(LakeWarning):
+        loader = ds.loader(batch_size=64, seed=0)
+    for _ in loader:
+        pass
+    assert ds.source.memory._reserved > 0  # the next epoch's first chunks, loading ahead
+    del loader
+    gc.collect()
+    assert ds.source.memory._reserved == 0
+
+
+def test_a_lake_the_tier_holds_whole_keeps_its_window_and_all_of_the_tier(lake):
+    """Two windows larger than the cache, but the lake fits in it: the prefetcher's chunks are
+    the tier's own, so nothing is set aside and the window stays; epoch 2 is all hits."""
+    path, images, _ = lake
+    chunk = CHUNK * (images[0].nbytes + 8)
+    ds = lakeio.open_dataset(path, cache=Cache(memory=(SAMPLES // CHUNK + 1) * chunk))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loader = ds.loader(batch_size=64, seed=0, prefetch_next_epoch=False)
+    assert loader.plan.window == 32 and 2 * 32 * chunk > ds.source.memory.capacity
+    for epoch in range(2):
+        loader.set_epoch(epoch)
+        before = ds.source.stats()
+        for _ in loader:
+            assert ds.source.memory._reserved == 0
+    after = ds.source.stats()
+    assert after["origin_reads"] == before["origin_reads"]  # the second epoch: no reads
