@@ -24,8 +24,6 @@ import statistics
 import tempfile
 import time
 
-import numpy as np
-
 
 def chunk_files(lake: str) -> list[str]:
     found = []
@@ -63,12 +61,10 @@ def main() -> None:
     args = parser.parse_args()
     import lakeio
     from lakeio.loader.kernels import copy_rows_kernel
-    from lakeio.testing.images import photo_crops
+    from lakeio.testing.images import photo_crop_arrays
 
     with tempfile.TemporaryDirectory(prefix="lakeio-cold-disk-") as work:
-        pairs = list(photo_crops(20000, (64, 64), seed=0))
-        images = np.stack([p for p, _ in pairs])
-        labels = np.array([label for _, label in pairs])
+        images, labels = photo_crop_arrays(20000, (64, 64))
         lake = os.path.join(work, "lake")
         lakeio.ingest(images, lake, labels=labels, codec="lz4", progress=False, echo=None)
         files = chunk_files(lake)

@@ -23,7 +23,7 @@ import torch
 
 import lakeio
 from lakeio.loader.kernels import copy_rows_kernel
-from lakeio.testing.images import photo_crops
+from lakeio.testing.images import photo_crop_arrays
 
 CASES = {64: (20000, 256), 224: (4000, 64)}
 
@@ -53,9 +53,7 @@ def main() -> None:
     args = parser.parse_args()
     count, batch = CASES[args.size]
     with tempfile.TemporaryDirectory(prefix="lakeio-fast-start-") as work:
-        pairs = list(photo_crops(count, (args.size, args.size), seed=0))
-        images = np.stack([p for p, _ in pairs])
-        labels = np.array([label for _, label in pairs])
+        images, labels = photo_crop_arrays(count, (args.size, args.size))
         np.save(f"{work}/raw.npy", images)
         mm = np.load(f"{work}/raw.npy", mmap_mode="r")
         lakeio.ingest(images, f"{work}/lake", labels=labels, codec="lz4", progress=False, echo=None)

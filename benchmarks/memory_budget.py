@@ -86,12 +86,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args()
     import lakeio
-    from lakeio.testing.images import photo_crops
+    from lakeio.testing.images import photo_crop_arrays
 
     with tempfile.TemporaryDirectory(prefix="lakeio-memory-") as work:
-        pairs = list(photo_crops(20000, (64, 64), seed=0))
-        images = np.stack([p for p, _ in pairs])
-        labels = np.array([label for _, label in pairs])
+        images, labels = photo_crop_arrays(20000, (64, 64))
         np.save(f"{work}/raw.npy", images)
         lake = f"{work}/lake"
         lakeio.ingest(images, lake, labels=labels, codec="lz4", progress=False, echo=None)

@@ -14,6 +14,7 @@ first time a loader asks for it; until it is ready, batches are gathered with nu
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import warnings
 from collections.abc import Callable
@@ -31,8 +32,8 @@ _compiling: threading.Thread | None = None
 _failure: BaseException | None = None  # why compiling failed (the numpy path stays)
 
 
-def _copy_rows_py(dest, row_bytes, addresses, lengths, chunk_ids, rows):  # pragma: no cover
-    """Copy row ``rows[i]`` of chunk ``chunk_ids[i]`` (at ``addresses[chunk]``, holding
+def _copy_rows_py(dest, row_bytes, addresses, lengths, chunk_ids, rows):
+    """The kernel, in Python (numba compiles this very function): copy row ``rows[i]`` of chunk ``chunk_ids[i]`` (at ``addresses[chunk]``, holding
     ``lengths[chunk]`` rows) to ``dest + i * row_bytes``; returns -1, or the first sample whose
     chunk is not held or whose row is past its chunk's end (nothing is read out of bounds)."""
     for i in range(chunk_ids.shape[0]):
@@ -48,17 +49,18 @@ def _copy_rows_py(dest, row_bytes, addresses, lengths, chunk_ids, rows):  # prag
     return -1
 
 
-def _memcpy(dest, src, n):  # pragma: no cover (replaced by the numba intrinsic in `_compile`)
-    raise NotImplementedError
+def _memcpy(dest: int, src: int, n: int) -> None:
+    """Copy ``n`` bytes from address ``src`` to address ``dest``: ctypes' memmove in Python;
+    in the compiled kernel, LLVM's memcpy (the overload `_compile` registers)."""
+    ctypes.memmove(int(dest), int(src), int(n))
 
 
 def _compile() -> CopyRows:
     """Build (or load from numba's on-disk cache) the kernel; a few hundred ms the first time."""
-    global _memcpy
     import numba
     from numba import types
     from numba.core import cgutils
-    from numba.extending import intrinsic
+    from numba.extending import intrinsic, overload
 
     @intrinsic
     def memcpy(typingctx, dest, src, n):
@@ -71,7 +73,10 @@ def _compile() -> CopyRows:
 
         return types.void(types.int64, types.int64, types.int64), codegen
 
-    _memcpy = memcpy
+    @overload(_memcpy)
+    def _memcpy_compiled(dest, src, n):
+        return lambda dest, src, n: memcpy(dest, src, n)
+
     array = types.Array(types.int64, 1, "C", readonly=True)
     signature = types.int64(types.int64, types.int64, array, array, array, array)
     return numba.njit(signature, nogil=True, cache=True)(_copy_rows_py)

@@ -282,7 +282,7 @@ class Loader:
             for i, indices in enumerate(batches):
                 if stop.is_set():
                     return
-                if prefetcher.chunks_for(i, stop) is None:  # the consumer went away mid-epoch
+                if not prefetcher.wait_for(i, stop):  # the consumer went away mid-epoch
                     return
                 pinned = self._pinned_buffers(len(indices))  # travels with the batch to the copy
                 out = {f: t.numpy() for f, t in pinned.items()} if pinned else None

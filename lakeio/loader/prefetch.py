@@ -107,7 +107,7 @@ class ChunkPrefetcher:
         self._held: dict[int, Future] = {}
         self._held_bytes = 0
         self._next = 0  # position in self._order of the next chunk to request
-        self._loaded: dict[int, dict[str, np.ndarray]] = {}  # held chunks whose load is done
+        self._loaded: set[int] = set()  # held chunks whose load is done (given to ``ready``)
         self._ready, self._released = ready, released  # told of each loaded / released chunk
         self._needed: tuple[int, list[int]] | None = None  # (batch, its chunks)
 
@@ -157,16 +157,14 @@ class ChunkPrefetcher:
             self._needed = (batch, np.unique(self._batch_chunks[batch]).tolist())
         return self._needed[1]
 
-    def chunks_for(
-        self, batch: int, stop: threading.Event | None = None
-    ) -> dict[int, dict[str, np.ndarray]] | None:
-        """The loaded chunks batch ``batch`` needs (and others held, loaded already): blocks
-        until they are ready, or returns None as soon as ``stop`` is set (an abandoned epoch
-        must not wait for its loads)."""
+    def wait_for(self, batch: int, stop: threading.Event | None = None) -> bool:
+        """Wait until the chunks batch ``batch`` needs are loaded (each handed to ``ready`` as
+        it is); False as soon as ``stop`` is set (an abandoned epoch must not wait for its
+        loads)."""
         needed = self._chunks_of(batch)
         waiting = [c for c in needed if c not in self._loaded]
         if not waiting:
-            return self._loaded
+            return True
         # what this batch needs, no more: the rest of the budget is requested once its copy is
         # under way (`done_with`), so a warm start does not look up two windows first
         self._request_until(set(waiting), fill=False)
@@ -175,7 +173,7 @@ class ChunkPrefetcher:
             deadline = time.monotonic() + timeout
             while True:
                 if stop is not None and stop.is_set():
-                    return None
+                    return False
                 try:
                     arrays = self._held[c].result(timeout=0.1)
                     break
@@ -185,10 +183,10 @@ class ChunkPrefetcher:
                             f"chunk {c} did not load within {timeout:.0f} s "
                             "(lakeio.load-timeout); is the cluster alive?"
                         ) from None
-            self._loaded[c] = arrays
+            self._loaded.add(c)
             if self._ready is not None:
                 self._ready(c, arrays)
-        return self._loaded
+        return True
 
     def done_with(self, batch: int) -> None:
         """Release the chunks whose last use was ``batch``, and request more ahead."""
@@ -196,8 +194,10 @@ class ChunkPrefetcher:
             if self._last_use[c] == batch and c in self._held:
                 del self._held[c]
                 self._held_bytes -= self._chunk_bytes(c)
-                if self._loaded.pop(c, None) is not None and self._released is not None:
-                    self._released(c)
+                if c in self._loaded:
+                    self._loaded.discard(c)
+                    if self._released is not None:
+                        self._released(c)
         self._request_until(set())
 
     def close(self) -> None:

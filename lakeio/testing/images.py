@@ -56,6 +56,14 @@ def photo_crops(
         yield np.asarray(crop), label
 
 
+def photo_crop_arrays(
+    count: int, size: tuple[int, int], seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """`photo_crops` as two arrays: images (count, H, W, 3) uint8 and their labels."""
+    pairs = list(photo_crops(count, size, seed))
+    return np.stack([image for image, _ in pairs]), np.array([label for _, label in pairs])
+
+
 def write_image_folder(
     root: str | os.PathLike,
     count: int,

@@ -153,3 +153,28 @@ def test_chunks_whose_rows_differ_are_refused_not_misread(gather_mode):
     batcher.add(1, {"images": np.ones((ROWS, 2, 2, 3), np.uint8)})
     with pytest.raises(ValueError):
         batcher.gather(np.array([0, 1]), np.array([0, ROWS - 1]))
+
+
+def test_the_compiled_kernel_does_what_its_python_says():
+    """`_copy_rows_py` is the kernel's source and runs as plain Python too (ctypes' memmove):
+    both copy the same rows and stop at the same bad sample."""
+    from lakeio.loader.kernels import _copy_rows_py
+
+    compiled = copy_rows_kernel(wait=True)
+    rng = np.random.default_rng(3)
+    chunks = [rng.integers(0, 256, (ROWS, 5), dtype=np.uint8) for _ in range(3)]
+    addresses = np.array([0, *(c.ctypes.data for c in chunks)], np.int64)  # chunk 0: not held
+    lengths = np.array([0, ROWS, ROWS, ROWS], np.int64)
+    for ids, rows in (([1, 3, 2, 1], [0, 6, 3, 2]), ([2, 0, 1], [1, 1, 1]), ([3, 1], [2, 7])):
+        ids, rows = np.array(ids, np.int64), np.array(rows, np.int64)
+        out = [np.zeros((len(ids), 5), np.uint8) for _ in range(2)]
+        bad = [
+            kernel(o.ctypes.data, 5, addresses, lengths, ids, rows)
+            for kernel, o in zip((compiled, _copy_rows_py), out, strict=True)
+        ]
+        assert bad[0] == bad[1]
+        np.testing.assert_array_equal(out[0], out[1])
+        good = len(ids) if bad[0] < 0 else bad[0]
+        expected = [chunks[c - 1][r] for c, r in zip(ids[:good], rows[:good], strict=True)]
+        np.testing.assert_array_equal(out[0][:good], np.array(expected).reshape(good, 5))
+    assert bad == [1, 1]  # (the last case: row 7 of a 7-row chunk)
