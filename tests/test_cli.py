@@ -6,12 +6,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+import lakeio
 from lakeio.cli import build_parser
 from lakeio.testing.images import write_image_folder
 
 LAKEIO = [str(Path(sys.executable).with_name("lakeio"))]
+FORCE_PROCESSES = {"DASK_LAKEIO__INGEST__IN_PROCESS_BELOW": "0"}
 
 
 def _cli(*args, env=None):
@@ -40,6 +43,7 @@ def cli_lake(tmp_path_factory):
         "blosc-zstd:5:bitshuffle",
         "--chunk-samples",
         "16",
+        env=FORCE_PROCESSES,  # 61 files would run on threads; this is the worker-process path
     )
     return root, run
 
@@ -58,6 +62,19 @@ def test_ingest_prints_dashboard_progress_and_summary(cli_lake):
         "images/s",
     ):
         assert figure in run.stdout
+
+
+def test_a_small_folder_ingests_on_threads_in_the_cli_process_without_a_dashboard(tmp_path):
+    written = write_image_folder(tmp_path / "src", 12, size=(16, 16), fmt="png", seed=7)
+    run = _cli("ingest", tmp_path / "src", tmp_path / "lake", "--workers", "2", "--quiet")
+    assert run.returncode == 0, run.stderr
+    assert "Dask: 2 worker threads in this process (a small job: no dashboard)" in run.stdout
+    assert "dashboard:" not in run.stdout and "images written   12" in run.stdout
+    ds = lakeio.open_dataset(tmp_path / "lake")
+    pixels = {rel: image for rel, image, _ in written}
+    for i in range(len(ds)):
+        np.testing.assert_array_equal(ds[i][0], pixels[ds.sample(i, ("paths",))["paths"]])
+    assert len(ds) == 12
 
 
 def test_info_lists_fields_codec_classes_and_ratio(cli_lake):

@@ -15,6 +15,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any
 
+import dask.config
 import numpy as np
 from distributed import Client
 from distributed.comm.core import CommClosedError
@@ -77,10 +78,15 @@ def ingest(
     base = _latest_or_none(dest_loc)
     lake = base if mode == "append" else None  # only an append inherits the lake's layout
     src_loc, resolved = _resolve_source(source, labels, classes, lake, source_options)
+    small = len(_items(resolved)) < int(dask.config.get("lakeio.ingest.in-process-below", 2000))
     # In-memory sources (arrays, iterables, a loaded .npy) need no worker processes: threads
     # resize and compress without shipping the arrays, and a script needs no __main__ guard.
-    in_process = src_loc is None or "memory" in (dest_loc.protocol, src_loc.protocol)
-    with dask_client(cluster, workers=workers, processes=not in_process, echo=echo) as client:
+    # Neither does a small folder: starting processes and the dashboard would take longer
+    # than its work (simplejpeg, zstd and lz4 release the GIL, so threads decode in parallel).
+    in_process = small or src_loc is None or "memory" in (dest_loc.protocol, src_loc.protocol)
+    with dask_client(
+        cluster, workers=workers, processes=not in_process, dashboard=not small, echo=echo
+    ) as client:
         started = time.perf_counter()  # the work, not the cluster's start-up
         layout = decide_layout(client, resolved, src_loc, opts, lake)
         layout = replace(layout, format_version=_format_version(dest_loc, base, mode, opts))
@@ -101,6 +107,10 @@ def ingest(
     manifest = publish(dest_loc, base, layout, tasks, results, mode, event)
     where = after_commit(dest_loc, manifest, rows)
     return _summarize(dest_loc, manifest, resolved, results, report or where, started)
+
+
+def _items(resolved: FolderScan | ArraySource):
+    return resolved.files if isinstance(resolved, FolderScan) else resolved
 
 
 def _refuse_empty_result(results: list[dict]) -> None:

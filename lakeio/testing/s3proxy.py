@@ -243,9 +243,13 @@ class FaultProxy:
                 request.transport.close()
                 return out
             if fault == "corrupted" and payload:
-                with self._state.lock:  # a random byte: a store's own damage would be the same
+                # damage in transit differs from read to read: a random place, and a mask that
+                # changes, since two equal bodies read as damage kept in the store (lakeio then
+                # stops reading again); a fixed mask made that likely for a chunk of a few bytes
+                with self._state.lock:
                     flip = self._state.rng.randrange(len(payload))
-                payload = payload[:flip] + bytes([payload[flip] ^ 0x5A]) + payload[flip + 1 :]
+                    mask = 1 + self._state.counts["corrupted"] % 255
+                payload = payload[:flip] + bytes([payload[flip] ^ mask]) + payload[flip + 1 :]
             await out.prepare(request)
             if fault == "truncated" and len(payload) > 1:
                 await out.write(payload[: len(payload) // 2])

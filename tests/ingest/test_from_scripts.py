@@ -41,16 +41,38 @@ def test_an_unguarded_folder_ingest_says_in_one_line_what_to_change(tmp_path, pn
     run = _run_script(
         tmp_path,
         f"""
+        import dask.config
         import lakeio
 
+        dask.config.set({{"lakeio.ingest.in-process-below": 100}})  # the folder has 120 files
         lakeio.ingest({str(png_folder[0])!r}, "lake", workers=2, progress=False, echo=None)
         """,
     )
     assert run.returncode != 0
     last = run.stderr.strip().splitlines()[-1]
-    assert "train_prep.py:4" in last and 'if __name__ == "__main__":' in last, run.stderr
+    assert "train_prep.py:6" in last and 'if __name__ == "__main__":' in last, run.stderr
     assert "Nanny failed" not in run.stderr  # refused before any worker process started
     assert not (tmp_path / "lake").exists()
+
+
+def test_an_unguarded_small_folder_ingest_runs_on_threads(tmp_path, png_folder):
+    """Below lakeio.ingest.in-process-below files no worker process starts, so no guard is needed."""
+    root, written = png_folder
+    run = _run_script(
+        tmp_path,
+        f"""
+        import lakeio
+
+        lakeio.ingest({str(root)!r}, "lake", workers=2, progress=False)
+        """,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "worker threads in this process" in run.stdout
+    ds = lakeio.open_dataset(tmp_path / "lake")
+    pixels = {rel: image for rel, image, _ in written}
+    assert len(ds) == len(written) == 120
+    for i in range(0, 120, 7):
+        np.testing.assert_array_equal(ds[i][0], pixels[ds.sample(i, ("paths",))["paths"]])
 
 
 def test_guarded_calls_and_calls_from_functions_under_the_guard_are_not_flagged(tmp_path):

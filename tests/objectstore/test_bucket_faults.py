@@ -130,7 +130,8 @@ def test_a_body_changed_on_the_way_is_read_again(bucket_lake, s3_options, botoco
         options["config_kwargs"] = {"response_checksum_validation": "when_required"}
     with FaultProxy(s3_options["endpoint_url"], ProxyFaults(corrupt_every=5)) as proxy:
         ds = lakeio.open_dataset(URL, storage_options=_through(proxy, options))
-        with ds.loader(32, seed=5) as loader:
+        # (no next epoch read ahead: every corrupted body is then one this epoch read again)
+        with ds.loader(32, seed=5, prefetch_next_epoch=False) as loader:
             got = collect(loader)
             reread = loader.stats()["cache"]["corrupt_reread"]
         counts = proxy.counts
