@@ -8,7 +8,8 @@ One local lake of 20,000 natural 64x64 photo crops (lz4). Each round, alternatin
   after the other, then ``fsync`` of nothing: the tier does not fsync either) — what a disk
   tier must at least do, the bound this machine sets;
 - cold epoch: a loader's first epoch with ``Cache(disk=<fresh folder>)`` (memory tier on),
-  which reads, checks and decodes each chunk and stores its bytes in the tier behind the reads;
+  which reads, checks and decodes each chunk and stores its bytes in the tier behind the reads
+  (timed until the last of them is stored);
 - no tier: the same first epoch without a disk tier (what the reads and decodes cost alone).
 
 Both read the lake's files from the page cache (read once before the rounds). Reported: each
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import tempfile
@@ -41,18 +43,24 @@ def copy_rate(files: list[str], into: str) -> float:
     return total / (time.perf_counter() - start)
 
 
-def cold_epoch_rate(lake: str, tier: str | None, stored: int) -> tuple[float, dict]:
+def cold_epoch_rate(lake: str, tier: str | None, stored: int) -> tuple[float, dict, dict]:
+    """The epoch's rate (stored bytes/s), the source's stats, and the CPU seconds it took
+    (``user``, ``sys``: what bounds a first epoch on a machine of two cores)."""
     import lakeio
 
     cache = lakeio.Cache(disk=tier, disk_size="4GB") if tier else lakeio.Cache()
     ds = lakeio.open_dataset(lake, cache=cache)
     loader = ds.loader(batch_size=256, seed=0, prefetch_next_epoch=False)
-    start = time.perf_counter()
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     for _ in loader:
         pass
+    if ds.source.disk is not None:  # the clock stops once the tier holds what the epoch read
+        ds.source.disk.flush()
     seconds = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_SELF)
     loader.close()
-    return stored / seconds, ds.source.stats()
+    cpu = {"user": after.ru_utime - before.ru_utime, "sys": after.ru_stime - before.ru_stime}
+    return stored / seconds, ds.source.stats(), cpu
 
 
 def main() -> None:
@@ -76,16 +84,20 @@ def main() -> None:
         print(f"{len(files)} chunk files, {stored / 1e6:.0f} MB stored, {args.rounds} rounds")
         copies, epochs, shares = [], [], []
         for r in range(args.rounds):
-            rates = {}
+            rates, cpu = {}, {}
             kinds = ("copy", "epoch", "no tier")
             for kind in kinds if r % 2 == 0 else kinds[::-1]:
                 into = os.path.join(work, f"{kind}-{r}".replace(" ", "-"))
+                # a deleted folder's blocks are discarded as the journal commits (this disk is
+                # mounted with `discard`): file creation stalls behind it for a while, so the
+                # last run's deletions are committed before the clock starts
+                os.sync()
                 if kind == "copy":
                     rates[kind] = copy_rate(files, into)
                 elif kind == "epoch":
-                    rates[kind], stats = cold_epoch_rate(lake, into, stored)
+                    rates[kind], stats, cpu[kind] = cold_epoch_rate(lake, into, stored)
                 else:  # the first epoch's reads and decodes alone, no tier to fill
-                    rates[kind], _ = cold_epoch_rate(lake, None, stored)
+                    rates[kind], _, cpu[kind] = cold_epoch_rate(lake, None, stored)
                 shutil.rmtree(into, ignore_errors=True)
             copies.append(rates["copy"])
             epochs.append(rates["epoch"])
@@ -94,7 +106,9 @@ def main() -> None:
                 f"round {r}: copy {rates['copy'] / 1e6:.0f} MB/s, cold epoch into the tier "
                 f"{rates['epoch'] / 1e6:.0f} MB/s ({shares[-1]:.0%}), first epoch with no "
                 f"disk tier {rates['no tier'] / 1e6:.0f} MB/s; the tier holds "
-                f"{stats['disk']['items']} entries"
+                f"{stats['disk']['items']} entries; CPU s user/sys: into the tier "
+                f"{cpu['epoch']['user']:.2f}/{cpu['epoch']['sys']:.2f}, no tier "
+                f"{cpu['no tier']['user']:.2f}/{cpu['no tier']['sys']:.2f}"
             )
         print(
             f"median: copy {statistics.median(copies) / 1e6:.0f} MB/s, cold epoch "

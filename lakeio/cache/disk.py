@@ -31,7 +31,10 @@ from lakeio.cache.write_behind import WriteBehind
 from lakeio.errors import CorruptChunkError, LakeError
 from lakeio.format.location import is_storage_full
 
-LOCK_STRIPES = 256  # lock files; keys share one by hash, so a clash only delays a fetch
+# Lock files; keys share one by hash, so a clash only delays a fetch, but a key's lock is held
+# until its bytes are stored, behind up to 64 MiB of others: with 256, a cold epoch's readers
+# waited ~0.35 s in all on stores of other keys; with 4,096 ~0.04 s (a file each, made once).
+LOCK_STRIPES = 4096
 # What a disk that is full, out of inodes or read-only raises out of diskcache and SQLite.
 STORAGE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
 MAX_CULLS = 64  # per store; several processes may be culling at once
@@ -277,7 +280,7 @@ class DiskTier:
     def _open_lock_file(self, key: str) -> int | None:
         """A descriptor of ``key``'s lock file, or None where it cannot be created (a disk with
         no inode left): the lock only saves origin reads, so its absence must not fail one."""
-        path = os.path.join(self._lock_dir, f"{lock_stripe(key):03d}.lock")
+        path = os.path.join(self._lock_dir, f"{lock_stripe(key):04d}.lock")
         try:
             with _open_lock_files:  # no fork between open and registering the descriptor
                 fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -384,15 +387,24 @@ class _BytesOnlyDisk(diskcache.Disk):
         self._attempt = threading.local()  # this thread's last value file: (name, full path)
 
     def filename(self, key=diskcache.core.UNKNOWN, value=diskcache.core.UNKNOWN):
-        name, full_path = super().filename(key, value)
+        """A random name in one of 16 folders (diskcache's own uses two levels, 65,536
+        folders: nearly every chunk of a cold epoch made a folder or two, ~0.4 ms each here;
+        ext4 and xfs index large folders, so a million chunks is ~60,000 files a folder)."""
+        hex_name = os.urandom(16).hex()
+        name = os.path.join(hex_name[:1], hex_name[1:] + ".val")
+        full_path = os.path.join(self._directory, name)
         self._attempt.file = (name, full_path)
         return name, full_path
 
     def store(self, value, read, key=diskcache.core.UNKNOWN):
         self._attempt.file = None
         try:
+            if type(value) is bytes and len(value) >= self.min_file_size:
+                name, full_path = self.filename(key, value)
+                _write_new_file(full_path, value)
+                return len(value), diskcache.core.MODE_BINARY, name, None
             return super().store(value, read, key=key)
-        except BaseException:  # diskcache writes the file in place, under its final name
+        except BaseException:  # the file is written in place, under its final name
             self.discard_failed_store()
             raise
 
@@ -407,6 +419,26 @@ class _BytesOnlyDisk(diskcache.Disk):
         if mode == diskcache.core.MODE_PICKLE:
             raise PickledValueError("the lakeio disk tier holds bytes only; a pickled value")
         return super().fetch(mode, filename, value, read)
+
+
+def _write_new_file(path: str, value: bytes) -> None:
+    """``value`` into a new file at ``path`` (its folder made if missing), in one write call.
+
+    diskcache writes bytes by iterating over a BytesIO, which yields lines: a chunk of
+    compressed pixels, ~5,000 "lines" a megabyte, took ~5,000 write calls and as many copies
+    (the disk tier ran at ~320 MB/s where the same files written whole ran at ~3 GB/s).
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(value)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def _private_directory(path: str) -> None:

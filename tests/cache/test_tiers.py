@@ -193,3 +193,27 @@ def test_memory_set_aside_for_a_loader_comes_out_of_the_tier_and_back():
     assert tier.put("f", np.zeros(600, np.uint8)) and tier.stats().bytes_held == 1000
     tier.release(10**9)  # (more than was set aside: nothing below zero)
     assert tier.reserve(0) == 0 and tier.stats().bytes_held == 1000
+
+
+def test_disk_tier_keeps_each_large_value_as_one_private_file_with_its_exact_bytes(tmp_path):
+    """The tier writes large values itself, whole (diskcache wrote them line by line), in 16
+    folders: reopened, the tier serves every one, and each file holds exactly its value."""
+    rng = np.random.default_rng(7)
+    values = {
+        f"k{i}": rng.integers(0, 256, 40_000 + 997 * i, np.uint8).tobytes() for i in range(48)
+    }
+    values["newlines"] = b"\n" * 50_000  # 50,000 "lines" to diskcache's writer
+    tier = DiskTier(tmp_path / "disk", 1 << 30)
+    for key, value in values.items():
+        assert tier.put(key, value)
+    tier.close()
+    files = sorted((tmp_path / "disk").glob("*/*.val"))
+    assert len(files) == len(values)
+    assert {f.parent.name for f in files} <= set("0123456789abcdef")
+    assert sorted(f.read_bytes() for f in files) == sorted(values.values())
+    assert {os.stat(f).st_mode & 0o777 for f in files} == {0o600}
+    reopened = DiskTier(tmp_path / "disk", 1 << 30)
+    assert all(reopened.get(key) == value for key, value in values.items())
+    reopened.evict("newlines")
+    assert len(list((tmp_path / "disk").glob("*/*.val"))) == len(values) - 1
+    reopened.close()
