@@ -115,3 +115,34 @@ def test_a_large_chunk_is_decoded_into_pages_of_its_own(tmp_path, spec):
     while isinstance(base, (np.ndarray, memoryview)):
         base = base.base if isinstance(base, np.ndarray) else base.obj
     assert isinstance(base, mmap.mmap)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1 << 20, 64 << 20))
+def test_huge_pages_cover_whole_2mib_spans_and_cost_at_most_a_sixteenth(nbytes):
+    from lakeio.format.chunks import HUGE_PAGE, _huge_span
+
+    span = _huge_span(nbytes)
+    assert span % HUGE_PAGE == 0
+    assert nbytes - HUGE_PAGE < span <= nbytes + nbytes // 16
+    if span > nbytes:  # rounded up: only when the chunk ends close under a boundary
+        assert span - nbytes <= nbytes // 16
+
+
+@pytest.mark.parametrize("nbytes", [2_088_960, 4 << 20, 3_000_000, 1_500_000])
+def test_own_pages_start_on_a_huge_page_and_hold_what_is_written(nbytes):
+    """A 64x64 chunk (2,088,960 bytes) sits in one 2 MiB huge page (one fault, not 510);
+    the array is exactly the size asked, zeroed, writable, and outlives nothing it needs."""
+    import mmap
+
+    from lakeio.format.chunks import HUGE_PAGE, _huge_span, own_pages
+
+    out = own_pages(nbytes)
+    assert out.shape == (nbytes,) and out.dtype == np.uint8 and not out.any()
+    if hasattr(mmap, "MADV_HUGEPAGE") and _huge_span(nbytes):
+        assert out.ctypes.data % HUGE_PAGE == 0
+    data = np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8)
+    out[:] = data
+    view = out[nbytes // 2 :]
+    del out
+    np.testing.assert_array_equal(view, data[nbytes // 2 :])
