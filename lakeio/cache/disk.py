@@ -428,11 +428,14 @@ def _write_new_file(path: str, value: bytes) -> None:
     compressed pixels, ~5,000 "lines" a megabyte, took ~5,000 write calls and as many copies
     (the disk tier ran at ~320 MB/s where the same files written whole ran at ~3 GB/s).
     """
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    for attempt in range(10):  # another process may remove the folder it emptied meanwhile
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            break
+        except FileNotFoundError:
+            if attempt == 9:
+                raise
+            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
     try:
         view = memoryview(value)
         while view:

@@ -7,13 +7,11 @@ samples. The codecs are exactly those `lakeio.format.codecs` writes.
 
 from __future__ import annotations
 
-import contextlib
-import mmap
-
 import numpy as np
 
 from lakeio.errors import CorruptChunkError
 from lakeio.format.codecs import CodecSpec
+from lakeio.format.pages import own_pages
 
 
 def _crc32c(data) -> int:
@@ -94,43 +92,7 @@ def decode_chunk(
     return np.frombuffer(data, dtype=dtype).reshape(chunk_shape)
 
 
-OWN_PAGES_FROM = 1 << 20  # decoded chunks this large get pages of their own
-HUGE_PAGE = 2 << 20  # a transparent huge page on x86-64 and most arm64 kernels
-HUGE_SLACK = 16  # a chunk may take up to 1/16 more memory to end on a huge page
-
-
-def own_pages(nbytes: int) -> np.ndarray:
-    """A uint8 array of ``nbytes`` in an anonymous mapping of its own, unmapped when the array
-    goes. Decoded chunks come and go all epoch (the memory tier evicts, the prefetcher lets
-    go); from malloc, glibc's moving mmap threshold and per-thread heaps kept what they freed,
-    and a process reading a lake 4x its memory budget grew by 201 MiB for a 59 MiB budget,
-    against 136 MiB with chunks in pages of their own (`benchmarks/memory_budget.py`; the rest
-    is batches in flight and the heaps' other blocks, see `lakeio.loader.allocator`).
-
-    Fresh pages cost a fault each: filling 4 MiB of 4 KiB pages ran at 1.4–2.1 GB/s here,
-    slower than lz4 decodes. Where the kernel allows (Linux, transparent huge pages in
-    ``madvise`` or ``always`` mode), the array starts on a 2 MiB boundary and its whole 2 MiB
-    spans are huge pages (16–19 GB/s); a chunk just under a multiple of 2 MiB (a 64×64 chunk
-    is 2,088,960 bytes) is rounded up when that costs at most 1/16 of it.
-    """
-    private = {"flags": mmap.MAP_PRIVATE} if hasattr(mmap, "MAP_PRIVATE") else {}  # not Windows
-    huge = _huge_span(nbytes)
-    if not huge:
-        return np.frombuffer(mmap.mmap(-1, nbytes, **private), dtype=np.uint8)
-    region = mmap.mmap(-1, max(nbytes, huge) + HUGE_PAGE, **private)
-    start = -np.frombuffer(region, dtype=np.uint8, count=1).ctypes.data % HUGE_PAGE
-    with contextlib.suppress(OSError):  # a kernel without transparent huge pages: small pages
-        region.madvise(mmap.MADV_HUGEPAGE, start, huge)
-    return np.frombuffer(region, dtype=np.uint8, count=nbytes, offset=start)
-
-
-def _huge_span(nbytes: int) -> int:
-    """How many bytes from the start of a chunk of ``nbytes`` to back with huge pages (0: none)."""
-    if not hasattr(mmap, "MADV_HUGEPAGE"):
-        return 0
-    whole = nbytes // HUGE_PAGE * HUGE_PAGE
-    rounded_up = whole + HUGE_PAGE
-    return rounded_up if rounded_up - nbytes <= nbytes // HUGE_SLACK else whole
+OWN_PAGES_FROM = 1 << 20  # decoded chunks this large get mappings of their own (`own_pages`)
 
 
 def compress(data: np.ndarray, codec: CodecSpec) -> bytes | memoryview:

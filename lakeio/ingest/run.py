@@ -47,6 +47,10 @@ from lakeio.ingest.sources import (
 )
 from lakeio.ingest.tasks import SegmentTask, run_segment_task
 
+# Sources of fewer items than this ingest on threads in this process, without a dashboard: a
+# cluster of processes takes longer to start than their work (CLI on 10 JPEGs: 2.3 s vs 0.8 s).
+dask.config.update_defaults({"lakeio": {"ingest": {"in-process-below": 2000}}})
+
 
 def ingest(
     source: Any,
@@ -78,7 +82,7 @@ def ingest(
     base = _latest_or_none(dest_loc)
     lake = base if mode == "append" else None  # only an append inherits the lake's layout
     src_loc, resolved = _resolve_source(source, labels, classes, lake, source_options)
-    small = len(_items(resolved)) < int(dask.config.get("lakeio.ingest.in-process-below", 2000))
+    small = len(_items(resolved)) < int(dask.config.get("lakeio.ingest.in-process-below"))
     # In-memory sources (arrays, iterables, a loaded .npy) need no worker processes: threads
     # resize and compress without shipping the arrays, and a script needs no __main__ guard.
     # Neither does a small folder: starting processes and the dashboard would take longer

@@ -4,8 +4,8 @@ A loader allocates and frees blocks of megabytes all epoch: decoded chunks (the 
 evicts them, the prefetcher lets them go), the stored bytes they were decoded from, batches.
 glibc serves blocks over its mmap threshold with mmap and unmaps them on free, but it raises
 that threshold to the size of the last such block freed, after which blocks of that size come
-from heaps (one per thread) that it rarely returns to the kernel. Decoded chunks are in pages
-of their own (`lakeio.format.chunks.own_pages`) whatever this setting; the rest is what it
+from heaps (one per thread) that it rarely returns to the kernel. Decoded chunks are in mappings
+of their own (`lakeio.format.pages.own_pages`) whatever this setting; the rest is what it
 changes. Reading a lake four times its budget (246 MB, ``Cache(memory=59 MiB)``), a process
 grew by 136-140 MiB of anonymous memory with glibc's defaults, and by 82-85 MiB with the
 threshold fixed at 1 MiB (`benchmarks/memory_budget.py`, docs/benchmarks.md). Its speed could

@@ -80,6 +80,7 @@ class _State:
     counts: Counter = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
     generation: int = 0  # how many times the counts were reset
+    corruptions: int = 0  # bodies changed so far (never reset): each one's mask differs
 
 
 class FaultProxy:
@@ -248,7 +249,8 @@ class FaultProxy:
                 # stops reading again); a fixed mask made that likely for a chunk of a few bytes
                 with self._state.lock:
                     flip = self._state.rng.randrange(len(payload))
-                    mask = 1 + self._state.counts["corrupted"] % 255
+                    mask = 1 + self._state.corruptions % 255
+                    self._state.corruptions += 1
                 payload = payload[:flip] + bytes([payload[flip] ^ mask]) + payload[flip + 1 :]
             await out.prepare(request)
             if fault == "truncated" and len(payload) > 1:

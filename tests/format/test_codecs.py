@@ -117,32 +117,76 @@ def test_a_large_chunk_is_decoded_into_pages_of_its_own(tmp_path, spec):
     assert isinstance(base, mmap.mmap)
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.integers(1 << 20, 64 << 20))
-def test_huge_pages_cover_whole_2mib_spans_and_cost_at_most_a_sixteenth(nbytes):
-    from lakeio.format.chunks import HUGE_PAGE, _huge_span
+def test_a_chunks_mapping_is_reused_only_once_nothing_holds_the_chunk():
+    """A let-go chunk's mapping serves the next chunk of its size (no page faults), never while
+    a view of the old chunk is alive, and the spares stay within `SPARE_BYTES`."""
+    import gc
 
-    span = _huge_span(nbytes)
-    assert span % HUGE_PAGE == 0
-    assert nbytes - HUGE_PAGE < span <= nbytes + nbytes // 16
-    if span > nbytes:  # rounded up: only when the chunk ends close under a boundary
-        assert span - nbytes <= nbytes // 16
+    from lakeio.format.pages import SPARE_BYTES, drop_spares, own_pages, spare_bytes
+
+    drop_spares()
+    n = 3 << 20
+    first = own_pages(n)
+    first[:] = 7
+    address = first.ctypes.data
+    view = first[n // 2 :]
+    del first
+    gc.collect()
+    second = own_pages(n)  # the first is still held through its view: a new mapping
+    assert second.ctypes.data != address and not np.shares_memory(second, view)
+    second[:] = 9
+    assert (view == 7).all()
+    del view
+    gc.collect()
+    assert spare_bytes() == n
+    third = own_pages(n)
+    assert third.ctypes.data == address and spare_bytes() == 0
+    held = [own_pages(n) for _ in range(12)]  # 36 MiB let go at once: only 16 MiB kept
+    del held, second, third
+    gc.collect()
+    assert spare_bytes() <= SPARE_BYTES and spare_bytes() == SPARE_BYTES // n * n
+    assert own_pages(n + 4096).ctypes.data not in {address}  # another size: a new mapping
+    drop_spares()
+    assert spare_bytes() == 0
 
 
-@pytest.mark.parametrize("nbytes", [2_088_960, 4 << 20, 3_000_000, 1_500_000])
-def test_own_pages_start_on_a_huge_page_and_hold_what_is_written(nbytes):
-    """A 64x64 chunk (2,088,960 bytes) sits in one 2 MiB huge page (one fault, not 510);
-    the array is exactly the size asked, zeroed, writable, and outlives nothing it needs."""
-    import mmap
+@pytest.mark.parametrize("spec", ["lz4", "zstd", "blosc-zstd:5:bitshuffle"])
+def test_chunks_decoded_into_reused_mappings_are_exact(tmp_path, spec):
+    """Decoding one chunk into the mapping another chunk left: every byte is the new chunk's."""
+    import gc
 
-    from lakeio.format.chunks import HUGE_PAGE, _huge_span, own_pages
+    from lakeio.format.pages import drop_spares, spare_bytes
 
-    out = own_pages(nbytes)
-    assert out.shape == (nbytes,) and out.dtype == np.uint8 and not out.any()
-    if hasattr(mmap, "MADV_HUGEPAGE") and _huge_span(nbytes):
-        assert out.ctypes.data % HUGE_PAGE == 0
-    data = np.random.default_rng(nbytes).integers(0, 256, nbytes, dtype=np.uint8)
-    out[:] = data
-    view = out[nbytes // 2 :]
-    del out
-    np.testing.assert_array_equal(view, data[nbytes // 2 :])
+    rng = np.random.default_rng(4)
+    data = rng.integers(0, 256, size=(4, 512, 512, 3), dtype=np.uint8)
+    data[2:] //= 16  # the second chunk compresses differently from the first
+    _write(tmp_path, spec, data, chunk=2)  # two 1.5 MiB chunks
+    raws = [(tmp_path / "a" / "c" / str(i) / "0" / "0" / "0").read_bytes() for i in (0, 1)]
+    drop_spares()
+    for round_ in range(4):
+        i = round_ % 2
+        key = f"a/c/{i}/0/0/0"
+        chunk = decode_chunk(raws[i], parse_codec(spec), (2, 512, 512, 3), "uint8", key)
+        np.testing.assert_array_equal(chunk, data[2 * i : 2 * i + 2])
+        del chunk
+        gc.collect()
+        assert spare_bytes() == data[:2].nbytes  # the next round decodes into this mapping
+
+
+def test_spares_of_a_size_no_longer_decoded_make_room_for_the_current_one():
+    import gc
+
+    from lakeio.format.pages import SPARE_BYTES, drop_spares, own_pages, spare_bytes
+
+    drop_spares()
+    old = [own_pages(4 << 20) for _ in range(4)]  # fills the spares once let go
+    del old
+    gc.collect()
+    assert spare_bytes() == SPARE_BYTES
+    new = [own_pages(3 << 20) for _ in range(2)]  # none of the spares fits: new mappings
+    addresses = {a.ctypes.data for a in new}
+    del new
+    gc.collect()
+    assert spare_bytes() <= SPARE_BYTES
+    assert {own_pages(3 << 20).ctypes.data for _ in range(1)} <= addresses
+    drop_spares()
