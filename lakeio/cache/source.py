@@ -25,6 +25,7 @@ from lakeio.format.chunks import decode_chunk, decode_text_chunk, verify_checksu
 from lakeio.format.codecs import parse_codec
 from lakeio.format.location import Location
 from lakeio.format.manifest import Manifest
+from lakeio.format.pages import spare_bytes
 from lakeio.format.segment import chunk_key
 
 STORED_PREFIX = "stored:"  # memory-tier keys of stored (not decoded) chunk bytes
@@ -319,6 +320,9 @@ class ChunkSource:
             "corrupt_reread": c["corrupt_reread"],
             "memory": memory.as_dict() if memory else None,
             "disk": self.disk.stats(sizes).as_dict() if self.disk is not None else None,
+            # decoded chunks' mappings kept for the next chunk of their size: this process's,
+            # at most 16 MiB, outside Cache(memory=) (see lakeio.format.pages)
+            "spare_mapping_bytes": spare_bytes(),
         }
         hits = memory.hits if memory else 0
         misses = requests - hits

@@ -15,6 +15,7 @@ an epoch took up to 1 s more of kernel time.)
 from __future__ import annotations
 
 import mmap
+import os
 import threading
 import weakref
 
@@ -22,7 +23,9 @@ import numpy as np
 
 SPARE_BYTES = 16 << 20  # mappings kept for reuse, in all: outside the memory budget, so small
 _spares: list[mmap.mmap] = []  # oldest first; a size no longer decoded ages out
-_lock = threading.Lock()
+_spare_total = 0
+# Reentrant: a garbage collection may run any finalizer (_let_go) in a thread holding it.
+_lock = threading.RLock()
 _PRIVATE = {"flags": mmap.MAP_PRIVATE} if hasattr(mmap, "MAP_PRIVATE") else {}  # not Windows
 
 
@@ -39,13 +42,15 @@ def own_pages(nbytes: int) -> np.ndarray:
 def spare_bytes() -> int:
     """Bytes held in spare mappings now (at most `SPARE_BYTES`)."""
     with _lock:
-        return sum(len(region) for region in _spares)
+        return _spare_total
 
 
 def _take_spare(nbytes: int) -> mmap.mmap | None:
+    global _spare_total
     with _lock:
         for i in range(len(_spares) - 1, -1, -1):  # the most recent first
             if len(_spares[i]) == nbytes:
+                _spare_total -= nbytes
                 return _spares.pop(i)
     return None
 
@@ -53,16 +58,30 @@ def _take_spare(nbytes: int) -> mmap.mmap | None:
 def _let_go(region: mmap.mmap) -> None:
     """Runs as the array holding ``region`` goes: keep it as a spare, the oldest spares
     making room (those not kept are unmapped once their last reference goes)."""
+    global _spare_total
     if len(region) > SPARE_BYTES:
         return
     with _lock:
         _spares.append(region)
-        total = sum(len(r) for r in _spares)
-        while total > SPARE_BYTES:
-            total -= len(_spares.pop(0))
+        _spare_total += len(region)
+        while _spare_total > SPARE_BYTES:
+            _spare_total -= len(_spares.pop(0))
 
 
 def drop_spares() -> None:
     """Unmap every spare (a process about to idle, or a test wanting a clean slate)."""
+    global _spare_total
     with _lock:
         _spares.clear()
+        _spare_total = 0
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (a DataLoader worker) gets a lock of its own: a parent's thread may
+    have held this one at the fork, and would never let it go there."""
+    global _lock
+    _lock = threading.RLock()
+
+
+if hasattr(os, "register_at_fork"):  # not on Windows
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -190,3 +190,44 @@ def test_spares_of_a_size_no_longer_decoded_make_room_for_the_current_one():
     assert spare_bytes() <= SPARE_BYTES
     assert {own_pages(3 << 20).ctypes.data for _ in range(1)} <= addresses
     drop_spares()
+
+
+def _own_pages_in_child(n: int) -> None:
+    import gc
+
+    from lakeio.format.pages import own_pages, spare_bytes
+
+    first = own_pages(n)
+    del first
+    gc.collect()
+    assert spare_bytes() >= n
+    own_pages(n)
+
+
+def test_a_forked_child_gets_mappings_while_a_parent_thread_holds_the_spares_lock():
+    """A DataLoader worker forked while another thread of the trainer held the lock."""
+    import multiprocessing
+    import threading
+
+    from lakeio.format import pages
+
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with pages._lock:
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait(5)
+    try:
+        child = multiprocessing.get_context("fork").Process(
+            target=_own_pages_in_child, args=(2 << 20,)
+        )
+        child.start()
+        child.join(30)
+        assert child.exitcode == 0
+    finally:
+        release.set()
+        holder.join()

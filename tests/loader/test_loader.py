@@ -412,3 +412,26 @@ def test_batches_a_training_loop_keeps_are_never_written_over(small_lake):
     for x, y, ids in kept:
         np.testing.assert_array_equal(x.numpy(), images[ids])
         np.testing.assert_array_equal(y.numpy(), labels[ids])
+
+
+def test_stats_report_the_decoded_chunks_mappings_kept_for_reuse(tmp_path):
+    """Chunks of 1.5 MiB read with no memory tier are let go after their batches: their
+    mappings wait for the next chunk, counted in stats (outside Cache(memory=))."""
+    import gc
+
+    import numpy as np
+
+    from lakeio.format.pages import SPARE_BYTES, drop_spares
+
+    images = np.random.default_rng(2).integers(0, 256, (512, 64, 64, 3), dtype=np.uint8)
+    lakeio.ingest(images, tmp_path / "lake", labels=np.zeros(512, int), chunk_samples=128,
+                  codec="lz4", progress=False, echo=None)  # fmt: skip
+    drop_spares()
+    ds = lakeio.open_dataset(tmp_path / "lake", cache=Cache(memory=0))
+    with ds.loader(batch_size=64, seed=1, prefetch_next_epoch=False) as loader:
+        seen = sum(len(x) for x, _ in loader)
+        gc.collect()
+        spare = loader.stats()["cache"]["spare_mapping_bytes"]
+    assert seen == 512
+    chunk = 128 * 64 * 64 * 3
+    assert 0 < spare <= SPARE_BYTES and spare % chunk == 0
