@@ -6,8 +6,8 @@ reading a lake 4x its memory budget grew by 201 MiB for a 59 MiB budget, against
 chunks in mappings of their own (`benchmarks/memory_budget.py`). A fresh mapping costs a page
 fault per 4 KiB: filling one of 4 MiB ran at 1.4–2.1 GB/s here, slower than lz4 decodes, and
 an epoch that decodes its chunks took ~65,000 faults. So a chunk's mapping, once nobody holds
-the chunk, is kept for the next chunk of its size (up to `SPARE_BYTES` in all): refilled, it
-runs at ~35–43 GB/s. (Transparent huge pages were tried: 14–19 GB/s, but on a node whose
+the chunk, is kept for the next chunk of its size (up to `SPARE_BYTES` in all): refilled
+through `own_pages`, it runs at 21–26 GB/s. (Transparent huge pages were tried: 14–19 GB/s, but on a node whose
 memory the page cache has fragmented, the kernel compacts memory inside the page fault, and
 an epoch took up to 1 s more of kernel time.)
 """
