@@ -8,6 +8,12 @@ GIL, so while one thread copies, the other prepares the next batch: at 64×64 th
 epoch from ~59% to ~75% of a memory-mapped array's rate here, against ~59% when the batcher
 thread made every copy itself (the training loop idle meanwhile).
 
+When it is ahead, the batcher thread copies the *newest* order nobody has started, not the
+oldest: the oldest is the one the training loop asks for next, and finding it half made, the
+training loop could only wait (for ~half of a 64×64 epoch, traced), and then wait again for
+the GIL while the batcher thread ran Python. Taking them from opposite ends, both threads copy
+at once: 64×64 went from ~400 to ~300-350 µs a batch (`benchmarks/peers.py` has the shares).
+
 A batch's chunks are let go only once its copy is made, so an order in the queue always finds
 them held.
 """
@@ -92,8 +98,9 @@ class Orders:
         self._pending.append((batch, order))
 
     def take_one(self) -> bool:
-        """Make the oldest copy nobody has started; False if there is none."""
-        for _, order in self._pending:
+        """Make the newest copy nobody has started (the training loop takes the oldest: see
+        the module's docstring); False if there is none."""
+        for _, order in reversed(self._pending):
             if not order.taken:
                 order.take_quietly()
                 return True

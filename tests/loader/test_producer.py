@@ -66,19 +66,25 @@ def test_cancel_claims_an_order_nobody_took_and_waits_for_one_being_copied():
     taker.join()
 
 
-def test_orders_finish_in_batch_order_and_take_one_makes_the_oldest_untaken():
+def test_orders_finish_in_batch_order_and_take_one_makes_the_newest_untaken():
+    """The batcher thread copies from the far end: the oldest order is the training loop's
+    next, and it copies that one itself rather than wait for one half made."""
     orders = Orders()
     made = []
-    batch_orders = [CopyOrder(lambda i=i: made.append(i) or {"i": i}) for i in range(3)]
+    batch_orders = [CopyOrder(lambda i=i: made.append(i) or {"i": i}) for i in range(4)]
     for i, order in enumerate(batch_orders):
         orders.add(i, order)
     batch_orders[1].take()  # made out of turn: not finished before batch 0
     assert orders.finished() == []
-    assert orders.take_one() and made == [1, 0]
-    assert orders.finished() == [0, 1]
+    assert orders.take_one() and made == [1, 3]
+    assert orders.take_one() and made == [1, 3, 2]
+    assert orders.finished() == []  # batch 0 still not made
+    assert batch_orders[0].take() == {"i": 0}  # (as the training loop does)
+    assert orders.finished() == [0, 1, 2, 3]
     assert orders.finished(everything=False) == []
-    assert orders.take_one() and orders.finished(everything=True) == [2]
     assert not orders.take_one()
+    orders.add(4, CopyOrder(lambda: made.append(4) or {"i": 4}))
+    assert orders.take_one() and orders.finished(everything=True) == [4] and made[-1] == 4
 
 
 def test_an_array_is_written_again_only_once_nobody_holds_it():
