@@ -1,6 +1,6 @@
 """Plot the warm rate of each loader in benchmarks/peers-results.md as a share of the memmap.
 
-Run: .venv/bin/python benchmarks/plot_peers.py   (needs matplotlib: pip install matplotlib)
+Run: .venv-peers/bin/python benchmarks/plot_peers.py   (needs matplotlib, which .venv-peers has)
 
 Reads the tables `benchmarks/peers.py --out benchmarks/peers-results.md` wrote (warm epoch /
 memmap: the median of the per-epoch ratios, and their range) and draws one panel per image
