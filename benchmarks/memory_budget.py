@@ -55,7 +55,7 @@ start = rss("VmRSS:")
 anon_start, anon_peak = rss("RssAnon:"), 0
 with open("/proc/self/clear_refs", "w") as fh:
     fh.write("5")
-shares = []
+shares, rates = [], []
 for epoch in range(epochs):
     loader.set_epoch(epoch)
     t, seen = time.perf_counter(), 0
@@ -63,13 +63,15 @@ for epoch in range(epochs):
         seen += len(x)
         anon_peak = max(anon_peak, rss("RssAnon:"))
     rate = seen / (time.perf_counter() - t)
+    rates.append(rate)
     order = np.random.default_rng(epoch).permutation(len(mm))
     t = time.perf_counter()
     for i in range(0, len(mm), 256):
         torch.from_numpy(mm[np.sort(order[i : i + 256])])
     shares.append(rate / (len(mm) / (time.perf_counter() - t)))
 print(json.dumps({"growth": rss("VmHWM:") - start, "anon": anon_peak - anon_start, "window": loader.plan.window,
-                  "warnings": [str(w.message) for w in caught], "shares": shares}))
+                  "warnings": [str(w.message) for w in caught], "shares": shares,
+                  "rates": rates}))
 """
 
 
@@ -84,6 +86,7 @@ def run_case(lake, raw, budget, disk, prefetch, epochs):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--only", default="", help="run the cases whose name has this text")
     args = parser.parse_args()
     import lakeio
     from lakeio.testing.images import photo_crop_arrays
@@ -106,14 +109,18 @@ def main() -> None:
             "X + a disk tier holding the lake": (f"{work}/disk-tier", None),
         }
         for name, (disk, prefetch) in cases.items():
+            if args.only not in name:
+                continue
             started = time.perf_counter()
             r = run_case(lake, f"{work}/raw.npy", budget, disk, prefetch, args.epochs)
             warm = r["shares"][1:] or r["shares"]
+            rate = float(np.median(r["rates"][1:] or r["rates"]))
             print(
                 f"{name}: peak RSS growth {r['growth'] / 2**20:.0f} MiB, of anonymous memory "
                 f"{r['anon'] / 2**20:.0f} MiB "
                 f"(X + 64 MiB = {(budget + 2**26) / 2**20:.0f} MiB), window {r['window']} "
                 f"chunks, warm epochs {', '.join(f'{s:.0%}' for s in warm)} of the memmap "
+                f"(median {np.median(warm):.0%}; {rate:,.0f} img/s) "
                 f"({time.perf_counter() - started:.0f} s)"
             )
             for message in r["warnings"]:

@@ -16,6 +16,7 @@ import numpy as np
 
 from lakeio.cache.schedule import Schedule
 from lakeio.cache.tier import TierStats
+from lakeio.format.pages import set_room
 
 POLICIES = ("plan", "lru")
 
@@ -41,6 +42,7 @@ class MemoryTier:
         self._reserved = 0  # of the capacity, for decoded chunks loaders hold outside the tier
         self._lock = threading.Lock()
         self._stats = TierStats()
+        set_room(self, self.capacity)  # what this budget leaves free may hold spare mappings
 
     def __len__(self) -> int:
         """Chunks held now."""
@@ -128,7 +130,9 @@ class MemoryTier:
         """Set the capacity, evicting by the policy down to it; the bytes evicted."""
         with self._lock:
             self.capacity = max(0, int(capacity))
-            return self._evict_to(self._room())
+            freed = self._evict_to(self._room())
+        set_room(self, self.capacity)
+        return freed
 
     def plan_readers(self) -> int:
         """Readers whose plans the tier currently follows."""

@@ -117,7 +117,15 @@ def test_a_large_chunk_is_decoded_into_pages_of_its_own(tmp_path, spec):
     assert isinstance(base, mmap.mmap)
 
 
-def test_a_chunks_mapping_is_reused_only_once_nothing_holds_the_chunk():
+@pytest.fixture
+def no_memory_tiers(monkeypatch):
+    """Spares as in a process with no memory tier: other tests' tiers may still be alive."""
+    from lakeio.format import pages
+
+    monkeypatch.setattr(pages, "_rooms", {})
+
+
+def test_a_chunks_mapping_is_reused_only_once_nothing_holds_the_chunk(no_memory_tiers):
     """A let-go chunk's mapping serves the next chunk of its size (no page faults), never while
     a view of the old chunk is alive, and the spares stay within `SPARE_BYTES`."""
     import gc
@@ -173,7 +181,7 @@ def test_chunks_decoded_into_reused_mappings_are_exact(tmp_path, spec):
         assert spare_bytes() == data[:2].nbytes  # the next round decodes into this mapping
 
 
-def test_spares_of_a_size_no_longer_decoded_make_room_for_the_current_one():
+def test_spares_of_a_size_no_longer_decoded_make_room_for_the_current_one(no_memory_tiers):
     import gc
 
     from lakeio.format.pages import SPARE_BYTES, drop_spares, own_pages, spare_bytes
@@ -190,6 +198,51 @@ def test_spares_of_a_size_no_longer_decoded_make_room_for_the_current_one():
     assert spare_bytes() <= SPARE_BYTES
     assert {own_pages(3 << 20).ctypes.data for _ in range(1)} <= addresses
     drop_spares()
+
+
+SPARES_IN_THE_ROOM = """
+import gc
+from lakeio.cache.memory import MemoryTier
+from lakeio.format.pages import SPARE_BYTES, own_pages, spare_bytes, spare_limit
+
+n = 4 << 20
+tier = MemoryTier(40 << 20)
+kept = [own_pages(n) for _ in range(2)]  # 8 MiB alive: up to 32 MiB of spares
+assert spare_limit() == (40 << 20) - 2 * n, spare_limit()
+window = [own_pages(n) for _ in range(9)]  # 36 MiB let go at once
+addresses = {a.ctypes.data for a in window}
+del window
+gc.collect()
+assert spare_bytes() == 8 * n, spare_bytes()  # all the room left: more than SPARE_BYTES
+again = [own_pages(n) for _ in range(8)]
+assert {a.ctypes.data for a in again} <= addresses and spare_bytes() == 0
+del again
+gc.collect()
+assert spare_bytes() == 8 * n
+tier.resize(24 << 20)  # 24 MiB less the 8 alive: 16 MiB of the spares stay
+assert spare_bytes() == 4 * n, spare_bytes()
+del kept
+gc.collect()
+assert spare_bytes() <= 24 << 20
+del tier
+gc.collect()
+assert spare_bytes() <= SPARE_BYTES and spare_limit() == SPARE_BYTES, spare_bytes()
+print("ok")
+"""
+
+
+def test_spares_fill_what_the_memory_tiers_leave_of_their_budgets():
+    """A memory tier's budget less the chunks alive may hold spares (a shuffle window let go at
+    once is decoded into again, not mapped afresh); never more, and back to `SPARE_BYTES`
+    once the budget shrinks or its tier goes. In a fresh process: this one's other tests may
+    hold tiers and chunks."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", SPARES_IN_THE_ROOM], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
 
 
 def _own_pages_in_child(n: int) -> None:
