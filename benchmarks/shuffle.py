@@ -12,15 +12,23 @@ any chunk-wise shuffle. For each window size (chunks shuffled together):
 - gap: mean |position difference| of consecutive samples, as a fraction of N (a full
   permutation gives ~1/3);
 - memory: decoded bytes the window holds (chunks of 4 MiB).
+
+Then 4 DDP ranks (issue 14): today's sharding (each rank a quarter of each epoch's global
+order, so every rank reads every chunk over a few epochs) against chunk-affine sharding (rank r
+keeps chunks r, r+4, r+8, ... every epoch, shuffled in windows of its own chunks: a node's
+ranks hold one copy of the lake between them with no shared tier). Per window: label TV of a
+rank's batch (what BatchNorm sees without SyncBatchNorm) and of the global batch (the four
+ranks' batches of one step, what the averaged gradient sees), and the share of the samples a
+rank has seen after 5 epochs.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from lakeio.loader.plan import PlanSpec, batch_slices, global_order
+from lakeio.loader.plan import PlanSpec, batch_slices, global_order, rank_orders
 
-N, CLASSES, CHUNK, BATCH = 20000, 10, 341, 256
+N, CLASSES, CHUNK, BATCH, RANKS, EPOCHS = 20000, 10, 341, 256, 4, 5
 
 
 def quality(order: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -48,6 +56,45 @@ def main() -> None:
     print(f"| full random permutation | {tv:.3f} | {gap:.3f} | whole dataset (random access) |")
     tv, gap = quality(np.arange(N), labels)
     print(f"| no shuffle | {tv:.3f} | {gap:.3f} | 1 chunk |")
+    print(f"\n{RANKS} ranks, batch {BATCH} each ({RANKS * BATCH} a step), {EPOCHS} epochs\n")
+    print(
+        "| sharding | window | rank batch TV | global batch TV | samples a rank sees in 5 epochs |"
+    )
+    print("|---|---|---|---|---|")
+    for window in (4, 8, 32):
+        for name, orders in (("today's", _todays), ("chunk-affine", _affine)):
+            per_epoch = [orders(chunks, window, epoch) for epoch in range(EPOCHS)]
+            rank_tv, step_tv = ranks_quality(per_epoch[0], labels)
+            seen = np.mean([len(set(np.concatenate([e[r] for e in per_epoch]).tolist())) / N
+                            for r in range(RANKS)])  # fmt: skip
+            print(f"| {name} | {window} | {rank_tv:.3f} | {step_tv:.3f} | {seen:.0%} |")
+
+
+def _todays(chunks, window: int, epoch: int) -> list[np.ndarray]:
+    return list(rank_orders(chunks, PlanSpec(BATCH, window=window, world_size=RANKS), epoch))
+
+
+def _affine(chunks, window: int, epoch: int) -> list[np.ndarray]:
+    """Rank r keeps chunks r, r + RANKS, ...: the same chunks every epoch, windows of its own."""
+    return [
+        global_order(chunks[r::RANKS], PlanSpec(BATCH, window=window, seed=r), epoch)
+        for r in range(RANKS)
+    ]
+
+
+def ranks_quality(orders: list[np.ndarray], labels: np.ndarray) -> tuple[float, float]:
+    """Label TV of each rank's batches, and of each step's batches of all ranks together."""
+    overall = np.bincount(labels, minlength=CLASSES) / len(labels)
+    steps = min(len(o) for o in orders) // BATCH
+    rank_tv, step_tv = [], []
+    for i in range(steps):
+        batches = [o[i * BATCH : (i + 1) * BATCH] for o in orders]
+        for b in batches:
+            hist = np.bincount(labels[b], minlength=CLASSES) / BATCH
+            rank_tv.append(0.5 * np.abs(hist - overall).sum())
+        hist = np.bincount(labels[np.concatenate(batches)], minlength=CLASSES) / (RANKS * BATCH)
+        step_tv.append(0.5 * np.abs(hist - overall).sum())
+    return float(np.mean(rank_tv)), float(np.mean(step_tv))
 
 
 if __name__ == "__main__":
