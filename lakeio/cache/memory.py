@@ -79,7 +79,9 @@ class MemoryTier:
         stay within the one budget `Cache(memory=...)` names. The bytes evicted to make room."""
         with self._lock:
             self._reserved += max(0, int(nbytes))
-            return self._evict_to(self._room())
+            freed = self._evict_to(self._room())
+            set_room(self, self.capacity, self._bytes)
+            return freed
 
     def release(self, nbytes: int) -> None:
         """Give back what `reserve` set aside."""
@@ -102,6 +104,7 @@ class MemoryTier:
             self._items[key] = value
             self._bytes += size
             self._evict_to(self._room())
+            set_room(self, self.capacity, self._bytes)
             return key in self._items
 
     def _evict_to(self, capacity: int) -> int:
@@ -131,8 +134,8 @@ class MemoryTier:
         with self._lock:
             self.capacity = max(0, int(capacity))
             freed = self._evict_to(self._room())
-        set_room(self, self.capacity)
-        return freed
+            set_room(self, self.capacity, self._bytes)
+            return freed
 
     def plan_readers(self) -> int:
         """Readers whose plans the tier currently follows."""
@@ -145,6 +148,7 @@ class MemoryTier:
             if old is not None:
                 self._bytes -= old.nbytes
                 self._stats.evictions += 1
+                set_room(self, self.capacity, self._bytes)
 
     def stats(self) -> TierStats:
         with self._lock:
@@ -161,3 +165,4 @@ class MemoryTier:
             self._items.clear()
             self._schedule.clear()
             self._bytes = 0
+            set_room(self, self.capacity, 0)

@@ -321,7 +321,7 @@ class ChunkSource:
             "memory": memory.as_dict() if memory else None,
             "disk": self.disk.stats(sizes).as_dict() if self.disk is not None else None,
             # decoded chunks' mappings kept for the next chunk of their size: this process's,
-            # at most 16 MiB, outside Cache(memory=) (see lakeio.format.pages)
+            # in what the memory tiers' budgets leave free, or 16 MiB (see lakeio.format.pages)
             "spare_mapping_bytes": spare_bytes(),
         }
         hits = memory.hits if memory else 0

@@ -30,6 +30,7 @@ import psutil
 
 from lakeio.cache.memory import MemoryTier
 from lakeio.cache.schedule import SharedSchedule
+from lakeio.format.pages import drop_spares, spare_bytes
 
 if TYPE_CHECKING:
     from distributed import Worker
@@ -106,12 +107,18 @@ class WorkerMemory:
             return 0
         rss = self._rss()
         freed = 0
+        if rss > self.shed_at and spare_bytes():  # spare mappings go before any chunk does
+            freed = spare_bytes()
+            drop_spares()
+            release_free_memory()
+            rss = self._rss()
         with self._lock:
             held = self.tier.stats().bytes_held
             if rss > self.shed_at and held:
                 self.allowed = max(0, held - (rss - self.shed_at + self.step))
-                freed = self._apply()
-                self.shed_bytes += freed
+                shed = self._apply()
+                freed += shed
+                self.shed_bytes += shed
                 self.sheds += 1
             elif rss < self.shed_at - 2 * self.step and self.allowed < self.ceiling:
                 self.allowed = min(self.ceiling, self.allowed + self.step)

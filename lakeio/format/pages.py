@@ -11,9 +11,11 @@ the chunk, is kept for the next chunk of its size: refilled through `own_pages`,
 1.9–2.4 with a fault per page).
 
 How much is kept: what the memory tiers' budgets leave free. Each `lakeio.cache.memory.
-MemoryTier` tells `set_room` its capacity; spares may fill that room less the chunks alive now
-(and always `SPARE_BYTES`), so decoded chunks and spares together stay within the budgets the
-user gave `Cache(memory=...)`, plus `SPARE_BYTES`. With a fixed 16 MiB, a loader whose budget
+MemoryTier` tells `set_room` its capacity and the bytes it holds; spares may fill the
+capacities less what the tiers hold and less the chunks alive here (those in a tier counted
+twice: the estimate errs towards fewer spares), and `SPARE_BYTES` in any case. So decoded
+chunks and spares together stay within the budgets the user gave `Cache(memory=...)`, plus
+`SPARE_BYTES`. With a fixed 16 MiB, a loader whose budget
 is a quarter of the lake let go of a shuffle window (7 chunks, 28 MiB) at once, unmapped 3 of
 them and mapped 3 new ones for the next window: 25 fresh mappings an epoch, 0.5 with the room
 (warm epoch 143 -> 105 ms, kernel time 92 -> 39 ms). (Transparent huge pages were tried:
@@ -34,7 +36,7 @@ SPARE_BYTES = 16 << 20  # spares kept in any case: outside the memory budgets, s
 _spares: list[mmap.mmap] = []  # oldest first; a size no longer decoded ages out
 _spare_total = 0
 _live = 0  # bytes handed out by own_pages and not let go yet
-_rooms: dict[int, int] = {}  # id of each memory tier -> its capacity (see set_room)
+_rooms: dict[int, tuple[int, int]] = {}  # id of each memory tier -> (capacity, bytes held)
 # Reentrant: a garbage collection may run any finalizer (_let_go) in a thread holding it.
 _lock = threading.RLock()
 # not Windows; pages allocated in the one call where the platform can (Linux)
@@ -50,11 +52,18 @@ def own_pages(nbytes: int) -> np.ndarray:
     ``np.empty``): a spare one of that size if there is one, else a new one. When the array
     and every view of it are gone, the mapping becomes a spare, or is unmapped."""
     global _live
-    region = _take_spare(nbytes) or mmap.mmap(-1, nbytes, **_PRIVATE)
-    out = np.frombuffer(region, dtype=np.uint8)
-    with _lock:
-        _live += len(region)
-    weakref.finalize(out, _let_go, region).atexit = False
+    with _lock:  # (counted alive from here: another thread's let-go sees it)
+        region = _take_spare(nbytes)
+        _live += nbytes
+    try:
+        if region is None:
+            region = mmap.mmap(-1, nbytes, **_PRIVATE)
+        out = np.frombuffer(region, dtype=np.uint8)
+        weakref.finalize(out, _let_go, region).atexit = False
+    except BaseException:
+        with _lock:
+            _live -= nbytes
+        raise
     return out
 
 
@@ -71,17 +80,14 @@ def spare_limit() -> int:
         return _limit()
 
 
-def set_room(owner: object, nbytes: int) -> None:
-    """``owner`` (a memory tier) may hold ``nbytes`` of decoded chunks: spares may use what the
-    chunks alive leave of all owners' room. Forgotten when ``owner`` goes, or with 0."""
-    key, nbytes = id(owner), max(0, int(nbytes))
+def set_room(owner: object, capacity: int, held: int = 0) -> None:
+    """``owner`` (a memory tier) may hold ``capacity`` bytes of decoded chunks and holds
+    ``held``: spares may use what is left of all owners' room. Forgotten when ``owner`` goes."""
+    key = id(owner)
     with _lock:
-        if key not in _rooms and nbytes:
+        if key not in _rooms:
             weakref.finalize(owner, _forget_room, key).atexit = False
-        if nbytes:
-            _rooms[key] = nbytes
-        else:
-            _rooms.pop(key, None)
+        _rooms[key] = (max(0, int(capacity)), max(0, int(held)))
         _trim()
 
 
@@ -92,7 +98,8 @@ def _forget_room(key: int) -> None:
 
 
 def _limit() -> int:  # (holding the lock)
-    return max(SPARE_BYTES, sum(_rooms.values()) - _live)
+    free = sum(capacity - held for capacity, held in _rooms.values()) - _live
+    return max(SPARE_BYTES, free)
 
 
 def _trim() -> None:
@@ -103,13 +110,12 @@ def _trim() -> None:
         _spare_total -= len(_spares.pop(0))
 
 
-def _take_spare(nbytes: int) -> mmap.mmap | None:
+def _take_spare(nbytes: int) -> mmap.mmap | None:  # (holding the lock)
     global _spare_total
-    with _lock:
-        for i in range(len(_spares) - 1, -1, -1):  # the most recent first
-            if len(_spares[i]) == nbytes:
-                _spare_total -= nbytes
-                return _spares.pop(i)
+    for i in range(len(_spares) - 1, -1, -1):  # the most recent first
+        if len(_spares[i]) == nbytes:
+            _spare_total -= nbytes
+            return _spares.pop(i)
     return None
 
 

@@ -4,6 +4,7 @@ tests/reliability/test_cluster_churn.py runs it in real `dask worker` processes)
 import numpy as np
 
 from lakeio.cluster.worker_memory import WorkerMemory
+from lakeio.format.pages import drop_spares, own_pages, spare_bytes
 
 MB = 1 << 20
 
@@ -31,6 +32,7 @@ def test_shedding_starts_below_dasks_own_spill_or_pause_if_they_are_lower():
 
 
 def test_the_tier_gives_way_under_pressure_and_grows_back_slowly():
+    drop_spares()  # (other tests' spare mappings would be shed first)
     rss = [0]
     memory = WorkerMemory(1000 * MB, rss=lambda: rss[0])
     memory.want(500 * MB)
@@ -54,3 +56,20 @@ def test_without_a_memory_limit_nothing_is_shed():
     memory.want(64 * MB)
     _filled(memory, 10)
     assert memory.relieve() == 0 and memory.tier.stats().bytes_held == 10 * MB
+
+
+def test_spare_mappings_go_before_any_chunk_is_shed():
+    """Mappings kept for the next decoded chunk count in the process's memory: under pressure
+    they are unmapped first, and chunks shed only if that was not enough."""
+    import gc
+
+    memory = WorkerMemory(1000 * MB, rss=lambda: (700 if spare_bytes() else 600) * MB)
+    memory.want(500 * MB)
+    _filled(memory, 100)
+    drop_spares()
+    spares = [own_pages(4 * MB) for _ in range(4)]
+    del spares
+    gc.collect()
+    assert spare_bytes() == 16 * MB
+    assert memory.relieve() == 16 * MB and spare_bytes() == 0
+    assert memory.tier.stats().bytes_held == 100 * MB and memory.sheds == 0

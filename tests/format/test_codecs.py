@@ -224,6 +224,12 @@ assert spare_bytes() == 4 * n, spare_bytes()
 del kept
 gc.collect()
 assert spare_bytes() <= 24 << 20
+tier.resize(40 << 20)
+import numpy as np
+assert tier.put("plain", np.zeros(20 << 20, np.uint8))  # what the tier holds is not room
+assert spare_limit() == 20 << 20 and spare_bytes() <= 20 << 20, spare_limit()
+tier.evict("plain")
+assert spare_limit() == 40 << 20
 del tier
 gc.collect()
 assert spare_bytes() <= SPARE_BYTES and spare_limit() == SPARE_BYTES, spare_bytes()
