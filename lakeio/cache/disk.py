@@ -14,27 +14,21 @@ value whose write failed midway is removed, never left behind or served.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import os
 import sqlite3
 import stat
 import threading
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import diskcache
 
+from lakeio.cache.key_locks import KeyLocks, release
 from lakeio.cache.tier import TierStats
 from lakeio.cache.write_behind import WriteBehind
 from lakeio.errors import CorruptChunkError, LakeError
 from lakeio.format.location import is_storage_full
 
-# Lock files; keys share one by hash, so a clash only delays a fetch, but a key's lock is held
-# until its bytes are stored, behind up to 64 MiB of others: with 256, a cold epoch's readers
-# waited ~0.35 s in all on stores of other keys; with 4,096 ~0.04 s (a file each, made once).
-LOCK_STRIPES = 4096
 # What a disk that is full, out of inodes or read-only raises out of diskcache and SQLite.
 STORAGE_ERRORS = (OSError, sqlite3.Error, diskcache.Timeout)
 MAX_CULLS = 64  # per store; several processes may be culling at once
@@ -51,6 +45,7 @@ class DiskTier:
         self.directory = os.fspath(directory)
         self.capacity = int(capacity)
         self._lock_dir = os.path.join(self.directory, "locks")
+        self._locks = KeyLocks(self._lock_dir, self._failed)  # one fetch of a key per node
         self._lock = threading.Lock()
         self._stats = TierStats()
         self.write_errors = 0  # chunks the disk refused to store (full disk, no inodes...)
@@ -197,26 +192,26 @@ class DiskTier:
         value = self.get(key)
         if value is not None:
             return value, True
-        fd = self._lock_key(key)
+        fd = self._locks.take(key)
         try:
             value = self._read(key)
             if value is not None:  # another process fetched it while we waited
-                self._unlock(fd)
+                release(fd)
                 return value, True
             value = fetch()
             if check is not None:
                 check(value)
             # Stored behind the read, the key's lock held until then: this process's readers
             # take the bytes from the hand-over, other processes wait for the stored copy.
-            handed_over = self._behind.submit(key, value, lambda: self._unlock(fd))
+            handed_over = self._behind.submit(key, value, lambda: release(fd))
         except BaseException:
-            self._unlock(fd)
+            release(fd)
             raise
         if not handed_over:
             try:  # the writer is that far behind: store it here (never raises for the disk)
                 self.put(key, value)
             finally:
-                self._unlock(fd)
+                release(fd)
         return value, False
 
     def replace_damaged(
@@ -229,7 +224,7 @@ class DiskTier:
         once (an epoch's load and the next epoch's prefetch, say) fetch the original once and
         count it once: one that waited takes the copy stored meanwhile.
         """
-        with self._fetch_lock(key):
+        with self._locks.held(key):
             current = self._read(key)
             if current is not None and current != damaged and _passes(check, current):
                 return current, False
@@ -238,57 +233,6 @@ class DiskTier:
             check(value)  # the origin's own copy being bad is the caller's error to raise
             self.put(key, value)
             return value, True
-
-    @contextmanager
-    def _fetch_lock(self, key: str) -> Iterator[None]:
-        """An exclusive lock on ``key`` across the processes (and threads) of this node.
-
-        A kernel file lock (flock) on one of `LOCK_STRIPES` files: waiting costs nothing and a
-        process that dies releases it. (diskcache's own Lock is a row in SQLite taken by polling,
-        three write transactions per chunk, and under contention SQLite's busy handler sleeps:
-        a cold epoch ran on one core of two.) Each acquisition opens its own file description,
-        so threads of one process exclude each other as processes do.
-        """
-        fd = self._lock_key(key)
-        try:
-            yield
-        finally:
-            self._unlock(fd)
-
-    def _lock_key(self, key: str) -> int | None:
-        """Take ``key``'s lock (see `_fetch_lock`); its descriptor, for `_unlock`, which any
-        thread may call. None: no lock to be had, fetch unlocked, perhaps twice on this node."""
-        fd = self._open_lock_file(key)
-        if fd is None:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        except BaseException:
-            self._unlock(fd)
-            raise
-        return fd
-
-    @staticmethod
-    def _unlock(fd: int | None) -> None:
-        if fd is None:
-            return
-        with _open_lock_files:
-            if fd in _lock_fds:  # (a forked child closed its copies already)
-                _lock_fds.discard(fd)
-                os.close(fd)  # the last descriptor of the file closed releases the lock
-
-    def _open_lock_file(self, key: str) -> int | None:
-        """A descriptor of ``key``'s lock file, or None where it cannot be created (a disk with
-        no inode left): the lock only saves origin reads, so its absence must not fail one."""
-        path = os.path.join(self._lock_dir, f"{lock_stripe(key):04d}.lock")
-        try:
-            with _open_lock_files:  # no fork between open and registering the descriptor
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-                _lock_fds.add(fd)
-        except OSError as exc:
-            self._failed("create a lock file", exc)
-            return None
-        return fd
 
     def evict(self, key: str) -> None:
         """Drop ``key``'s copy; on a disk too full to record that, the copy stays (a damaged
@@ -333,38 +277,8 @@ def _passes(check: Callable[[bytes], object], value: bytes) -> bool:
     return True
 
 
-def lock_stripe(key: str) -> int:
-    """Which of the `LOCK_STRIPES` lock files guards fetches of ``key``."""
-    digest = hashlib.blake2b(key.encode(), digest_size=4).digest()
-    return int.from_bytes(digest, "big") % LOCK_STRIPES
-
-
-# An flock belongs to the open file, which a fork() shares with the child: a child made while a
-# fetch holds a lock (a DataLoader worker, say) would keep it held after the parent let go. The
-# child closes its copies of every lock descriptor right after the fork.
-_lock_fds: set[int] = set()
-_open_lock_files = threading.Lock()
 _warned_folders: set[str] = set()  # folders whose trouble this process has warned about
 _warned_lock = threading.Lock()
-
-
-def _close_inherited_lock_fds() -> None:
-    for fd in _lock_fds:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    _lock_fds.clear()
-
-
-def _release_after_fork() -> None:
-    if _open_lock_files.locked():
-        _open_lock_files.release()
-
-
-os.register_at_fork(
-    before=_open_lock_files.acquire,
-    after_in_parent=_open_lock_files.release,
-    after_in_child=lambda: (_close_inherited_lock_fds(), _release_after_fork()),
-)
 
 
 def _disk_full(exc: BaseException) -> bool:

@@ -229,8 +229,11 @@ def gather_worker_stats(client, timeout: float | None = None) -> dict[str, dict[
             reason = f"no answer within {timeout:g} s" if late else exc
             return address, {"error": f"{reason}"}
 
+    # asked here, not in `everyone`: on the event loop's thread the client counts as
+    # asynchronous, and scheduler_info() then returns its cached totals with no workers at all
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+
     async def everyone() -> dict[str, dict[str, Any]]:
-        workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
         return dict(await asyncio.gather(*(one(w) for w in workers)))
 
     return client.sync(everyone)

@@ -239,12 +239,15 @@ def tier_tally(report: dict[str, Any]) -> Tally:
 
 
 def _clean(freed: dict[str, Any], repaired: int) -> bool:
-    """Nothing half-written served or left: the audit is clean, only the deliberately damaged
-    copy (if any) was refetched, and the second epoch was all disk hits."""
+    """Nothing half-written served or left: the audit is clean, at most the deliberately
+    damaged copy (if any) was refetched, and the second epoch was all disk hits. (Whether the
+    damaged copy is still there once space is back depends on whether SQLite could drop its
+    row on the full disk, where its good copy then fits in the damaged one's place: it could,
+    once in four runs of the suite.)"""
     audit = freed["audit"]
     return (
         audit["bad_values"] == audit["orphan_files"] == audit["unreadable"] == 0
-        and freed["corrupt_refetched"] == repaired
+        and freed["corrupt_refetched"] <= repaired
         and freed["origin_reads_last_epoch"] == 0
         and freed["write_errors"] == 0
     )

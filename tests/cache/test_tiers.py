@@ -123,7 +123,7 @@ def test_a_process_killed_while_fetching_does_not_hold_up_the_others(tmp_path):
 
 def _same_stripe(key: str, prefix: str) -> str:
     """Another key whose fetch lock is the same lock file as ``key``'s."""
-    from lakeio.cache.disk import lock_stripe
+    from lakeio.cache.key_locks import lock_stripe
 
     return next(
         f"{prefix}{i}" for i in range(100_000) if lock_stripe(f"{prefix}{i}") == lock_stripe(key)

@@ -1,0 +1,234 @@
+"""The node-shared tier: decoded chunks as files in shared memory, mapped by every process.
+
+A node's DDP ranks each read every chunk within a few epochs, so with a memory tier per process
+a node holds one decoded copy of the lake per rank (`benchmarks/node.py`: 4 ranks, 5.2 times
+the lake). Here each decoded chunk is one file in a folder on a memory file system (``/dev/shm``
+on Linux), which every process maps read-only: one copy per node, read in place.
+
+- **One decode per node.** `get_or_load` takes the key's lock (`lakeio.cache.key_locks`, a
+  kernel file lock a killed process gives up) and looks again before loading, so the ranks
+  that miss a chunk at once decode it once between them.
+- **Write, then publish.** A chunk is written whole to a file of its own under ``tmp/`` and
+  renamed into ``chunks/``: a process killed mid-write leaves a file nobody reads, removed by
+  the next process to start on the folder; a chunk file is never seen half written.
+- **A budget for the node.** Before a chunk is published, the oldest chunks (by last use: a
+  read touches its file) are removed until it fits, under one lock for the folder. Removing a
+  file another process has mapped is safe: its mapping, and that memory, lives on until that
+  process lets go of the array, and nobody maps the file again.
+- **Cleaned up by the last one out.** Each tier holds a shared lock on ``users.lock`` while
+  open; closing, it asks for the exclusive one without waiting, and the process that gets it
+  (nobody else is using the folder) removes the folder. The first process to open a folder no
+  one uses clears what a killed run left there.
+
+A chunk file is a 4 KiB header (magic, dtype, shape) and the array's bytes, page-aligned.
+Object arrays (strings) are not stored here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import mmap
+import os
+import shutil
+import threading
+import uuid
+import weakref
+from collections.abc import Callable
+
+import numpy as np
+
+from lakeio.cache.key_locks import KeyLocks
+from lakeio.cache.tier import TierStats
+
+HEADER_BYTES = 4096
+MAGIC = b"LAKEIOSHM1"
+
+
+class SharedTier:
+    """Up to ``capacity`` bytes of decoded chunks in ``folder``, shared by the node's processes.
+
+    ``folder`` is where the node's processes meet: the same folder for the same lake and cache
+    identity (see `lakeio.cache.config`). Close the tier when done (it is closed when collected
+    too); the last process of the node to close it removes the folder."""
+
+    def __init__(self, folder: str | os.PathLike, capacity: int) -> None:
+        self.folder = os.fspath(folder)
+        self.capacity = int(capacity)
+        self._chunks = os.path.join(self.folder, "chunks")
+        self._tmp = os.path.join(self.folder, "tmp")
+        self._stats = TierStats()
+        self._stats_lock = threading.Lock()
+        for path in (self.folder, self._chunks, self._tmp, os.path.join(self.folder, "locks")):
+            os.makedirs(path, mode=0o700, exist_ok=True)
+        self._locks = KeyLocks(os.path.join(self.folder, "locks"))
+        self._users = _join(self.folder, (self._chunks, self._tmp))
+        self._finalizer = weakref.finalize(self, _leave, self._users, self.folder, os.getpid())
+
+    def close(self) -> None:
+        """Stop using the folder; the last process to do so removes it."""
+        self._finalizer()
+
+    def get(self, key: str) -> np.ndarray | None:
+        """The chunk, mapped read-only from the node's copy; None if the node has none."""
+        array = _map(self._path(key))
+        with self._stats_lock:
+            self._stats.requests += 1
+            self._stats.hits += array is not None
+        return array
+
+    def put(
+        self, key: str, array: np.ndarray, before_publish: Callable[[], None] | None = None
+    ) -> bool:
+        """Publish ``array`` as ``key`` for the node; False where it cannot be kept (an object
+        array, or larger than the whole budget). ``before_publish`` runs between the write and
+        the rename (a test's way to die there)."""
+        array = np.ascontiguousarray(array)
+        if array.dtype.hasobject or array.nbytes + HEADER_BYTES > self.capacity:
+            return False
+        size = _file_size(array)
+        self._make_room(size)
+        tmp = os.path.join(self._tmp, f"{os.getpid()}-{uuid.uuid4().hex}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            for part in (_header(array), array.reshape(-1).view(np.uint8)):
+                view = memoryview(part)
+                while view:
+                    view = view[os.write(fd, view) :]
+        finally:
+            os.close(fd)
+        if before_publish is not None:
+            before_publish()
+        os.rename(tmp, self._path(key))  # published whole, or not at all
+        return True
+
+    def get_or_load(self, key: str, load: Callable[[], np.ndarray]) -> np.ndarray:
+        """The node's copy of ``key``, loaded (decoded) by one process of the node if none has
+        it: the others wait for it on the key's lock and map it."""
+        array = self.get(key)
+        if array is not None:
+            return array
+        with self._locks.held(key):
+            array = _map(self._path(key))  # (another process may have published it meanwhile)
+            if array is not None:
+                return array
+            loaded = load()
+            if not self.put(key, loaded):
+                return loaded
+            return _map(self._path(key)) if os.path.exists(self._path(key)) else loaded
+
+    def used_bytes(self) -> int:
+        """Bytes of the chunk files published now (the node's, not this process's)."""
+        return sum(size for _, size, _ in _chunk_files(self._chunks))
+
+    def stats(self) -> TierStats:
+        with self._stats_lock:
+            held = self.used_bytes()
+            return TierStats(self._stats.requests, self._stats.hits, self._stats.evictions, held, 0)
+
+    def _path(self, key: str) -> str:
+        return os.path.join(self._chunks, hashlib.blake2b(key.encode(), digest_size=16).hexdigest())
+
+    def _make_room(self, size: int) -> None:
+        """Remove the least recently used chunk files until ``size`` more bytes fit (under the
+        folder's lock: two processes making room at once would both count the same files)."""
+        fd = os.open(os.path.join(self.folder, "budget.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            files = sorted(_chunk_files(self._chunks), key=lambda f: f[2])  # oldest use first
+            used = sum(s for _, s, _ in files)
+            for path, file_size, _ in files:
+                if used + size <= self.capacity:
+                    break
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+                    used -= file_size
+                    with self._stats_lock:
+                        self._stats.evictions += 1
+        finally:
+            os.close(fd)  # (releases the lock)
+
+
+def _header(array: np.ndarray) -> bytes:
+    meta = json.dumps({"dtype": array.dtype.str, "shape": list(array.shape)}).encode()
+    if len(MAGIC) + 4 + len(meta) > HEADER_BYTES:
+        raise ValueError(f"a chunk of shape {array.shape} has too long a header to share")
+    head = MAGIC + len(meta).to_bytes(4, "little") + meta
+    return head + bytes(HEADER_BYTES - len(head))
+
+
+def _file_size(array: np.ndarray) -> int:
+    return HEADER_BYTES + array.nbytes
+
+
+def _map(path: str) -> np.ndarray | None:
+    """The chunk file at ``path`` as a read-only array of its mapping; None if there is none (or
+    it is not a chunk file: never read as one)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        if size < HEADER_BYTES:
+            return None
+        region = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
+    finally:
+        os.close(fd)  # (the mapping stays)
+    head = region[:HEADER_BYTES]
+    if not head.startswith(MAGIC):
+        return None
+    length = int.from_bytes(head[len(MAGIC) : len(MAGIC) + 4], "little")
+    meta = json.loads(head[len(MAGIC) + 4 : len(MAGIC) + 4 + length])
+    dtype, shape = np.dtype(meta["dtype"]), tuple(meta["shape"])
+    if HEADER_BYTES + int(np.prod(shape)) * dtype.itemsize != size:
+        return None
+    with contextlib.suppress(OSError):
+        os.utime(path)  # last use, for the budget's eviction
+    array = np.frombuffer(region, dtype=dtype, offset=HEADER_BYTES, count=int(np.prod(shape)))
+    return array.reshape(shape)
+
+
+def _chunk_files(folder: str) -> list[tuple[str, int, float]]:
+    """(path, size, last use) of each chunk file in ``folder``."""
+    files = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            with contextlib.suppress(FileNotFoundError):
+                info = entry.stat()
+                files.append((entry.path, info.st_size, info.st_mtime))
+    return files
+
+
+def _join(folder: str, clear: tuple[str, ...]) -> int:
+    """Register as a user of ``folder`` (a shared lock held while open); the first user of a
+    folder nobody uses clears ``clear`` of what an earlier run left."""
+    fd = os.open(os.path.join(folder, "users.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # others use it: what they published is good
+        pass
+    else:
+        for path in clear:
+            for name in os.listdir(path):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(path, name))
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def _leave(fd: int, folder: str, pid: int) -> None:
+    """Let go of ``folder``; remove it if no other process uses it now. In a forked child
+    (a DataLoader worker), the descriptor is the parent's lock too: only closed there."""
+    if os.getpid() != pid:
+        os.close(fd)
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return
+    shutil.rmtree(folder, ignore_errors=True)  # (a process starting now makes it again)
+    os.close(fd)

@@ -1,0 +1,221 @@
+"""The node-shared tier: one decoded copy per node, safe when a process dies (issue 14).
+
+Processes here are real ones (``python -c``), meeting in a folder under /dev/shm as a node's
+ranks do."""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lakeio.cache.shared import HEADER_BYTES, SharedTier
+
+MB = 1 << 20
+SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A fresh folder in shared memory (removed after, whatever the test left)."""
+    import shutil
+    import tempfile
+
+    base = tempfile.mkdtemp(prefix="lakeio-test-", dir=SHM or str(tmp_path))
+    yield os.path.join(base, "tier")
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def _run(code: str, *args, wait: bool = True):
+    """A separate process running ``code`` with ``args`` (JSON) as ``ARGS``."""
+    script = f"import json, sys\nARGS = json.loads(sys.argv[1])\n{code}"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, json.dumps(list(args))],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    if wait:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        return out
+    return proc
+
+
+dtypes = st.sampled_from([np.uint8, np.uint16, np.int64, np.float32])
+shapes = st.lists(st.integers(0, 6), min_size=1, max_size=4)
+
+
+@settings(max_examples=40, deadline=None)
+@given(dtype=dtypes, shape=shapes, seed=st.integers(0, 2**16))
+def test_a_chunk_comes_back_exactly_mapped_read_only_from_the_nodes_copy(
+    tmp_path_factory, dtype, shape, seed
+):
+    import tempfile
+
+    base = tempfile.mkdtemp(dir=SHM or str(tmp_path_factory.mktemp("shm")))
+    tier = SharedTier(os.path.join(base, "tier"), 64 * MB)
+    info = np.iinfo(dtype) if np.issubdtype(dtype, np.integer) else np.finfo(dtype)
+    array = np.random.default_rng(seed).uniform(info.min / 2, info.max / 2, size=shape)
+    array = array.astype(dtype)
+    array.flat[:1] = info.max  # extreme values too
+    assert tier.put("lake/images/c/0", array)
+    back = tier.get("lake/images/c/0")
+    assert back.dtype == array.dtype and back.shape == array.shape
+    np.testing.assert_array_equal(back, array)
+    assert not back.flags.writeable
+    base_object = back
+    while isinstance(base_object, (np.ndarray, memoryview)):
+        base_object = base_object.base if isinstance(base_object, np.ndarray) else base_object.obj
+    assert isinstance(base_object, mmap.mmap)  # read in place, no private copy
+    assert tier.get("lake/images/c/1") is None
+    tier.close()
+    assert not os.path.exists(os.path.join(base, "tier"))  # the last user removed it
+    os.rmdir(base)
+
+
+def test_object_arrays_and_chunks_over_the_budget_are_not_kept(folder):
+    tier = SharedTier(folder, 2 * MB)
+    assert not tier.put("strings", np.array(["a", "b"], dtype=object))
+    assert not tier.put("big", np.zeros(2 * MB, np.uint8))  # (+ its header: over 2 MiB)
+    loaded = tier.get_or_load("big", lambda: np.ones(2 * MB, np.uint8))
+    assert loaded.sum() == 2 * MB and tier.get("big") is None
+    tier.close()
+
+
+def test_the_ranks_of_a_node_decode_each_chunk_once_between_them(folder, tmp_path):
+    """Three processes miss the same ten chunks at once: each is loaded by one of them, and all
+    three read every chunk's right values."""
+    log = tmp_path / "loads"
+    code = """
+import os, time, numpy as np
+from lakeio.cache.shared import SharedTier
+folder, log, go = ARGS
+tier = SharedTier(folder, 64 << 20)
+while not os.path.exists(go):
+    time.sleep(0.005)
+for k in range(10):
+    def load(k=k):
+        with open(log, "a") as fh:
+            fh.write(f"{os.getpid()} {k}\\n")
+        time.sleep(0.03)  # decoding
+        return np.full((4, 16, 16, 3), k, np.uint8)
+    got = tier.get_or_load(f"chunk/{k}", load)
+    assert got.shape == (4, 16, 16, 3) and (got == k).all(), k
+print("ok")
+tier.close()
+"""
+    go = str(tmp_path / "go")
+    procs = [_run(code, folder, str(log), go, wait=False) for _ in range(3)]
+    time.sleep(0.5)
+    open(go, "w").close()
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0 and out.strip() == "ok", err
+    loads = [line.split()[1] for line in log.read_text().splitlines()]
+    assert sorted(loads, key=int) == [str(k) for k in range(10)]  # once each, by someone
+    assert not os.path.exists(folder)  # the last of the three removed it
+
+
+def test_a_rank_killed_mid_write_leaves_no_torn_chunk_and_the_next_run_is_clean(folder):
+    tier = SharedTier(folder, 64 * MB)
+    code = """
+import os, signal, numpy as np
+from lakeio.cache.shared import SharedTier
+tier = SharedTier(ARGS[0], 64 << 20)
+tier.put("chunk/0", np.ones((8, 64, 64, 3), np.uint8))
+tier.put("chunk/1", np.ones((8, 64, 64, 3), np.uint8),
+         before_publish=lambda: os.kill(os.getpid(), signal.SIGKILL))
+"""
+    proc = _run(code, folder, wait=False)
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    assert tier.get("chunk/0").sum() == 8 * 64 * 64 * 3  # published before it died: whole
+    assert tier.get("chunk/1") is None  # written, never published: nobody sees it
+    assert len(os.listdir(os.path.join(folder, "tmp"))) == 1  # its leftover, while in use
+    reloaded = tier.get_or_load("chunk/1", lambda: np.full((8, 64, 64, 3), 2, np.uint8))
+    assert (reloaded == 2).all()
+    tier.close()
+    again = SharedTier(folder, 64 * MB)  # the next run on the node
+    assert os.listdir(os.path.join(folder, "tmp")) == [] and again.get("chunk/1") is None
+    again.close()
+
+
+def test_a_killed_runs_chunks_are_cleared_by_the_next_first_user(folder):
+    code = """
+import os, signal, numpy as np
+from lakeio.cache.shared import SharedTier
+tier = SharedTier(ARGS[0], 64 << 20)
+tier.put("chunk/0", np.ones(MB := 1 << 20, np.uint8))
+os.kill(os.getpid(), signal.SIGKILL)  # never closes
+"""
+    proc = _run(code, folder, wait=False)
+    proc.communicate(timeout=120)
+    assert os.listdir(os.path.join(folder, "chunks"))  # left behind
+    tier = SharedTier(folder, 64 * MB)
+    assert tier.get("chunk/0") is None and tier.used_bytes() == 0
+    tier.close()
+
+
+def test_the_budget_keeps_the_recently_used_and_never_pulls_a_chunk_from_under_a_reader(folder):
+    size = HEADER_BYTES + MB
+    tier = SharedTier(folder, 3 * size)
+    for k in "abc":
+        assert tier.put(k, np.full(MB, ord(k), np.uint8))
+        time.sleep(0.02)
+    held = tier.get("a")  # used now: b is the least recently used
+    time.sleep(0.02)
+    assert tier.put("d", np.full(MB, ord("d"), np.uint8))
+    assert tier.get("b") is None and tier.used_bytes() == 3 * size
+    assert tier.stats().evictions == 1
+    for k in "ef":  # a goes too now, while this process still reads it
+        time.sleep(0.02)
+        tier.put(k, np.full(MB, ord(k), np.uint8))
+    assert tier.get("a") is None
+    assert (held == ord("a")).all()  # the mapping outlives the file
+    assert tier.used_bytes() <= 3 * size
+    tier.close()
+
+
+def test_the_folder_goes_with_the_last_process_of_the_node_not_the_first(folder):
+    tier = SharedTier(folder, 64 * MB)
+    tier.put("chunk/0", np.ones(16, np.uint8))
+    code = """
+import sys
+from lakeio.cache.shared import SharedTier
+tier = SharedTier(ARGS[0], 64 << 20)
+assert tier.get("chunk/0").sum() == 16  # this one's copy, not cleared: someone uses it
+print("ready", flush=True)
+sys.stdin.readline()
+tier.close()
+"""
+    other = _run(code, folder, wait=False)
+    assert other.stdout.readline().strip() == "ready"
+    tier.close()
+    assert os.path.exists(folder)  # the other process still uses it
+    other.communicate("go\n", timeout=120)
+    assert other.returncode == 0 and not os.path.exists(folder)
+
+
+def test_a_forked_child_leaving_does_not_remove_the_parents_folder(folder):
+    tier = SharedTier(folder, 64 * MB)
+    tier.put("chunk/0", np.ones(16, np.uint8))
+    pid = os.fork()
+    if pid == 0:  # a DataLoader worker: reads, then exits (its finalizers run)
+        try:
+            ok = tier.get("chunk/0").sum() == 16
+            tier.close()
+        finally:
+            os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert tier.get("chunk/0").sum() == 16 and os.path.exists(folder)
+    tier.close()
+    assert not os.path.exists(folder)
