@@ -14,7 +14,17 @@ import dask.config
 from lakeio.sizes import parse_size
 
 dask.config.update_defaults(
-    {"lakeio": {"cache": {"memory": "2GiB", "disk": None, "disk-size": "50GiB"}}}
+    {
+        "lakeio": {
+            "cache": {
+                "memory": "2GiB",
+                "disk": None,
+                "disk-size": "50GiB",
+                "shared": 0,  # the node-shared tier's budget (0: none yet; see lakeio.cache.shared)
+                "shared-folder": None,  # where the node's processes meet (default: /dev/shm)
+            }
+        }
+    }
 )
 
 
@@ -27,12 +37,17 @@ class Cache:
     not for a lake already on local NVMe). Sizes take "8GB", "512MiB" or plain bytes.
     ``eviction`` is the memory tier's policy: ``plan`` (default; keeps what the loader's plan
     needs soonest) or ``lru``; see docs/benchmarks.md for the measured difference.
+    ``shared`` (experimental, off by default): a budget for the node's one copy of decoded
+    chunks, in files under ``shared_folder`` (default ``/dev/shm``) that every process of the
+    node maps (`lakeio.cache.shared`): the DDP ranks of a node decode each chunk once.
     """
 
     memory: int | str | None = None
     disk: str | None = None
     disk_size: int | str | None = None
     eviction: str = "plan"
+    shared: int | str | None = None
+    shared_folder: str | None = None
 
     def __post_init__(self) -> None:
         memory = self.memory if self.memory is not None else dask.config.get("lakeio.cache.memory")
@@ -45,5 +60,11 @@ class Cache:
         object.__setattr__(self, "memory", parse_size(memory, "Cache(memory=...)"))
         object.__setattr__(self, "disk", disk or None)
         object.__setattr__(self, "disk_size", parse_size(disk_size, "Cache(disk_size=...)"))
+        shared = self.shared if self.shared is not None else dask.config.get("lakeio.cache.shared")
+        object.__setattr__(self, "shared", parse_size(shared, "Cache(shared=...)"))
+        if self.shared_folder is None:
+            object.__setattr__(
+                self, "shared_folder", dask.config.get("lakeio.cache.shared-folder", None)
+            )
         if self.eviction not in ("plan", "lru"):
             raise ValueError(f"Cache(eviction=...) must be 'plan' or 'lru', not {self.eviction!r}")

@@ -151,6 +151,20 @@ class SharedTier:
             os.close(fd)  # (releases the lock)
 
 
+def shared_folder(base: str | None, loc, manifest) -> str:
+    """Where the processes of a node reading this version of this lake meet: ``base`` (default
+    /dev/shm, else the temporary folder), a folder of this user's, one per lake and version
+    (its URL and segment ids): ranks started by torchrun find it with no configuration."""
+    import tempfile
+
+    if base is None:
+        base = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    ids = ",".join(sorted(segment.id for segment in manifest.segments))
+    identity = hashlib.blake2b(f"{loc.describe()}|{ids}".encode(), digest_size=12).hexdigest()
+    user = os.getuid() if hasattr(os, "getuid") else 0
+    return os.path.join(base, f"lakeio-{user}", identity)
+
+
 def _header(array: np.ndarray) -> bytes:
     meta = json.dumps({"dtype": array.dtype.str, "shape": list(array.shape)}).encode()
     if len(MAGIC) + 4 + len(meta) > HEADER_BYTES:

@@ -20,6 +20,7 @@ import numpy as np
 from lakeio.cache.config import Cache
 from lakeio.cache.disk import DiskTier
 from lakeio.cache.memory import MemoryTier
+from lakeio.cache.shared import SharedTier, shared_folder
 from lakeio.errors import ChunkError, ChunkUnavailableError, CorruptChunkError
 from lakeio.format.chunks import decode_chunk, decode_text_chunk, verify_checksum
 from lakeio.format.codecs import parse_codec
@@ -51,6 +52,11 @@ class ChunkSource:
             memory = MemoryTier(self.cache.memory, self.cache.eviction)
         self.memory = memory
         self.disk = DiskTier(self.cache.disk, self.cache.disk_size) if self.cache.disk else None
+        self.shared = (
+            SharedTier(shared_folder(self.cache.shared_folder, loc, manifest), self.cache.shared)
+            if self.cache.shared
+            else None
+        )
         self._codecs = {name: parse_codec(f.codec) for name, f in manifest.fields.items()}
         self._lock = threading.Lock()
         # a chunk's name in the tiers, asked for on every lookup and schedule (a warm epoch is
@@ -89,9 +95,13 @@ class ChunkSource:
     def get(self, segment: int, field: str, chunk: int) -> np.ndarray:
         """The decoded chunk (full chunk length; rows past the segment's end are padding)."""
         cache_key = self.cache_key(segment, field, chunk)
-        return self._serve(
-            cache_key, lambda: self._load(field, self.key(segment, field, chunk), cache_key)
-        )
+
+        def load() -> np.ndarray:
+            return self._load(field, self.key(segment, field, chunk), cache_key)
+
+        if self.shared is None:
+            return self._serve(cache_key, load)
+        return self._serve(cache_key, lambda: self.shared.get_or_load(cache_key, load))
 
     def in_memory(self, segment: int, field: str, chunk: int) -> bool:
         """Whether the memory tier holds the decoded chunk now."""
@@ -320,6 +330,8 @@ class ChunkSource:
             "corrupt_reread": c["corrupt_reread"],
             "memory": memory.as_dict() if memory else None,
             "disk": self.disk.stats(sizes).as_dict() if self.disk is not None else None,
+            # the node's copy: requests and hits this process's, bytes the node's
+            "shared": self.shared.stats().as_dict() if self.shared is not None else None,
             # decoded chunks' mappings kept for the next chunk of their size: this process's,
             # in what the memory tiers' budgets leave free, or 16 MiB (see lakeio.format.pages)
             "spare_mapping_bytes": spare_bytes(),

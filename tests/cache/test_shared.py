@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import lakeio
 from lakeio.cache.shared import HEADER_BYTES, SharedTier
 
 MB = 1 << 20
@@ -219,3 +220,42 @@ def test_a_forked_child_leaving_does_not_remove_the_parents_folder(folder):
     assert tier.get("chunk/0").sum() == 16 and os.path.exists(folder)
     tier.close()
     assert not os.path.exists(folder)
+
+
+def test_two_ranks_with_a_shared_tier_decode_each_chunk_once_and_read_the_lake(
+    small_lake, folder, tmp_path
+):
+    """`Cache(shared=...)`: two processes of one node read the whole lake through their
+    loaders; every batch is the lake's, and the node read each chunk from the origin once."""
+    path, images, _ = small_lake
+    np.save(tmp_path / "images.npy", images)
+    code = """
+import os, time, numpy as np, lakeio
+lake, images, base, rank, go = ARGS
+cache = lakeio.Cache(memory=0, shared="64MiB", shared_folder=base)
+ds = lakeio.open_dataset(lake, cache=cache)
+loader = ds.loader(16, seed=3, rank=rank, world_size=2, prefetch_next_epoch=False)
+expected = np.load(images)
+while not os.path.exists(go):
+    time.sleep(0.005)
+for epoch in range(2):
+    loader.set_epoch(epoch)
+    for batch, (x, _) in zip(loader.batches(), loader):
+        assert np.array_equal(x.numpy(), expected[batch])
+s = ds.source.stats()
+print(s["origin_reads"], s["shared"]["hits"], s["shared"]["requests"])
+"""
+    go = str(tmp_path / "go")
+    args = (str(path), str(tmp_path / "images.npy"), folder)
+    procs = [_run(code, *args, rank, go, wait=False) for rank in range(2)]
+    time.sleep(0.3)
+    open(go, "w").close()
+    reads = hits = 0
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        origin, shared_hits, _ = (int(v) for v in out.split())
+        reads, hits = reads + origin, hits + shared_hits
+    chunks = len(lakeio.open_dataset(path).chunk_members()) * 2  # images and labels
+    assert reads == chunks  # each chunk of each field decoded once on the node
+    assert hits > 0  # the other rank's decodes, and each rank's second epoch
