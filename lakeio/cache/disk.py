@@ -60,7 +60,7 @@ class DiskTier:
         private still raises: that is a setting to fix, not a passing condition of the disk.
         """
         try:
-            _private_directory(self.directory)  # creating it may fail on a full disk too
+            private_directory(self.directory)  # creating it may fail on a full disk too
             cache = diskcache.Cache(
                 self.directory,
                 disk=_BytesOnlyDisk,
@@ -358,18 +358,18 @@ def _write_new_file(path: str, value: bytes) -> None:
         os.close(fd)
 
 
-def _private_directory(path: str) -> None:
+def private_directory(path: str) -> None:
     """Create ``path`` (mode 0700) or check it is yours and nobody else can write it."""
     os.makedirs(path, mode=0o700, exist_ok=True)
     info = os.stat(path)
     mode = info.st_mode
     if hasattr(os, "getuid") and info.st_uid != os.getuid():
         raise LakeError(
-            f"disk cache folder {path} belongs to user id {info.st_uid}, not you; "
-            "use a folder of your own — the cache index is trusted when read"
+            f"cache folder {path} belongs to user id {info.st_uid}, not you; "
+            "use a folder of your own — what a cache holds is trusted when read"
         )
     if mode & (stat.S_IWGRP | stat.S_IWOTH):
         raise LakeError(
-            f"disk cache folder {path} is writable by other users (mode {stat.S_IMODE(mode):o}); "
-            "use a private folder (chmod 700) — the cache index is trusted when read"
+            f"cache folder {path} is writable by other users (mode {stat.S_IMODE(mode):o}); "
+            "use a private folder (chmod 700) — what a cache holds is trusted when read"
         )

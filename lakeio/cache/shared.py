@@ -40,6 +40,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from lakeio.cache.disk import private_directory
 from lakeio.cache.key_locks import KeyLocks
 from lakeio.cache.tier import TierStats
 
@@ -61,7 +62,8 @@ class SharedTier:
         self._tmp = os.path.join(self.folder, "tmp")
         self._stats = TierStats()
         self._stats_lock = threading.Lock()
-        for path in (self.folder, self._chunks, self._tmp, os.path.join(self.folder, "locks")):
+        private_directory(self.folder)  # (others could plant chunks, or read the lake's)
+        for path in (self._chunks, self._tmp, os.path.join(self.folder, "locks")):
             os.makedirs(path, mode=0o700, exist_ok=True)
         self._locks = KeyLocks(os.path.join(self.folder, "locks"))
         self._users = _join(self.folder, (self._chunks, self._tmp))
@@ -162,7 +164,9 @@ def shared_folder(base: str | None, loc, manifest) -> str:
     ids = ",".join(sorted(segment.id for segment in manifest.segments))
     identity = hashlib.blake2b(f"{loc.describe()}|{ids}".encode(), digest_size=12).hexdigest()
     user = os.getuid() if hasattr(os, "getuid") else 0
-    return os.path.join(base, f"lakeio-{user}", identity)
+    mine = os.path.join(base, f"lakeio-{user}")
+    private_directory(mine)  # (in a folder anyone may write to, such as /dev/shm)
+    return os.path.join(mine, identity)
 
 
 def _header(array: np.ndarray) -> bytes:

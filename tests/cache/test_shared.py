@@ -259,3 +259,14 @@ print(s["origin_reads"], s["shared"]["hits"], s["shared"]["requests"])
     chunks = len(lakeio.open_dataset(path).chunk_members()) * 2  # images and labels
     assert reads == chunks  # each chunk of each field decoded once on the node
     assert hits > 0  # the other rank's decodes, and each rank's second epoch
+
+
+def test_a_shared_folder_others_may_write_is_refused(folder):
+    """Chunks in it are trusted when mapped: a folder planted by, or open to, another user
+    must not be used (/dev/shm is writable by everyone)."""
+    from lakeio.errors import LakeError
+
+    os.makedirs(folder, mode=0o700)
+    os.chmod(folder, 0o777)
+    with pytest.raises(LakeError, match="writable by other users"):
+        SharedTier(folder, 64 * MB)
