@@ -72,6 +72,20 @@ class KeyLocks:
         return fd
 
 
+@contextmanager
+def file_locked(path: str, shared: bool = False) -> Iterator[None]:
+    """``path`` (made if missing) flock-ed while inside: exclusive, or ``shared``. Registered as
+    the key locks are, so a child forked meanwhile does not keep it held."""
+    with _open_lock_files:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        _lock_fds.add(fd)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        release(fd)
+
+
 def release(fd: int | None) -> None:
     """Let go of a lock `KeyLocks.take` gave (None: there was none)."""
     if fd is None:

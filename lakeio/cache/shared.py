@@ -9,8 +9,8 @@ on Linux), which every process maps read-only: one copy per node, read in place.
   kernel file lock a killed process gives up) and looks again before loading, so the ranks
   that miss a chunk at once decode it once between them.
 - **Write, then publish.** A chunk is written whole to a file of its own under ``tmp/`` and
-  renamed into ``chunks/``: a process killed mid-write leaves a file nobody reads, removed by
-  the next process to start on the folder; a chunk file is never seen half written.
+  renamed into ``chunks/``: a process killed mid-write leaves a file nobody reads (removed once
+  the folder's users are all gone: below); a chunk file is never seen half written.
 - **A budget for the node.** Before a chunk is published, the oldest chunks (by last use: a
   read touches its file) are removed until it fits, under one lock for the folder. Removing a
   file another process has mapped is safe: its mapping, and that memory, lives on until that
@@ -18,7 +18,16 @@ on Linux), which every process maps read-only: one copy per node, read in place.
 - **Cleaned up by the last one out.** Each tier holds a shared lock on ``users.lock`` while
   open; closing, it asks for the exclusive one without waiting, and the process that gets it
   (nobody else is using the folder) removes the folder. The first process to open a folder no
-  one uses clears what a killed run left there.
+  one uses clears what a killed run left there. Joining and leaving happen under a lock file
+  beside the folder, which is never removed, so neither races the other.
+
+Known limits (issue 14 goes on): a run whose processes were all killed (SIGKILL, or SIGTERM
+from torchrun, which skips finalizers) leaves its folder until a process opens the same lake
+version again; files being written are not counted in the budget, so publishers at once may
+pass it by a chunk each; a chunk evicted here that the ranks' memory tiers still hold stays in
+memory until they let go (at most the shared budget plus each rank's memory tier); memory-tier
+hits do not count as uses here; forked DataLoader workers share their parent's registration,
+so a parent that closes its tier first removes the folder under them (they read on unshared).
 
 A chunk file is a 4 KiB header (magic, dtype, shape) and the array's bytes, page-aligned.
 Object arrays (strings) are not stored here.
@@ -35,13 +44,14 @@ import os
 import shutil
 import threading
 import uuid
+import warnings
 import weakref
 from collections.abc import Callable
 
 import numpy as np
 
 from lakeio.cache.disk import private_directory
-from lakeio.cache.key_locks import KeyLocks
+from lakeio.cache.key_locks import KeyLocks, file_locked
 from lakeio.cache.tier import TierStats
 
 HEADER_BYTES = 4096
@@ -62,11 +72,15 @@ class SharedTier:
         self._tmp = os.path.join(self.folder, "tmp")
         self._stats = TierStats()
         self._stats_lock = threading.Lock()
-        private_directory(self.folder)  # (others could plant chunks, or read the lake's)
-        for path in (self._chunks, self._tmp, os.path.join(self.folder, "locks")):
-            os.makedirs(path, mode=0o700, exist_ok=True)
+        # joining and leaving under a lock beside the folder, never deleted: the last process
+        # out removing the folder cannot race one coming in
+        os.makedirs(os.path.dirname(os.path.abspath(self.folder)), mode=0o700, exist_ok=True)
+        with file_locked(self.folder + ".lock"):
+            private_directory(self.folder)  # (others could plant chunks, or read the lake's)
+            for path in (self._chunks, self._tmp, os.path.join(self.folder, "locks")):
+                os.makedirs(path, mode=0o700, exist_ok=True)
+            self._users = _join(self.folder, (self._chunks, self._tmp))
         self._locks = KeyLocks(os.path.join(self.folder, "locks"))
-        self._users = _join(self.folder, (self._chunks, self._tmp))
         self._finalizer = weakref.finalize(self, _leave, self._users, self.folder, os.getpid())
 
     def close(self) -> None:
@@ -90,20 +104,28 @@ class SharedTier:
         array = np.ascontiguousarray(array)
         if array.dtype.hasobject or array.nbytes + HEADER_BYTES > self.capacity:
             return False
-        size = _file_size(array)
-        self._make_room(size)
+        header = _header(array)
         tmp = os.path.join(self._tmp, f"{os.getpid()}-{uuid.uuid4().hex}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            for part in (_header(array), array.reshape(-1).view(np.uint8)):
-                view = memoryview(part)
-                while view:
-                    view = view[os.write(fd, view) :]
-        finally:
-            os.close(fd)
-        if before_publish is not None:
-            before_publish()
-        os.rename(tmp, self._path(key))  # published whole, or not at all
+            self._make_room(_file_size(array))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                for part in (header, array.reshape(-1).view(np.uint8)):
+                    view = memoryview(part)
+                    while view:
+                        view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
+            if before_publish is not None:
+                before_publish()
+            os.rename(tmp, self._path(key))  # published whole, or not at all
+        except OSError as exc:  # (shared memory full, say): the chunk is served unshared
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            with self._stats_lock:
+                self._stats.write_errors += 1
+            _warn_once(self.folder, f"could not publish a chunk ({exc})")
+            return False
         return True
 
     def get_or_load(self, key: str, load: Callable[[], np.ndarray]) -> np.ndarray:
@@ -119,16 +141,21 @@ class SharedTier:
             loaded = load()
             if not self.put(key, loaded):
                 return loaded
-            return _map(self._path(key)) if os.path.exists(self._path(key)) else loaded
+            mapped = _map(self._path(key))  # (None if evicted at once by another process)
+            return mapped if mapped is not None else loaded
 
     def used_bytes(self) -> int:
         """Bytes of the chunk files published now (the node's, not this process's)."""
-        return sum(size for _, size, _ in _chunk_files(self._chunks))
+        try:
+            return sum(size for _, size, _ in _chunk_files(self._chunks))
+        except FileNotFoundError:  # (closed: the folder is gone)
+            return 0
 
     def stats(self) -> TierStats:
+        held = self.used_bytes()
         with self._stats_lock:
-            held = self.used_bytes()
-            return TierStats(self._stats.requests, self._stats.hits, self._stats.evictions, held, 0)
+            s = self._stats
+            return TierStats(s.requests, s.hits, s.evictions, held, 0, s.write_errors)
 
     def _path(self, key: str) -> str:
         return os.path.join(self._chunks, hashlib.blake2b(key.encode(), digest_size=16).hexdigest())
@@ -136,9 +163,7 @@ class SharedTier:
     def _make_room(self, size: int) -> None:
         """Remove the least recently used chunk files until ``size`` more bytes fit (under the
         folder's lock: two processes making room at once would both count the same files)."""
-        fd = os.open(os.path.join(self.folder, "budget.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with file_locked(os.path.join(self.folder, "budget.lock")):
             files = sorted(_chunk_files(self._chunks), key=lambda f: f[2])  # oldest use first
             used = sum(s for _, s, _ in files)
             for path, file_size, _ in files:
@@ -149,8 +174,44 @@ class SharedTier:
                     used -= file_size
                     with self._stats_lock:
                         self._stats.evictions += 1
-        finally:
-            os.close(fd)  # (releases the lock)
+
+
+class SharedTierWarning(RuntimeWarning):
+    """The node-shared tier could not be opened or could not publish a chunk; reads go on
+    without it (each process then holds its own copy)."""
+
+
+_warned: set[str] = set()
+_warned_lock = threading.Lock()
+
+
+def _warn_once(folder: str, what: str) -> None:
+    """Once per folder and process: a full /dev/shm would otherwise warn for every chunk."""
+    with _warned_lock:
+        if folder in _warned:
+            return
+        _warned.add(folder)
+    warnings.warn(
+        SharedTierWarning(
+            f"lakeio shared tier {folder}: {what}; chunks are read without it, and failed "
+            "writes are counted in its write_errors. Free shared memory (df /dev/shm) or "
+            "give Cache(shared=...) a smaller budget."
+        ),
+        stacklevel=3,
+    )
+
+
+def open_shared(base: str | None, loc, manifest, capacity: int) -> SharedTier | None:
+    """The node's tier for this lake (see `shared_folder`), or None (with a
+    `SharedTierWarning`) where it cannot be opened: a cache's trouble never fails a read. (A
+    folder that is not yours is an error: `lakeio.errors.LakeError`.)"""
+    folder = base or "the shared folder"
+    try:
+        folder = shared_folder(base, loc, manifest)
+        return SharedTier(folder, capacity)
+    except OSError as exc:
+        _warn_once(folder, f"could not open it ({exc})")
+        return None
 
 
 def shared_folder(base: str | None, loc, manifest) -> str:
@@ -243,10 +304,11 @@ def _leave(fd: int, folder: str, pid: int) -> None:
     if os.getpid() != pid:
         os.close(fd)
         return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
+    with file_locked(folder + ".lock"):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return
+        shutil.rmtree(folder, ignore_errors=True)
         os.close(fd)
-        return
-    shutil.rmtree(folder, ignore_errors=True)  # (a process starting now makes it again)
-    os.close(fd)

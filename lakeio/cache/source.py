@@ -20,7 +20,7 @@ import numpy as np
 from lakeio.cache.config import Cache
 from lakeio.cache.disk import DiskTier
 from lakeio.cache.memory import MemoryTier
-from lakeio.cache.shared import SharedTier, shared_folder
+from lakeio.cache.shared import open_shared
 from lakeio.errors import ChunkError, ChunkUnavailableError, CorruptChunkError
 from lakeio.format.chunks import decode_chunk, decode_text_chunk, verify_checksum
 from lakeio.format.codecs import parse_codec
@@ -53,7 +53,7 @@ class ChunkSource:
         self.memory = memory
         self.disk = DiskTier(self.cache.disk, self.cache.disk_size) if self.cache.disk else None
         self.shared = (
-            SharedTier(shared_folder(self.cache.shared_folder, loc, manifest), self.cache.shared)
+            open_shared(self.cache.shared_folder, loc, manifest, self.cache.shared)
             if self.cache.shared
             else None
         )
@@ -99,8 +99,8 @@ class ChunkSource:
         def load() -> np.ndarray:
             return self._load(field, self.key(segment, field, chunk), cache_key)
 
-        if self.shared is None:
-            return self._serve(cache_key, load)
+        if self.shared is None or self.manifest.fields[field].dtype == "str":
+            return self._serve(cache_key, load)  # (strings are not shared: objects)
         return self._serve(cache_key, lambda: self.shared.get_or_load(cache_key, load))
 
     def in_memory(self, segment: int, field: str, chunk: int) -> bool:

@@ -79,6 +79,8 @@ def test_a_chunk_comes_back_exactly_mapped_read_only_from_the_nodes_copy(
     assert tier.get("lake/images/c/1") is None
     tier.close()
     assert not os.path.exists(os.path.join(base, "tier"))  # the last user removed it
+    assert os.listdir(base) == ["tier.lock"]  # (beside it, for joining and leaving)
+    os.remove(os.path.join(base, "tier.lock"))
     os.rmdir(base)
 
 
@@ -270,3 +272,34 @@ def test_a_shared_folder_others_may_write_is_refused(folder):
     os.chmod(folder, 0o777)
     with pytest.raises(LakeError, match="writable by other users"):
         SharedTier(folder, 64 * MB)
+
+
+def test_full_shared_memory_never_fails_a_read(folder, monkeypatch):
+    """ENOSPC while publishing (a /dev/shm filled by something else): the chunk is served
+    from this process's own copy, nothing half-written is left, one warning says so."""
+    import errno
+    import warnings
+
+    from lakeio.cache import shared
+
+    tier = SharedTier(folder, 64 * MB)
+    real_write = os.write
+
+    def full(fd, data):
+        real_write(fd, bytes(memoryview(data)[:100]))  # a little, then the space runs out
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shared.os, "write", full)
+    monkeypatch.setattr(shared, "_warned", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for k in range(3):
+            got = tier.get_or_load(f"chunk/{k}", lambda k=k: np.full((4, 8, 8, 3), k, np.uint8))
+            assert (got == k).all() and got.shape == (4, 8, 8, 3)
+    assert [w.category.__name__ for w in caught] == ["SharedTierWarning"]
+    assert "No space left" in str(caught[0].message)
+    assert tier.stats().write_errors == 3 and tier.used_bytes() == 0
+    assert os.listdir(os.path.join(folder, "tmp")) == []  # the partial files went
+    monkeypatch.undo()
+    assert tier.put("chunk/0", np.zeros(4, np.uint8)) and tier.get("chunk/0") is not None
+    tier.close()
