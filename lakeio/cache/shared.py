@@ -62,7 +62,7 @@ class SharedTier:
     """Up to ``capacity`` bytes of decoded chunks in ``folder``, shared by the node's processes.
 
     ``folder`` is where the node's processes meet: the same folder for the same lake and cache
-    identity (see `lakeio.cache.config`). Close the tier when done (it is closed when collected
+    identity (see `shared_folder`). Close the tier when done (it is closed when collected
     too); the last process of the node to close it removes the folder."""
 
     def __init__(self, folder: str | os.PathLike, capacity: int) -> None:
