@@ -18,13 +18,12 @@ import os
 import sqlite3
 import stat
 import threading
-import warnings
 from collections.abc import Callable
 
 import diskcache
 
 from lakeio.cache.key_locks import KeyLocks, release
-from lakeio.cache.tier import TierStats
+from lakeio.cache.tier import TierStats, warn_once
 from lakeio.cache.write_behind import WriteBehind
 from lakeio.errors import CorruptChunkError, LakeError
 from lakeio.format.location import is_storage_full
@@ -166,18 +165,13 @@ class DiskTier:
             self._failed("store a chunk", exc)
 
     def _failed(self, what: str, exc: BaseException) -> None:
-        """Warn once per folder and process: a full disk would otherwise warn for every chunk."""
-        with _warned_lock:
-            if self.directory in _warned_folders:
-                return
-            _warned_folders.add(self.directory)
-        warnings.warn(
+        warn_once(
+            self.directory,
             DiskTierWarning(
                 f"lakeio disk cache {self.directory}: could not {what} ({exc}); chunks are read "
                 "from the origin instead, and failed writes are counted in the disk tier's "
                 "write_errors. Free space there or give Cache(disk=...) another folder."
             ),
-            stacklevel=3,
         )
 
     def get_or_fetch(
@@ -275,10 +269,6 @@ def _passes(check: Callable[[bytes], object], value: bytes) -> bool:
     except CorruptChunkError:
         return False
     return True
-
-
-_warned_folders: set[str] = set()  # folders whose trouble this process has warned about
-_warned_lock = threading.Lock()
 
 
 def _disk_full(exc: BaseException) -> bool:

@@ -60,30 +60,32 @@ class KeyLocks:
             release(fd)
 
     def _open(self, key: str) -> int | None:
-        path = os.path.join(self.folder, f"{lock_stripe(key):04d}.lock")
         try:
-            with _open_lock_files:  # no fork between open and registering the descriptor
-                fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-                _lock_fds.add(fd)
+            return _open_registered(os.path.join(self.folder, f"{lock_stripe(key):04d}.lock"))
         except OSError as exc:
             if self._failed is not None:
                 self._failed("create a lock file", exc)
             return None
-        return fd
 
 
 @contextmanager
 def file_locked(path: str, shared: bool = False) -> Iterator[None]:
     """``path`` (made if missing) flock-ed while inside: exclusive, or ``shared``. Registered as
     the key locks are, so a child forked meanwhile does not keep it held."""
-    with _open_lock_files:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        _lock_fds.add(fd)
+    fd = _open_registered(path)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
         yield
     finally:
         release(fd)
+
+
+def _open_registered(path: str) -> int:
+    """A descriptor of lock file ``path`` (made if missing), registered for `release`."""
+    with _open_lock_files:  # no fork between open and registering the descriptor
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        _lock_fds.add(fd)
+    return fd
 
 
 def release(fd: int | None) -> None:

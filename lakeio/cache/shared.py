@@ -44,7 +44,6 @@ import os
 import shutil
 import threading
 import uuid
-import warnings
 import weakref
 from collections.abc import Callable
 
@@ -52,7 +51,7 @@ import numpy as np
 
 from lakeio.cache.disk import private_directory
 from lakeio.cache.key_locks import KeyLocks, file_locked
-from lakeio.cache.tier import TierStats
+from lakeio.cache.tier import TierStats, warn_once
 
 HEADER_BYTES = 4096
 MAGIC = b"LAKEIOSHM1"
@@ -181,23 +180,14 @@ class SharedTierWarning(RuntimeWarning):
     without it (each process then holds its own copy)."""
 
 
-_warned: set[str] = set()
-_warned_lock = threading.Lock()
-
-
 def _warn_once(folder: str, what: str) -> None:
-    """Once per folder and process: a full /dev/shm would otherwise warn for every chunk."""
-    with _warned_lock:
-        if folder in _warned:
-            return
-        _warned.add(folder)
-    warnings.warn(
+    warn_once(
+        folder,
         SharedTierWarning(
             f"lakeio shared tier {folder}: {what}; chunks are read without it, and failed "
             "writes are counted in its write_errors. Free shared memory (df /dev/shm) or "
             "give Cache(shared=...) a smaller budget."
         ),
-        stacklevel=3,
     )
 
 

@@ -5,8 +5,23 @@ A tier only ever holds copies; evicting never loses data (the origin keeps it).
 
 from __future__ import annotations
 
+import threading
+import warnings
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+_warned: set[tuple[type, str]] = set()  # (warning class, folder) this process has warned of
+_warned_lock = threading.Lock()
+
+
+def warn_once(folder: str, warning: Warning) -> None:
+    """``warning`` once per kind, folder and process: a full disk or /dev/shm would otherwise
+    warn for every chunk."""
+    with _warned_lock:
+        if (type(warning), folder) in _warned:
+            return
+        _warned.add((type(warning), folder))
+    warnings.warn(warning, stacklevel=4)
 
 
 @dataclass

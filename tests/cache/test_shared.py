@@ -290,7 +290,9 @@ def test_full_shared_memory_never_fails_a_read(folder, monkeypatch):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(shared.os, "write", full)
-    monkeypatch.setattr(shared, "_warned", set())
+    from lakeio.cache import tier as tiers
+
+    monkeypatch.setattr(tiers, "_warned", set())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for k in range(3):
