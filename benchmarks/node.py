@@ -17,6 +17,12 @@ tier in shared memory shows in MemAvailable, not there). The
 combined warm rate: the sum over ranks of samples per second of each warm epoch (epochs after
 the first), median over epochs.
 
+``--kill``: the last rank kills itself with SIGKILL halfway through its first epoch (loads
+in flight, maybe a chunk half written to the shared tier) and a new process takes its place;
+every batch of the others and of the new one is checked as above, and what is left in
+/dev/shm at the end is reported (issue 14: the others complete, the new run finds the tier
+consistent, nothing leaks).
+
 ``--cache`` is `lakeio.Cache`'s keyword arguments as JSON (default: ``{}``, today's default
 cache: a memory tier of 2 GiB in each process).
 """
@@ -40,7 +46,7 @@ import json, os, sys, time
 import numpy as np
 import lakeio
 from lakeio.loader.kernels import copy_rows_kernel
-lake, raw, rank, world, epochs, cache = json.loads(sys.argv[1])
+lake, raw, rank, world, epochs, cache, die_at = json.loads(sys.argv[1])
 copy_rows_kernel(wait=True)
 ds = lakeio.open_dataset(lake, cache=lakeio.Cache(**cache))
 loader = ds.loader(batch_size=256, seed=0, rank=rank, world_size=world)
@@ -51,8 +57,10 @@ seconds, samples, bad = [], [], 0
 for epoch in range(epochs):  # timed
     loader.set_epoch(epoch)
     seen, began = 0, time.perf_counter()
-    for x, _ in loader:
+    for i, (x, _) in enumerate(loader):
         seen += len(x)
+        if [epoch, i] == die_at:  # as kill -9 from outside: no finalizer, loads in flight
+            os.kill(os.getpid(), 9)
     seconds.append(time.perf_counter() - began)
     samples.append(seen)
 for epoch in range(epochs):  # the same epochs again, every batch checked
@@ -63,6 +71,23 @@ for epoch in range(epochs):  # the same epochs again, every batch checked
             bad += 1
 print(json.dumps({"seconds": seconds, "samples": samples, "bad_batches": bad}), flush=True)
 """
+
+
+SHM = f"/dev/shm/lakeio-{os.getuid()}"
+
+
+def left_in_shm() -> str:
+    """What the shared tiers left in the node's shared memory: folders and their bytes."""
+    if not os.path.isdir(SHM):
+        return "nothing"
+    folders = [e for e in os.scandir(SHM) if e.is_dir()]
+    total = sum(
+        os.path.getsize(os.path.join(d, f))
+        for e in folders
+        for d, _, files in os.walk(e.path)
+        for f in files
+    )
+    return f"{len(folders)} folders, {total:,} bytes" if folders else "nothing"
 
 
 def mem_available() -> int:
@@ -84,22 +109,31 @@ def rss_anon(pid: int) -> int:
     return 0
 
 
-def run_node(lake: str, raw: str, ranks: int, epochs: int, cache: dict) -> dict:
+def start_rank(lake: str, raw: str, rank: int, ranks: int, epochs: int, cache: dict, die_at):
+    """One rank's process, once it says it is ready."""
+    p = subprocess.Popen(
+        [sys.executable, "-c", CHILD, json.dumps([lake, raw, rank, ranks, epochs, cache, die_at])],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    line = p.stdout.readline()
+    if line.strip() != "ready":
+        raise RuntimeError(f"a rank did not start: {line!r}")
+    return p
+
+
+def run_node(lake: str, raw: str, ranks: int, epochs: int, cache: dict, kill: bool) -> dict:
     """Start ``ranks`` processes, wait until each is ready, let them read together; the node's
-    memory drop while they read and each rank's epoch times."""
+    memory drop while they read and each rank's epoch times. ``kill``: the last rank kills
+    itself (SIGKILL) halfway through its first epoch, and a new process takes its place at once
+    (its epochs checked as the others', its rates not counted)."""
+    last = ranks - 1
+    die_at = [0, 20000 // ranks // 256 // 2] if kill else None
     procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", CHILD, json.dumps([lake, raw, r, ranks, epochs, cache])],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
+        start_rank(lake, raw, r, ranks, epochs, cache, die_at if r == last else None)
         for r in range(ranks)
     ]
-    for p in procs:
-        line = p.stdout.readline()
-        if line.strip() != "ready":
-            raise RuntimeError(f"a rank did not start: {line!r}")
     time.sleep(0.5)  # (settled)
     ready = mem_available()
     anon_ready = [rss_anon(p.pid) for p in procs]
@@ -118,16 +152,25 @@ def run_node(lake: str, raw: str, ranks: int, epochs: int, cache: dict) -> dict:
     for p in procs:
         p.stdin.write("go\n")
         p.stdin.flush()
-    results = []
-    for p in procs:
+    results, replaced = [], None
+    if kill:
+        procs[last].wait(timeout=600)
+        if procs[last].returncode != -9:
+            raise RuntimeError(f"the rank to kill exited with {procs[last].returncode}")
+        replaced = start_rank(lake, raw, last, ranks, epochs, cache, None)
+        replaced.stdin.write("go\n")
+        replaced.stdin.flush()
+        procs = procs[:last]
+    for p in procs + ([replaced] if replaced else []):
         out, _ = p.communicate(timeout=600)
         if p.returncode != 0:
             raise RuntimeError(f"a rank failed with exit code {p.returncode}")
         results.append(json.loads(out.strip().splitlines()[-1]))
     done.set()
     sampler.join()
-    warm = [sum(r["samples"][e] / r["seconds"][e] for r in results) for e in range(1, epochs)] or [
-        sum(r["samples"][0] / r["seconds"][0] for r in results)
+    counted = results[: len(procs)]  # (not the replacement's)
+    warm = [sum(r["samples"][e] / r["seconds"][e] for r in counted) for e in range(1, epochs)] or [
+        sum(r["samples"][0] / r["seconds"][0] for r in counted)
     ]
     return {
         "memory_drop": ready - lowest[0],
@@ -142,6 +185,11 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[4])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--cache", default="{}", help="lakeio.Cache keyword arguments (JSON)")
+    parser.add_argument(
+        "--kill",
+        action="store_true",
+        help="kill the last rank (SIGKILL) halfway through its first epoch; a new one replaces it",
+    )
     args = parser.parse_args()
     cache = json.loads(args.cache)
     import lakeio
@@ -156,7 +204,7 @@ def main() -> None:
         decoded = images.nbytes + labels.nbytes
         print(f"lake L = {decoded / 1e6:.0f} MB decoded, {args.epochs} epochs, Cache(**{cache})")
         for ranks in args.ranks:
-            r = run_node(lake, raw, ranks, args.epochs, cache)
+            r = run_node(lake, raw, ranks, args.epochs, cache, args.kill)
             bound = 1.25 * decoded + ranks * 64e6
             print(
                 f"{ranks} ranks: node memory {r['memory_drop'] / 1e6:,.0f} MB while reading "
@@ -165,7 +213,9 @@ def main() -> None:
                 f"{r['anon_growth'] / 1e6:,.0f} MB), combined warm rate "
                 f"{statistics.median(r['warm_rates']):,.0f} img/s "
                 f"(epochs {', '.join(f'{x:,.0f}' for x in r['warm_rates'])}), "
-                f"batches not equal to the plan's samples: {r['bad_batches']}",
+                f"batches not equal to the plan's samples: {r['bad_batches']}"
+                + (f"; rank {ranks - 1} killed mid-epoch and replaced" if args.kill else "")
+                + f"; left in {SHM}: {left_in_shm()}",
                 flush=True,
             )
 

@@ -52,6 +52,7 @@ import numpy as np
 from lakeio.cache.disk import private_directory
 from lakeio.cache.key_locks import KeyLocks, file_locked
 from lakeio.cache.tier import TierStats, warn_once
+from lakeio.sizes import human_bytes
 
 HEADER_BYTES = 4096
 MAGIC = b"LAKEIOSHM1"
@@ -80,6 +81,15 @@ class SharedTier:
                 os.makedirs(path, mode=0o700, exist_ok=True)
             self._users = _join(self.folder, (self._chunks, self._tmp))
         self._locks = KeyLocks(os.path.join(self.folder, "locks"))
+        room = free_bytes(self.folder) + self.used_bytes()
+        if room < self.capacity:  # (a container's /dev/shm is 64 MB unless told otherwise)
+            _warn_once(
+                self.folder,
+                f"{human_bytes(self.capacity)} asked for, but its file system has "
+                f"{human_bytes(room)} free: it keeps at most that (in a container, more with "
+                "--shm-size; else a smaller Cache(shared=...) or another shared_folder)",
+            )
+            self.capacity = room
         self._finalizer = weakref.finalize(self, _leave, self._users, self.folder, os.getpid())
 
     def close(self) -> None:
@@ -123,7 +133,7 @@ class SharedTier:
                 os.unlink(tmp)
             with self._stats_lock:
                 self._stats.write_errors += 1
-            _warn_once(self.folder, f"could not publish a chunk ({exc})")
+            _warn_once(self.folder, f"could not publish a chunk ({exc}){UNSHARED}")
             return False
         return True
 
@@ -175,20 +185,19 @@ class SharedTier:
                         self._stats.evictions += 1
 
 
+UNSHARED = (
+    "; chunks are read without it, and failed writes are counted in its write_errors. Free "
+    "shared memory (df /dev/shm) or give Cache(shared=...) a smaller budget."
+)
+
+
 class SharedTierWarning(RuntimeWarning):
     """The node-shared tier could not be opened or could not publish a chunk; reads go on
     without it (each process then holds its own copy)."""
 
 
 def _warn_once(folder: str, what: str) -> None:
-    warn_once(
-        folder,
-        SharedTierWarning(
-            f"lakeio shared tier {folder}: {what}; chunks are read without it, and failed "
-            "writes are counted in its write_errors. Free shared memory (df /dev/shm) or "
-            "give Cache(shared=...) a smaller budget."
-        ),
-    )
+    warn_once(folder, SharedTierWarning(f"lakeio shared tier {folder}: {what}"))
 
 
 def open_shared(base: str | None, loc, manifest, capacity: int) -> SharedTier | None:
@@ -200,7 +209,7 @@ def open_shared(base: str | None, loc, manifest, capacity: int) -> SharedTier | 
         folder = shared_folder(base, loc, manifest)
         return SharedTier(folder, capacity)
     except OSError as exc:
-        _warn_once(folder, f"could not open it ({exc})")
+        _warn_once(folder, f"could not open it ({exc}){UNSHARED}")
         return None
 
 
@@ -218,6 +227,12 @@ def shared_folder(base: str | None, loc, manifest) -> str:
     mine = os.path.join(base, f"lakeio-{user}")
     private_directory(mine)  # (in a folder anyone may write to, such as /dev/shm)
     return os.path.join(mine, identity)
+
+
+def free_bytes(path: str) -> int:
+    """Bytes free for this user on the file system of ``path`` (a seam for tests)."""
+    info = os.statvfs(path)
+    return info.f_bavail * info.f_frsize
 
 
 def _header(array: np.ndarray) -> bytes:
@@ -291,8 +306,8 @@ def _join(folder: str, clear: tuple[str, ...]) -> int:
 def _leave(fd: int, folder: str, pid: int) -> None:
     """Let go of ``folder``; remove it if no other process uses it now. In a forked child
     (a DataLoader worker), the descriptor is the parent's lock too: only closed there."""
-    if os.getpid() != pid:
-        os.close(fd)
+    if os.getpid() != pid or not os.path.isdir(os.path.dirname(folder)):
+        os.close(fd)  # (a child; or someone removed the whole place: nothing left to clean)
         return
     with file_locked(folder + ".lock"):
         try:

@@ -52,10 +52,9 @@ class ChunkSource:
             memory = MemoryTier(self.cache.memory, self.cache.eviction)
         self.memory = memory
         self.disk = DiskTier(self.cache.disk, self.cache.disk_size) if self.cache.disk else None
+        shared = self.cache.shared_bytes()
         self.shared = (
-            open_shared(self.cache.shared_folder, loc, manifest, self.cache.shared)
-            if self.cache.shared
-            else None
+            open_shared(self.cache.shared_folder, loc, manifest, shared) if shared else None
         )
         self._codecs = {name: parse_codec(f.codec) for name, f in manifest.fields.items()}
         self._lock = threading.Lock()

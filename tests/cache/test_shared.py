@@ -305,3 +305,95 @@ def test_full_shared_memory_never_fails_a_read(folder, monkeypatch):
     monkeypatch.undo()
     assert tier.put("chunk/0", np.zeros(4, np.uint8)) and tier.get("chunk/0") is not None
     tier.close()
+
+
+def test_a_rank_killed_mid_epoch_holding_a_chunk_lock_stops_nobody(small_lake, folder, tmp_path):
+    """Three ranks read the lake; the third is killed (SIGKILL) in its first epoch while it
+    holds a chunk's lock, half way through loading it, as the other two start. They read every
+    batch right, a new process in its place reads its epochs right from the tier it finds,
+    and when all are done nothing is left in shared memory."""
+    path, images, _ = small_lake
+    np.save(tmp_path / "images.npy", images)
+    code = """
+import os, signal, time, numpy as np, lakeio
+lake, images, base, rank, go, dying = ARGS
+ds = lakeio.open_dataset(lake, cache=lakeio.Cache(memory=0, shared="64MiB", shared_folder=base))
+if dying:  # killed inside its first load: the chunk's lock held, nothing published
+    def dying_load(*args):
+        open(go, "w").close()  # the others start now
+        time.sleep(0.5)
+        os.kill(os.getpid(), signal.SIGKILL)
+    ds.source._load = dying_load
+loader = ds.loader(16, seed=5, rank=rank, world_size=3, prefetch_next_epoch=False)
+expected = np.load(images)
+while not (dying or os.path.exists(go)):
+    time.sleep(0.005)
+for epoch in range(3):
+    loader.set_epoch(epoch)
+    for batch, (x, _) in zip(loader.batches(), loader):
+        assert np.array_equal(x.numpy(), expected[batch])
+print("ok")
+"""
+    go = str(tmp_path / "go")
+    args = (str(path), str(tmp_path / "images.npy"), folder)
+    procs = [_run(code, *args, rank, go, rank == 2, wait=False) for rank in range(3)]
+    procs[2].communicate(timeout=120)
+    assert procs[2].returncode == -signal.SIGKILL
+    procs[2] = _run(code, *args, 2, go, False, wait=False)  # the new rank 2
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0 and out.strip() == "ok", err
+    node = os.path.join(folder, f"lakeio-{os.getuid()}")
+    assert [name for name in os.listdir(node) if not name.endswith(".lock")] == []
+
+
+@pytest.mark.parametrize(
+    "local_world, asked, expected",
+    [
+        (None, None, 0),  # one process: nothing to share with
+        ("1", None, 0),
+        ("4", None, 4 * 100 * MB),  # torchrun, 4 ranks a node: the node's 4 budgets, one copy
+        ("8", "3GB", 3_000_000_000),  # said outright
+        ("8", 0, 0),  # turned off
+        ("8", "auto", 8 * 100 * MB),
+    ],
+)
+def test_the_shared_tier_is_on_where_torchrun_puts_several_ranks_on_a_node(
+    monkeypatch, local_world, asked, expected
+):
+    if local_world is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world)
+    assert lakeio.Cache(memory=100 * MB, shared=asked).shared_bytes() == expected
+
+
+def test_a_bad_local_world_size_is_named(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "four")
+    with pytest.raises(ValueError, match=r"LOCAL_WORLD_SIZE must be a whole number.*'four'"):
+        lakeio.Cache()
+
+
+def test_a_budget_over_the_free_shared_memory_keeps_to_what_is_free(folder, monkeypatch):
+    """A container's /dev/shm is 64 MB unless told otherwise: the tier keeps within what is
+    free (plus what it holds already) and says so once, instead of failing every write."""
+    import warnings
+
+    from lakeio.cache import shared
+    from lakeio.cache import tier as tiers
+
+    monkeypatch.setattr(tiers, "_warned", set())
+    first = SharedTier(folder, 64 * MB)
+    assert first.put("chunk/0", np.zeros(MB, np.uint8))
+    monkeypatch.setattr(shared, "free_bytes", lambda path: 3 * MB)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        second = SharedTier(folder, 64 * MB)
+    assert second.capacity == 3 * MB + MB + HEADER_BYTES
+    assert [w.category.__name__ for w in caught] == ["SharedTierWarning"]
+    assert "--shm-size" in str(caught[0].message) and "64.0 MiB asked for" in str(caught[0].message)
+    for k in range(1, 6):  # 1 MiB chunks: no more than 4 stay
+        assert second.get_or_load(f"chunk/{k}", lambda: np.ones(MB, np.uint8)).sum() == MB
+    assert second.used_bytes() <= second.capacity
+    second.close()
+    first.close()

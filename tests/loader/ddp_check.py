@@ -20,6 +20,10 @@ def main(lake: str, out: str, cluster: str | None = None) -> None:
         loader.set_epoch(epoch)
         record["epochs"].append([list(paths) for _, paths in loader])
     loader.close()
+    if cluster is None:  # this process read the lake: through the node's shared tier?
+        source = ds.source.stats()
+        record["origin_reads"] = source["origin_reads"]
+        record["shared"] = source["shared"]
     with open(f"{out}/rank{rank}.json", "w") as fh:
         json.dump(record, fh)
     gc.collect()

@@ -35,6 +35,11 @@ def test_two_ranks_split_every_epoch_exactly_once_with_equal_batches(
         seen = Counter(p for batches in per_rank for batch in batches for p in batch)
         assert len(seen) == 203 and sum(seen.values()) == 204  # one sample repeated to even out
     assert records[0]["epochs"][0] != records[0]["epochs"][1]  # epochs are reshuffled
+    if not on_cluster:  # torchrun put two ranks on this node: they share one decoded copy
+        assert all(r["shared"] is not None for r in records)
+        chunks = 13  # ceil(203 / 16), each of labels and paths
+        # labels decoded once on the node; paths (strings) are not shared: once per rank
+        assert sum(r["origin_reads"] for r in records) == chunks + 2 * chunks
 
 
 def _log(run):
