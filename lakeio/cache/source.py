@@ -330,7 +330,11 @@ class ChunkSource:
             "memory": memory.as_dict() if memory else None,
             "disk": self.disk.stats(sizes).as_dict() if self.disk is not None else None,
             # the node's copy: requests and hits this process's, bytes the node's
-            "shared": self.shared.stats().as_dict() if self.shared is not None else None,
+            "shared": (
+                {**self.shared.stats().as_dict(), "capacity": self.shared.capacity}
+                if self.shared is not None
+                else None
+            ),
             # decoded chunks' mappings kept for the next chunk of their size: this process's,
             # in what the memory tiers' budgets leave free, or 16 MiB (see lakeio.format.pages)
             "spare_mapping_bytes": spare_bytes(),

@@ -74,6 +74,7 @@ class LakeioDashboard(SchedulerPlugin):
                 **m,
                 "memory_hit_rate": _ratio(m.get("memory_hits", 0), m.get("memory_requests", 0)),
                 "disk_hit_rate": _ratio(m.get("disk_hits", 0), m.get("disk_requests", 0)),
+                "shared_hit_rate": _ratio(m.get("shared_hits", 0), m.get("shared_requests", 0)),
             }
         now = time.time()
         for name in [t for t, f in self.trainers.items() if now - f["seen"] > TRAINER_TIMEOUT_S]:
@@ -91,6 +92,13 @@ def register_dashboard(client: Client) -> None:
 
 def _percent(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}%"
+
+
+def _shared_use(w: dict[str, Any]) -> str:
+    """The node-shared tier's bytes and budget (the node's, as this worker sees them)."""
+    if not w.get("shared_capacity"):
+        return "—"
+    return f"{w['shared_bytes'] / 1e6:,.1f} / {w['shared_capacity'] / 1e6:,.1f}"
 
 
 class _JsonHandler(web.RequestHandler):
@@ -116,7 +124,8 @@ class _PageHandler(_JsonHandler):
                 f"<td>{w.get('origin_in_flight_peak', 0):,}</td>"
                 f"<td>{w['chunks']:,}</td><td>{w.get('chunks_per_s', 0):,.1f}</td>"
                 f"<td>{w['bytes'] / 1e6:,.1f}</td><td>{w['memory_bytes'] / 1e6:,.1f} / "
-                f"{w['memory_capacity'] / 1e6:,.1f}</td></tr>"
+                f"{w['memory_capacity'] / 1e6:,.1f}</td>"
+                f"<td>{_percent(w.get('shared_hit_rate'))}</td><td>{_shared_use(w)}</td></tr>"
             )
         trainer_rows = []
         for name, t in figures["trainers"].items():
@@ -128,7 +137,7 @@ class _PageHandler(_JsonHandler):
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.write(
             _PAGE.format(
-                workers="".join(rows) or _EMPTY.format(10),
+                workers="".join(rows) or _EMPTY.format(12),
                 trainers="".join(trainer_rows) or _EMPTY.format(6),
             )
         )
@@ -148,7 +157,8 @@ th{{background:#f0f3f7}} td:first-child,th:first-child{{text-align:left}}
 {trainers}</table>
 <h2>Workers (each caches the chunks it owns)</h2>
 <table><tr><th>worker</th><th>memory hit rate</th><th>disk hit rate</th><th>origin reads</th>
-<th>read latency ms (recent)</th><th>reads in flight (peak)</th><th>chunks served</th><th>chunks/s</th><th>MB served</th><th>memory tier MB (used / budget)</th></tr>
+<th>read latency ms (recent)</th><th>reads in flight (peak)</th><th>chunks served</th><th>chunks/s</th><th>MB served</th><th>memory tier MB (used / budget)</th>
+<th>shared hit rate</th><th>shared tier MB (the node's: used / budget)</th></tr>
 {workers}</table>
 </body></html>"""
 
@@ -192,8 +202,8 @@ class _SchedulerCollector:
         for plugin in list(_plugins):
             figures = plugin.figures()
             for address, w in figures["workers"].items():
-                for tier in ("memory", "disk"):
-                    if w[f"{tier}_hit_rate"] is not None:
+                for tier in ("memory", "disk", "shared"):
+                    if w.get(f"{tier}_hit_rate") is not None:
                         hit.add_metric([address, tier], w[f"{tier}_hit_rate"])
                 rate.add_metric([address], float(w.get("chunks_per_s", 0.0)))
             for name, t in figures["trainers"].items():

@@ -177,7 +177,8 @@ def lake_totals(address: str) -> dict[str, Any]:
         ("memory_requests", "memory_hits", "memory_bytes", "memory_capacity", "memory_items",
          "memory_shed_bytes", "memory_sheds", "plan_readers", "disk_requests", "disk_hits",
          "origin_reads", "origin_bytes", "chunks", "bytes", "tasks", "access_requests",
-         "hit_seconds", "miss_seconds", "origin_latency_s", "origin_in_flight_peak"), 0,
+         "hit_seconds", "miss_seconds", "origin_latency_s", "origin_in_flight_peak",
+         "shared_requests", "shared_hits", "shared_bytes", "shared_capacity"), 0,
     )  # fmt: skip
     memory_budget = memory_of(address)
     if memory_budget is not None:
@@ -189,6 +190,11 @@ def lake_totals(address: str) -> dict[str, Any]:
         totals["memory_hits"] += memory.get("hits", 0)
         totals["disk_requests"] += disk.get("requests", 0)
         totals["disk_hits"] += disk.get("hits", 0)
+        if stats["shared"] is not None:  # the node's copy of this lake (its workers' together)
+            totals["shared_requests"] += stats["shared"]["requests"]
+            totals["shared_hits"] += stats["shared"]["hits"]
+            totals["shared_bytes"] += stats["shared"]["bytes_held"]
+            totals["shared_capacity"] += stats["shared"]["capacity"]
         totals["access_requests"] += stats["requests"]
         totals["hit_seconds"] += stats["hit_seconds"]
         totals["miss_seconds"] += stats["miss_seconds"]
@@ -293,7 +299,7 @@ class _WorkerCollector:
         }
         for address in addresses:
             totals = lake_totals(address)
-            for tier in ("memory", "disk"):
+            for tier in ("memory", "disk", "shared"):
                 requests.add_metric([address, tier], totals[f"{tier}_requests"])
                 hits.add_metric([address, tier], totals[f"{tier}_hits"])
             for name, family in families.items():

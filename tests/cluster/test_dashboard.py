@@ -11,6 +11,7 @@ twice and missed once, and every worker's memory hit rate is exactly 1/2.
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.request
 from html.parser import HTMLParser
@@ -26,6 +27,7 @@ import lakeio
 
 CHUNKS, CHUNK_SAMPLES, BATCH = 32, 8, 32
 FIELDS = ("images", "labels")
+SHARED = 64 << 20
 MEMORY = 64 << 20  # holds the whole lake many times over on each worker
 POLL_S = 15.0  # worker figures reach the scheduler with heartbeats (about once a second)
 
@@ -71,7 +73,10 @@ def streamed(tmp_path_factory):
         Client(cluster) as client,
     ):
         _lake(path, client)
-        ds = lakeio.open_dataset(path, cache=lakeio.Cache(memory=MEMORY))
+        # the workers, two processes of one node, share one decoded copy in a shared tier
+        shm = tmp_path_factory.mktemp("shm")
+        cache = lakeio.Cache(memory=MEMORY, shared=SHARED, shared_folder=str(shm))
+        ds = lakeio.open_dataset(path, cache=cache)
         # exact counts: no loading of a third epoch ahead
         with ds.loader(BATCH, seed=0, cluster=client, prefetch_next_epoch=False) as loader:
             for _ in loader:
@@ -86,6 +91,7 @@ def streamed(tmp_path_factory):
                 loader=loader,
                 base=client.dashboard_link.rsplit("/", 1)[0],
                 chunks=len(ds.chunk_members()),
+                shm=shm,
                 stats=stats,
                 batches_per_epoch=len(loader),
                 worker_metrics={
@@ -133,9 +139,17 @@ def test_json_figures_add_up_to_what_the_loader_counted(streamed):
         assert 0 < w["memory_bytes"] <= w["memory_capacity"]
         assert w["bytes"] > 0 and w["chunks_per_s"] == 0  # streaming is over
         assert w["origin_latency_s"] == loader_workers[address]["origin_latency_s"] > 0
+        # each memory miss asked the node's shared tier, which had not got it: the chunk's owner
+        # is the only worker that reads it
+        assert w["shared_requests"] == w["origin_reads"] and w["shared_hits"] == 0
+        assert w["shared_hit_rate"] == 0.0 and w["shared_capacity"] == SHARED
         assert w["origin_in_flight_peak"] == loader_workers[address]["origin_in_flight_peak"]
         assert w["origin_in_flight_peak"] >= 1
     assert sum(w["origin_reads"] for w in workers.values()) == len(FIELDS) * CHUNKS
+    # the node's copy, as every worker sees it: what its chunk files hold
+    files = [os.path.join(d, f) for d, _, names in os.walk(streamed.shm) for f in names]
+    on_node = sum(os.path.getsize(f) for f in files if os.sep + "chunks" + os.sep in f)
+    assert on_node > 0 and {w["shared_bytes"] for w in workers.values()} == {on_node}
 
     (trainer,) = figures["trainers"].values()
     assert trainer["epoch"] == 1
@@ -201,6 +215,10 @@ def test_html_page_shows_every_worker_and_the_trainer(streamed):
         assert row["chunks/s"] == "0.0"
         assert row["MB served"] == f"{w['bytes'] / 1e6:,.1f}"
         assert row["memory tier MB (used / budget)"].endswith(f"/ {MEMORY / 1e6:,.1f}")
+        assert row["shared hit rate"] == "0.0%"
+        assert row["shared tier MB (the node's: used / budget)"] == (
+            f"{w['shared_bytes'] / 1e6:,.1f} / {SHARED / 1e6:,.1f}"
+        )
     (trainer_id,) = figures["trainers"]
     trainer = _records(trainers_table)[trainer_id]
     assert trainer["epoch (from 0)"] == "1"
@@ -224,10 +242,11 @@ def test_scheduler_metrics_match_the_json(streamed):
     hit = _samples(text, "lakeio_worker_cache_hit_ratio")
     mine = {k: v for k, v in hit.items() if dict(k)["worker"] in figures["workers"]}
     assert mine == {
-        (("tier", "memory"), ("worker", address)): w["memory_hit_rate"]
+        ((("tier", tier), ("worker", address))): w[f"{tier}_hit_rate"]
         for address, w in figures["workers"].items()
+        for tier in ("memory", "shared")
     }  # no disk tier: no disk line
-    assert set(mine.values()) == {0.5}
+    assert sorted(set(mine.values())) == [0.0, 0.5]  # (the shared tier's: nothing read twice)
     rate = _samples(text, "lakeio_worker_served_chunks_per_second")
     for address in figures["workers"]:
         assert rate[(("worker", address),)] == 0.0
@@ -248,10 +267,12 @@ def test_worker_metrics_count_what_that_worker_served(streamed):
     assert _samples(text, "lakeio_cache_requests") == {
         (("tier", "memory"), me): expected["memory_requests"],
         (("tier", "disk"), me): 0,
+        (("tier", "shared"), me): expected["shared_requests"],
     }
     assert _samples(text, "lakeio_cache_hits") == {
         (("tier", "memory"), me): expected["memory_hits"],
         (("tier", "disk"), me): 0,
+        (("tier", "shared"), me): 0,
     }
 
 
