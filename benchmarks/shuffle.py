@@ -13,8 +13,8 @@ any chunk-wise shuffle. For each window size (chunks shuffled together):
   permutation gives ~1/3);
 - memory: decoded bytes the window holds (chunks of 4 MiB).
 
-Then 4 DDP ranks (issue 14): today's sharding (each rank a quarter of each epoch's global
-order, so every rank reads every chunk over a few epochs) against chunk-affine sharding (rank r
+Then 4 DDP ranks (issue 14): the default sharding, "epoch" (each rank a quarter of each epoch's
+global order, so every rank reads every chunk over a few epochs), against "chunks" (rank r
 keeps chunks r, r+4, r+8, ... every epoch, shuffled in windows of its own chunks: a node's
 ranks hold one copy of the lake between them with no shared tier). Per window: label TV of a
 rank's batch (what BatchNorm sees without SyncBatchNorm) and of the global batch (the four
@@ -28,7 +28,7 @@ import numpy as np
 
 from lakeio.loader.plan import PlanSpec, batch_slices, global_order, rank_orders
 
-N, CLASSES, CHUNK, BATCH, RANKS, EPOCHS = 20000, 10, 341, 256, 4, 5
+N, CLASSES, CHUNK, BATCH, RANKS, EPOCHS, SEEDS = 20000, 10, 341, 256, 4, 5, 10
 
 
 def quality(order: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
@@ -56,30 +56,31 @@ def main() -> None:
     print(f"| full random permutation | {tv:.3f} | {gap:.3f} | whole dataset (random access) |")
     tv, gap = quality(np.arange(N), labels)
     print(f"| no shuffle | {tv:.3f} | {gap:.3f} | 1 chunk |")
-    print(f"\n{RANKS} ranks, batch {BATCH} each ({RANKS * BATCH} a step), {EPOCHS} epochs\n")
+    print(
+        f"\n{RANKS} ranks, batch {BATCH} each ({RANKS * BATCH} a step), mean ± sd over seeds "
+        f"0-{SEEDS - 1}\n"
+    )
     print(
         "| sharding | window | rank batch TV | global batch TV | samples a rank sees in 5 epochs |"
     )
     print("|---|---|---|---|---|")
     for window in (4, 8, 32):
-        for name, orders in (("today's", _todays), ("chunk-affine", _affine)):
-            per_epoch = [orders(chunks, window, epoch) for epoch in range(EPOCHS)]
-            rank_tv, step_tv = ranks_quality(per_epoch[0], labels)
-            seen = np.mean([len(set(np.concatenate([e[r] for e in per_epoch]).tolist())) / N
-                            for r in range(RANKS)])  # fmt: skip
-            print(f"| {name} | {window} | {rank_tv:.3f} | {step_tv:.3f} | {seen:.0%} |")
-
-
-def _todays(chunks, window: int, epoch: int) -> list[np.ndarray]:
-    return list(rank_orders(chunks, PlanSpec(BATCH, window=window, world_size=RANKS), epoch))
-
-
-def _affine(chunks, window: int, epoch: int) -> list[np.ndarray]:
-    """Rank r keeps chunks r, r + RANKS, ...: the same chunks every epoch, windows of its own."""
-    return [
-        global_order(chunks[r::RANKS], PlanSpec(BATCH, window=window, seed=r), epoch)
-        for r in range(RANKS)
-    ]
+        for sharding in ("epoch", "chunks"):
+            rank_tv, step_tv, seen = [], [], []
+            for seed in range(SEEDS):
+                spec = PlanSpec(
+                    BATCH, seed=seed, window=window, world_size=RANKS, sharding=sharding
+                )
+                per_epoch = [rank_orders(chunks, spec, epoch) for epoch in range(EPOCHS)]
+                r, g = ranks_quality(list(per_epoch[0]), labels)
+                rank_tv.append(r)
+                step_tv.append(g)
+                seen += [len(set(np.concatenate([e[r] for e in per_epoch]).tolist())) / N
+                         for r in range(RANKS)]  # fmt: skip
+            print(
+                f"| `{sharding!r}` | {window} | {np.mean(rank_tv):.3f} ± {np.std(rank_tv):.3f} | "
+                f"{np.mean(step_tv):.3f} ± {np.std(step_tv):.3f} | {np.mean(seen):.0%} |"
+            )
 
 
 def ranks_quality(orders: list[np.ndarray], labels: np.ndarray) -> tuple[float, float]:

@@ -227,6 +227,12 @@ class ChunkMembers:
             first_run, start = last_run, stop
         return packed
 
+    def subset(self, runs: np.ndarray) -> ChunkMembers:
+        """Only the runs ``runs`` (positions here), in that order, with their chunk ids."""
+        lengths = self.lengths()[runs]
+        offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)])
+        return ChunkMembers(self.gathered(runs), offsets, self.ids[runs])
+
     def gathered(self, order: np.ndarray) -> np.ndarray:
         """The samples of the chunks in ``order``, one chunk after the other (one gather)."""
         lengths = self.lengths()[order]

@@ -44,6 +44,7 @@ def make_loader(
     cluster=None,
     decode: str = "worker",
     affinity: bool = True,
+    sharding: str = "epoch",
 ) -> Loader:
     """Batches of ``dataset`` as torch tensors.
 
@@ -52,6 +53,11 @@ def make_loader(
     window size in docs/benchmarks.md — a class-sorted lake needs a wide window). ``rank``/``world_size`` default to torch.distributed's when it is
     initialised. ``drop_last`` cuts the epoch to whole global batches; otherwise the order is
     padded by repeating its first samples so every rank yields the same number of batches.
+    ``sharding``: ``"epoch"`` (default) splits each epoch's global order between the ranks, so
+    over a few epochs every rank reads every sample; ``"chunks"`` keeps each rank on the same
+    chunks (r, r + world, …) every epoch, shuffled among themselves: each rank then reads (and
+    caches) only its 1/world of the lake, and only ever sees those samples. The global batch
+    still mixes all ranks' data (measured quality: docs/benchmarks.md, `benchmarks/shuffle.py`).
     ``normalize="lake"`` uses the per-channel mean and std stored by ``lakeio stats``.
     ``prefetch_next_epoch``: when an epoch has been read to its end, start loading the first
     chunks of the next one (the usual ``set_epoch(e + 1)``) while the training loop finishes;
@@ -77,7 +83,9 @@ def make_loader(
         raise ValueError(f"output must be 'tuple' or 'dict', not {output!r}")
     if prefetch_bytes is None and cluster is None:  # (on a cluster, Cache is the workers')
         shuffle_window = window_within_budget(dataset, tuple(fields), shuffle_window)
-    plan = PlanSpec(batch_size, shuffle, seed, shuffle_window, drop_last, rank, world_size)
+    plan = PlanSpec(
+        batch_size, shuffle, seed, shuffle_window, drop_last, rank, world_size, sharding
+    )
     device_opts = DeviceOptions(device, layout, dtype, normalize)
     stream = StreamOptions(
         tuple(fields), prefetch_bytes, threads, output=output,

@@ -107,7 +107,10 @@ class Loader:
 
     def _plan_key(self) -> dict[str, Any]:
         """The plan without the rank: every rank's state is the same, so rank 0 can save it."""
-        return {k: v for k, v in asdict(self.plan).items() if k != "rank"}
+        key = {k: v for k, v in asdict(self.plan).items() if k != "rank"}
+        if key["sharding"] == "epoch":  # (the default: states saved before it existed resume)
+            del key["sharding"]
+        return key
 
     def state_dict(self) -> dict[str, Any]:
         """Where the iteration stands: resume with `load_state_dict` in a new process.

@@ -5,7 +5,10 @@ consecutive chunks are grouped into windows of ``window`` chunks, and samples ar
 within each window. A larger window mixes better and holds more decoded chunks in memory.
 
 DDP: every rank computes the same global order and takes a contiguous, equal share of it
-(contiguous, so each rank touches ~1/world of the chunks). With ``drop_last`` the order is cut
+(contiguous, so each rank touches ~1/world of the chunks in an epoch, a different part each
+epoch). ``sharding="chunks"`` instead gives each rank the same chunks every epoch (`_chunk_shares`:
+a node's ranks then read disjoint parts of the lake, each cache holding its own part; a rank
+only ever sees its part). With ``drop_last`` the order is cut
 to a multiple of ``world * batch_size``; without it, it is padded (by repeating its start) to a
 multiple of ``world`` and the last batch of every rank is equally short. Either way every rank
 yields the same number of batches.
@@ -20,6 +23,8 @@ import numpy as np
 
 from lakeio.format.index import ChunkMembers, unpacked
 
+SHARDINGS = ("epoch", "chunks")
+
 
 @dataclass(frozen=True)
 class PlanSpec:
@@ -32,8 +37,13 @@ class PlanSpec:
     drop_last: bool = False
     rank: int = 0
     world_size: int = 1
+    sharding: str = "epoch"
 
     def __post_init__(self) -> None:
+        if self.sharding not in SHARDINGS:
+            raise ValueError(
+                f"sharding must be one of {', '.join(map(repr, SHARDINGS))}, not {self.sharding!r}"
+            )
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, not {self.batch_size}")
         if self.window < 1:
@@ -58,9 +68,12 @@ def global_order_and_chunks(chunks, spec: PlanSpec, epoch: int) -> tuple[np.ndar
     return _ordered(ChunkMembers.of(chunks), spec, epoch, samples=True, chunks=True)
 
 
-def _ordered(members: ChunkMembers, spec: PlanSpec, epoch: int, samples: bool, chunks: bool):
+def _ordered(
+    members: ChunkMembers, spec: PlanSpec, epoch: int, samples: bool, chunks: bool, *salt: int
+):
     """(samples in epoch order, their chunk ids); what is not asked for is left empty. With the
-    chunk ids, both come as int32 views of one packed array where they fit (`unpacked`)."""
+    chunk ids, both come as int32 views of one packed array where they fit (`unpacked`).
+    ``salt``: more numbers for the random stream (a rank's own, with chunk sharding)."""
     empty = np.empty(0, dtype=np.int64)
     if not len(members):
         return empty, empty
@@ -70,7 +83,7 @@ def _ordered(members: ChunkMembers, spec: PlanSpec, epoch: int, samples: bool, c
             return unpacked(members.packed(np.arange(len(members)), lengths))
         runs = np.repeat(np.arange(len(members)), lengths) if chunks else None
         return (members.flat.copy() if samples else empty), (members.ids[runs] if chunks else empty)
-    rng = np.random.default_rng([spec.seed, epoch])
+    rng = np.random.default_rng([spec.seed, epoch, *salt])
     chunk_order = rng.permutation(len(members))
     lengths = lengths[chunk_order]
     ends = np.cumsum(lengths)[spec.window - 1 :: spec.window].tolist()
@@ -111,13 +124,45 @@ def samples_per_rank(total: int, spec: PlanSpec) -> int:
 
 def rank_orders(chunks, spec: PlanSpec, epoch: int) -> np.ndarray:
     """Every rank's samples for ``epoch``, in order: row r is rank r's share."""
+    if spec.sharding == "chunks":
+        return _chunk_shares(ChunkMembers.of(chunks), spec, epoch, samples=True, chunks=False)[0]
     return _shares(global_order(chunks, spec, epoch), spec)
 
 
 def rank_orders_and_chunks(chunks, spec: PlanSpec, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     """`rank_orders`, and the chunk id of each sample in them."""
+    if spec.sharding == "chunks":
+        return _chunk_shares(ChunkMembers.of(chunks), spec, epoch, samples=True, chunks=True)
     order, chunk_ids = global_order_and_chunks(chunks, spec, epoch)
     return _shares(order, spec), _shares(chunk_ids, spec)
+
+
+def _chunk_shares(
+    members: ChunkMembers, spec: PlanSpec, epoch: int, samples: bool, chunks: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Chunk sharding: rank r keeps chunks r, r + world, r + 2 world, … of the lake every
+    epoch, and orders them as a one-rank plan would (chunks permuted, samples shuffled in
+    windows), from a random stream of its own. Dealt in the lake's order, each rank gets a
+    stripe of it (of every class, in a lake ingested class by class). Shares are cut or padded
+    (by repeating their start) to `samples_per_rank`, as the global order is, so every rank
+    yields the same number of batches; they differ by at most a chunk."""
+    if len(members) < spec.world_size:
+        raise ValueError(
+            f"sharding='chunks' needs a chunk for every rank: {len(members)} chunks for "
+            f"{spec.world_size} ranks (use sharding='epoch')"
+        )
+    per_rank = samples_per_rank(int(members.offsets[-1]), spec)
+    orders = np.empty((spec.world_size, per_rank), dtype=np.int64) if samples else None
+    ids = np.empty((spec.world_size, per_rank), dtype=np.int64) if chunks else None
+    for rank in range(spec.world_size):
+        mine = members.subset(np.arange(rank, len(members), spec.world_size))
+        for out, got in zip(
+            (orders, ids), _ordered(mine, spec, epoch, samples, chunks, rank), strict=True
+        ):
+            if out is not None:
+                out[rank] = np.resize(got, per_rank)
+    empty = np.empty((spec.world_size, 0), dtype=np.int64)
+    return (orders if samples else empty), (ids if chunks else empty)
 
 
 def _shares(order: np.ndarray, spec: PlanSpec) -> np.ndarray:
@@ -139,7 +184,10 @@ def first_need(members: ChunkMembers, spec: PlanSpec, epoch: int) -> dict[int, f
 
     For caches that serve all ranks (a Dask worker's): one rank's plan alone would call a
     chunk that only another rank reads next "never needed"."""
-    shares = _shares(_ordered(members, spec, epoch, samples=False, chunks=True)[1], spec)
+    if spec.sharding == "chunks":
+        shares = _chunk_shares(members, spec, epoch, samples=False, chunks=True)[1]
+    else:
+        shares = _shares(_ordered(members, spec, epoch, samples=False, chunks=True)[1], spec)
     per_rank = shares.shape[1]
     if not per_rank:
         return {}

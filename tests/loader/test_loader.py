@@ -435,3 +435,33 @@ def test_stats_report_the_decoded_chunks_mappings_kept_for_reuse(tmp_path):
     assert seen == 512
     chunk = 128 * 64 * 64 * 3
     assert 0 < spare <= SPARE_BYTES and spare % chunk == 0
+
+
+def test_chunk_sharding_reads_each_ranks_own_chunks_and_the_right_pixels(small_lake):
+    """``sharding="chunks"`` through the loader: three ranks read disjoint chunks, the same
+    ones every epoch, every batch the lake's pixels at `loader.batches()`; a checkpoint names
+    the sharding, and a loader sharded the other way refuses it."""
+    path, images, _ = small_lake
+    ds = lakeio.open_dataset(path)
+    chunk_of = {int(s): c for c, members in enumerate(ds.chunk_members()) for s in members}
+    read: dict[int, set] = {}
+    for rank in range(3):
+        loader = ds.loader(16, seed=2, rank=rank, world_size=3, sharding="chunks")
+        samples = []
+        for epoch in range(2):
+            loader.set_epoch(epoch)
+            planned = loader.batches()
+            batches = list(loader)
+            assert len(batches) == len(planned) == len(loader)
+            for (x, _), ids in zip(batches, planned, strict=True):
+                np.testing.assert_array_equal(x.numpy(), images[ids])
+            samples.append(set(np.concatenate(planned).tolist()))
+        read[rank] = {chunk_of[s] for s in samples[0]}
+        assert {chunk_of[s] for s in samples[1]} == read[rank]  # the same chunks every epoch
+        state = loader.state_dict()
+        assert state["plan"]["sharding"] == "chunks"
+        with pytest.raises(ValueError, match="state was saved for plan"):
+            ds.loader(16, seed=2, rank=rank, world_size=3).load_state_dict(state)
+    assert not (read[0] & read[1]) and not (read[1] & read[2]) and not (read[0] & read[2])
+    assert read[0] | read[1] | read[2] == set(range(len(ds.chunk_members())))
+    assert "sharding" not in ds.loader(16).state_dict()["plan"]  # (old checkpoints resume)

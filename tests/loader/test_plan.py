@@ -6,7 +6,14 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lakeio.loader.plan import PlanSpec, batch_count, batch_slices, global_order, rank_order
+from lakeio.loader.plan import (
+    PlanSpec,
+    batch_count,
+    batch_slices,
+    global_order,
+    rank_order,
+    samples_per_rank,
+)
 
 
 def _chunks(sizes):
@@ -218,3 +225,71 @@ def test_samples_past_2_to_the_32_keep_their_numbers_in_any_chunk():
     np.testing.assert_array_equal(order, _reference_global_order(chunks, spec, 0))
     owner = {int(s): c for c, run in enumerate(chunks) for s in run}
     assert ids.tolist() == [owner[int(s)] for s in order]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    sizes=layouts,
+    world=st.integers(1, 5),
+    batch=st.integers(1, 17),
+    window=st.integers(1, 5),
+    seed=st.integers(0, 3),
+    drop_last=st.booleans(),
+    shuffle=st.booleans(),
+)
+def test_chunk_sharding_keeps_each_rank_on_its_own_chunks_every_epoch(
+    sizes, world, batch, window, seed, drop_last, shuffle
+):
+    """``sharding="chunks"``: rank r reads only chunks r, r + world, … (none of another's), in
+    every epoch; every rank yields the same number of batches; a share is its chunks' samples,
+    each once, cut or padded (by repeating its start) to the common length; chunk ids agree."""
+    from hypothesis import assume
+
+    from lakeio.loader.plan import rank_orders_and_chunks
+
+    assume(len(sizes) >= world)
+    chunks = _chunks(sizes)
+    chunk_of = np.repeat(np.arange(len(sizes)), sizes)
+    total = sum(sizes)
+    for epoch in range(3):
+        spec = PlanSpec(batch, shuffle, seed, window, drop_last, 0, world, "chunks")
+        orders, ids = rank_orders_and_chunks(chunks, spec, epoch)
+        assert orders.shape == ids.shape == (world, samples_per_rank(total, spec))
+        np.testing.assert_array_equal(ids, chunk_of[orders])
+        for rank in range(world):
+            mine = np.concatenate(chunks[rank::world])
+            share = orders[rank]
+            assert set(share.tolist()) <= set(mine.tolist())  # its own chunks only
+            n = min(len(mine), len(share))
+            assert len(set(share[:n].tolist())) == n  # each once before any repeat
+            np.testing.assert_array_equal(share[n:], np.resize(share[:n], len(share) - n))
+            if not drop_last and len(mine) <= len(share):
+                assert set(share.tolist()) == set(mine.tolist())  # all of them
+            spec_r = PlanSpec(batch, shuffle, seed, window, drop_last, rank, world, "chunks")
+            np.testing.assert_array_equal(rank_order(chunks, spec_r, epoch), share)
+            assert len(batch_slices(share, batch)) == batch_count(total, spec_r)
+
+
+def test_chunk_sharding_reshuffles_each_epoch_and_mixes_every_class_into_each_rank():
+    """A lake ingested class by class: dealt in stripes, each rank's share has every class, and
+    its order changes from epoch to epoch."""
+    from lakeio.loader.plan import rank_orders
+
+    chunks = _chunks([16] * 40)  # 640 samples, classes of 64 (4 chunks each) in lake order
+    spec = PlanSpec(32, seed=1, window=8, world_size=4, sharding="chunks")
+    first, second = rank_orders(chunks, spec, 0), rank_orders(chunks, spec, 1)
+    for rank in range(4):
+        assert set(np.unique(first[rank] // 64).tolist()) == set(range(10))
+        assert sorted(first[rank].tolist()) == sorted(second[rank].tolist())  # same samples
+        assert not np.array_equal(first[rank], second[rank])  # another order
+
+
+def test_chunk_sharding_needs_a_chunk_for_every_rank():
+    import pytest
+
+    from lakeio.loader.plan import rank_orders
+
+    with pytest.raises(ValueError, match="3 chunks for 4 ranks"):
+        rank_orders(_chunks([5, 5, 5]), PlanSpec(4, world_size=4, sharding="chunks"), 0)
+    with pytest.raises(ValueError, match="sharding must be one of 'epoch', 'chunks'"):
+        PlanSpec(4, sharding="chunk")
