@@ -58,6 +58,8 @@ class Cache:
     ``"auto"`` (the default) turns it on where several ranks share the node — torchrun's
     ``LOCAL_WORLD_SIZE`` above 1 — with ``memory`` times their number: the node's memory stays
     what N per-process tiers would take, and holds N times as much of the lake. ``0``: off.
+    With it, ``memory`` is for what a process holds privately: the mappings of the node's copy
+    it keeps are not charged to it (see docs/loader.md, "Sizing a node of N GPUs").
     """
 
     memory: int | str | None = None

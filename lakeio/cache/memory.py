@@ -37,6 +37,7 @@ class MemoryTier:
         self.capacity = int(capacity)
         self.policy = policy
         self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._charges: dict[str, int] = {}  # what each entry counts against the capacity
         self._schedule = schedule if schedule is not None else Schedule()
         self._bytes = 0
         self._reserved = 0  # of the capacity, for decoded chunks loaders hold outside the tier
@@ -92,16 +93,19 @@ class MemoryTier:
         """What the tier itself may hold now: the capacity less what loaders hold."""
         return max(0, self.capacity - self._reserved)
 
-    def put(self, key: str, value: np.ndarray) -> bool:
-        size = int(value.nbytes)
+    def put(self, key: str, value: np.ndarray, charge: int | None = None) -> bool:
+        """Keep ``value``; it counts ``charge`` bytes against the capacity (default: its size;
+        0 for a mapping of the node-shared tier's copy, whose bytes that tier's budget counts,
+        and which its owner drops when that tier lets the chunk go)."""
+        size = int(value.nbytes) if charge is None else int(charge)
         if size > self._room():
             return False
         value.flags.writeable = False  # shared by every reader: nobody may scribble on it
         with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._bytes -= old.nbytes
+            if self._items.pop(key, None) is not None:
+                self._bytes -= self._charges.pop(key)
             self._items[key] = value
+            self._charges[key] = size
             self._bytes += size
             self._evict_to(self._room())
             set_room(self, self.capacity, self._bytes)
@@ -123,9 +127,12 @@ class MemoryTier:
         for key in order:
             if self._bytes <= capacity:
                 break
-            dropped = self._items.pop(key)
-            self._bytes -= dropped.nbytes
-            freed += dropped.nbytes
+            if not self._charges[key]:  # (dropping it would free nothing here)
+                continue
+            del self._items[key]
+            charge = self._charges.pop(key)
+            self._bytes -= charge
+            freed += charge
             self._stats.evictions += 1
         return freed
 
@@ -144,9 +151,8 @@ class MemoryTier:
 
     def evict(self, key: str) -> None:
         with self._lock:
-            old = self._items.pop(key, None)
-            if old is not None:
-                self._bytes -= old.nbytes
+            if self._items.pop(key, None) is not None:
+                self._bytes -= self._charges.pop(key)
                 self._stats.evictions += 1
                 set_room(self, self.capacity, self._bytes)
 
@@ -163,6 +169,7 @@ class MemoryTier:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._charges.clear()
             self._schedule.clear()
             self._bytes = 0
             set_room(self, self.capacity, 0)

@@ -21,13 +21,18 @@ on Linux), which every process maps read-only: one copy per node, read in place.
   one uses clears what a killed run left there. Joining and leaving happen under a lock file
   beside the folder, which is never removed, so neither races the other.
 
-Known limits (issue 14 goes on): a run whose processes were all killed (SIGKILL, or SIGTERM
-from torchrun, which skips finalizers) leaves its folder until a process opens the same lake
-version again; files being written are not counted in the budget, so publishers at once may
-pass it by a chunk each; a chunk evicted here that the ranks' memory tiers still hold stays in
-memory until they let go (at most the shared budget plus each rank's memory tier); memory-tier
-hits do not count as uses here; forked DataLoader workers share their parent's registration,
-so a parent that closes its tier first removes the folder under them (they read on unshared).
+- **Mappings let go.** A process's memory tier keeps the mappings it reads at no charge
+  (`lakeio.cache.source`); every eviction is appended to an eviction log in the folder (a
+  count and a ring of file names, mapped by every process), which each process reads before a
+  lookup and drops its mappings of the chunks named, so an evicted chunk's memory goes back to
+  the node. A memory-tier hit counts as a use here (`touch`, at most once a second a chunk).
+
+Known limits: a run whose processes were all killed (SIGKILL, or SIGTERM from torchrun, which
+skips finalizers) leaves its folder until a process opens the same lake version again; files
+being written are not counted in the budget, so publishers at once may pass it by a chunk
+each; arrays a loader holds outside the memory tier (its prefetch window) keep their mappings
+until it lets go of them; forked DataLoader workers share their parent's registration, so a
+parent that closes its tier first removes the folder under them (they read on unshared).
 
 A chunk file is a 4 KiB header (magic, dtype, shape) and the array's bytes, page-aligned.
 Object arrays (strings) are not stored here.
@@ -56,6 +61,7 @@ from lakeio.sizes import human_bytes
 
 HEADER_BYTES = 4096
 MAGIC = b"LAKEIOSHM1"
+EVICTION_SLOTS = 8192  # the eviction log's ring: names of the chunks removed lately
 
 
 class SharedTier:
@@ -80,6 +86,7 @@ class SharedTier:
             for path in (self._chunks, self._tmp, os.path.join(self.folder, "locks")):
                 os.makedirs(path, mode=0o700, exist_ok=True)
             self._users = _join(self.folder, (self._chunks, self._tmp))
+            self._log = _eviction_log(os.path.join(self.folder, "evicted"))
         self._locks = KeyLocks(os.path.join(self.folder, "locks"))
         room = free_bytes(self.folder) + self.used_bytes()
         if room < self.capacity:  # (a container's /dev/shm is 64 MB unless told otherwise)
@@ -140,18 +147,47 @@ class SharedTier:
     def get_or_load(self, key: str, load: Callable[[], np.ndarray]) -> np.ndarray:
         """The node's copy of ``key``, loaded (decoded) by one process of the node if none has
         it: the others wait for it on the key's lock and map it."""
+        return self.get_or_load_mapped(key, load)[0]
+
+    def get_or_load_mapped(
+        self, key: str, load: Callable[[], np.ndarray]
+    ) -> tuple[np.ndarray, bool]:
+        """`get_or_load`, and whether the array is the node's copy (mapped) rather than this
+        process's own (not kept: a string field, over the budget, shared memory full)."""
         array = self.get(key)
         if array is not None:
-            return array
+            return array, True
         with self._locks.held(key):
             array = _map(self._path(key))  # (another process may have published it meanwhile)
             if array is not None:
-                return array
+                return array, True
             loaded = load()
             if not self.put(key, loaded):
-                return loaded
+                return loaded, False
             mapped = _map(self._path(key))  # (None if evicted at once by another process)
-            return mapped if mapped is not None else loaded
+            return (mapped, True) if mapped is not None else (loaded, False)
+
+    def name(self, key: str) -> str:
+        """The name of ``key``'s file, as the eviction log gives it."""
+        return os.path.basename(self._path(key))
+
+    def evictions(self) -> int:
+        """How many chunks the node's processes have removed from the tier so far."""
+        return int.from_bytes(self._log[:8], "little")
+
+    def evicted_since(self, seen: int) -> tuple[int, list[str] | None]:
+        """(`evictions` now, the names of the chunks removed after the first ``seen``); None
+        instead of the names when more were removed than the log keeps (forget them all)."""
+        now = self.evictions()
+        if now - seen > EVICTION_SLOTS or now < seen:
+            return now, None
+        slots = (8 + 16 * (i % EVICTION_SLOTS) for i in range(seen, now))
+        return now, [self._log[at : at + 16].hex() for at in slots]
+
+    def touch(self, key: str) -> None:
+        """Count a use of ``key`` (read from a mapping held elsewhere) for the LRU order."""
+        with contextlib.suppress(OSError):
+            os.utime(self._path(key))
 
     def used_bytes(self) -> int:
         """Bytes of the chunk files published now (the node's, not this process's)."""
@@ -181,8 +217,17 @@ class SharedTier:
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(path)
                     used -= file_size
+                    self._logged(os.path.basename(path))
                     with self._stats_lock:
                         self._stats.evictions += 1
+
+    def _logged(self, name: str) -> None:
+        """Append a removed chunk's name to the eviction log (under the budget lock: one
+        writer; the count goes last, so a reader never sees a slot before it is written)."""
+        count = self.evictions()
+        at = 8 + 16 * (count % EVICTION_SLOTS)
+        self._log[at : at + 16] = bytes.fromhex(name)
+        self._log[:8] = (count + 1).to_bytes(8, "little")
 
 
 UNSHARED = (
@@ -227,6 +272,19 @@ def shared_folder(base: str | None, loc, manifest) -> str:
     mine = os.path.join(base, f"lakeio-{user}")
     private_directory(mine)  # (in a folder anyone may write to, such as /dev/shm)
     return os.path.join(mine, identity)
+
+
+def _eviction_log(path: str) -> mmap.mmap:
+    """The folder's eviction log, mapped shared: a count, then a ring of 16-byte names. Each
+    process holding mappings of chunks reads it to let go of the ones the budget removed."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        size = 8 + 16 * EVICTION_SLOTS
+        if os.fstat(fd).st_size < size:
+            os.ftruncate(fd, size)
+        return mmap.mmap(fd, size)
+    finally:
+        os.close(fd)
 
 
 def free_bytes(path: str) -> int:

@@ -30,6 +30,7 @@ from lakeio.format.pages import spare_bytes
 from lakeio.format.segment import chunk_key
 
 STORED_PREFIX = "stored:"  # memory-tier keys of stored (not decoded) chunk bytes
+TOUCH_EVERY_S = 1.0  # how often a chunk mapped here counts as a use in the shared tier
 
 
 class ChunkSource:
@@ -56,6 +57,11 @@ class ChunkSource:
         self.shared = (
             open_shared(self.cache.shared_folder, loc, manifest, shared) if shared else None
         )
+        # mappings of the shared tier's chunks the memory tier holds (by file name), the
+        # shared tier's eviction count when last looked, and when each was last touched there
+        self._views: dict[str, str] = {}
+        self._evictions_seen = self.shared.evictions() if self.shared is not None else 0
+        self._touched: dict[str, float] = {}
         self._codecs = {name: parse_codec(f.codec) for name, f in manifest.fields.items()}
         self._lock = threading.Lock()
         # a chunk's name in the tiers, asked for on every lookup and schedule (a warm epoch is
@@ -100,7 +106,9 @@ class ChunkSource:
 
         if self.shared is None or self.manifest.fields[field].dtype == "str":
             return self._serve(cache_key, load)  # (strings are not shared: objects)
-        return self._serve(cache_key, lambda: self.shared.get_or_load(cache_key, load))
+        if self.shared.evictions() != self._evictions_seen:
+            self._forget_evicted()
+        return self._serve(cache_key, load, shared=True)
 
     def in_memory(self, segment: int, field: str, chunk: int) -> bool:
         """Whether the memory tier holds the decoded chunk now."""
@@ -156,23 +164,56 @@ class ChunkSource:
         cache_key = STORED_PREFIX + self.loc.describe(key)
         return self._serve(cache_key, lambda: np.frombuffer(self._load_stored(key), np.uint8))
 
-    def _serve(self, cache_key: str, load) -> np.ndarray:
-        """The memory tier's copy of ``cache_key``, or ``load()`` kept there; counts and times it."""
+    def _serve(self, cache_key: str, load, shared: bool = False) -> np.ndarray:
+        """The memory tier's copy of ``cache_key``, or ``load()`` kept there; counts and times it.
+
+        ``shared``: through the node-shared tier. The memory tier then keeps the mapping of the
+        node's copy at no charge (the shared budget counts those bytes) until that tier removes
+        the chunk (`_forget_evicted`), and a hit counts as a use there now and then."""
         started = time.perf_counter()
         value = self.memory.get(cache_key) if self.memory is not None else None
         hit = value is not None
         if not hit:
+            mapped = False
             try:
-                value = load()
+                if shared:
+                    value, mapped = self.shared.get_or_load_mapped(cache_key, load)
+                else:
+                    value = load()
             except ChunkError as exc:
                 raise exc.of_lake(self.loc.describe()) from None
-            if self.memory is not None:
+            if self.memory is not None and not mapped:
                 self.memory.put(cache_key, value)
+            elif self.memory is not None:
+                with self._lock:  # (before it is held: an eviction logged meanwhile is seen)
+                    self._views[self.shared.name(cache_key)] = cache_key
+                self.memory.put(cache_key, value, charge=0)
+        elif shared:
+            now = time.monotonic()
+            if now - self._touched.get(cache_key, 0.0) > TOUCH_EVERY_S:
+                self._touched[cache_key] = now
+                self.shared.touch(cache_key)
         with self._lock:
             self._counts["hit_seconds" if hit else "miss_seconds"] += time.perf_counter() - started
             self._counts["requests"] += 1
             self._counts["memory_hits"] += hit
         return value
+
+    def _forget_evicted(self) -> None:
+        """Let go of the mappings whose chunks the node-shared tier removed since last looked
+        (all of them if too many were): their memory goes back to the node once unmapped."""
+        with self._lock:
+            seen, names = self.shared.evicted_since(self._evictions_seen)
+            self._evictions_seen = seen
+            if names is None:
+                keys = list(self._views.values())
+                self._views.clear()
+            else:
+                keys = [k for k in map(self._views.pop, names, [None] * len(names)) if k]
+        for key in keys:
+            self._touched.pop(key, None)
+            if self.memory is not None:
+                self.memory.evict(key)
 
     def _load_stored(self, key: str) -> bytes:
         def verify(b: bytes) -> None:

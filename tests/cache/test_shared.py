@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import lakeio
 from lakeio.cache.shared import HEADER_BYTES, SharedTier
+from lakeio.format.index import SampleIndex
 
 MB = 1 << 20
 SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None
@@ -397,3 +398,77 @@ def test_a_budget_over_the_free_shared_memory_keeps_to_what_is_free(folder, monk
     assert second.used_bytes() <= second.capacity
     second.close()
     first.close()
+
+
+def _deleted_mappings(folder: str) -> int:
+    """Bytes this process has mapped of files since removed from ``folder``: memory the node
+    cannot get back while they are held."""
+    total = 0
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith(folder) and "(deleted)" in fields[5]:
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                total += end - start
+    return total
+
+
+@pytest.mark.parametrize("slots", [8192, 2], ids=["log", "log-overrun"])
+def test_mappings_of_chunks_the_node_evicted_are_let_go(small_lake, folder, monkeypatch, slots):
+    """A shared budget of about half the lake, a memory tier that could hold it all: the memory
+    tier keeps the node's mappings at no charge, and lets go of each one the shared tier
+    evicts, also where another reader caused the eviction (the log read by every process)
+    and where more were evicted than the log keeps (then all are let go): none is left
+    pinning memory the budget counts as free."""
+    import gc
+
+    from lakeio.cache import shared
+
+    monkeypatch.setattr(shared, "EVICTION_SLOTS", slots)
+    path, images, _ = small_lake
+    cache = lakeio.Cache(memory="64MiB", shared=300_000, shared_folder=folder)
+    first, second = lakeio.open_dataset(path, cache=cache), lakeio.open_dataset(path, cache=cache)
+    members = first.chunk_members()
+    refs = SampleIndex([s.samples for s in first.manifest.segments], 16).chunks()
+    for ref, samples in zip(refs, members, strict=True):
+        got = first.source.get(ref.segment, "images", ref.chunk)
+        np.testing.assert_array_equal(got[: len(samples)], images[samples])
+    tier = first.source.shared
+    assert tier.stats().evictions > 0 and tier.used_bytes() <= tier.capacity
+    memory = first.source.memory.stats()
+    held = len(os.listdir(os.path.join(tier.folder, "chunks")))
+    assert memory.bytes_held == 0  # mappings of the node's copy: nothing charged here
+    # and only those of chunks still there (the last reads' evictions are seen at the next)
+    assert held <= memory.items <= held + 1 and memory.evictions >= tier.stats().evictions - 1
+    for ref in reversed(refs):  # another reader evicts what the first holds
+        second.source.get(ref.segment, "images", ref.chunk)
+    first.source.get(refs[0].segment, "images", refs[0].chunk)  # it looks at the log first
+    chunk_files = os.path.join(tier.folder, "chunks")
+    for name in first.source._views:
+        assert os.path.exists(os.path.join(chunk_files, name)), name  # no stale mapping
+    gc.collect()
+    assert _deleted_mappings(tier.folder) <= 2 * (HEADER_BYTES + images[:16].nbytes)
+    for source in (first.source, second.source):
+        source.shared.close()
+
+
+def test_a_hit_in_the_memory_tier_counts_as_a_use_of_the_nodes_copy(
+    small_lake, folder, monkeypatch
+):
+    """The shared tier evicts the least recently used chunk; a chunk read over and over from
+    a rank's memory tier (never from the shared tier itself) must count as used."""
+    from lakeio.cache import source as sources
+
+    monkeypatch.setattr(sources, "TOUCH_EVERY_S", 0.0)
+    path, _, _ = small_lake
+    chunk_bytes = HEADER_BYTES + 16 * 32 * 32 * 3
+    cache = lakeio.Cache(memory="64MiB", shared=3 * chunk_bytes + 100, shared_folder=folder)
+    ds = lakeio.open_dataset(path, cache=cache)
+    refs = list(SampleIndex([s.samples for s in ds.manifest.segments], 16).chunks())[:4]
+    for k in (0, 1, 2, 0, 3):  # 0 again: a memory-tier hit, now the most recently used
+        ds.source.get(refs[k].segment, "images", refs[k].chunk)  # 3: over the budget
+        time.sleep(0.02)
+    tier = ds.source.shared
+    keys = [ds.source.cache_key(r.segment, "images", r.chunk) for r in refs]
+    assert {k for k in range(4) if tier.get(keys[k]) is not None} == {0, 2, 3}  # 1 went
+    tier.close()

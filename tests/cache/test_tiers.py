@@ -217,3 +217,22 @@ def test_disk_tier_keeps_each_large_value_as_one_private_file_with_its_exact_byt
     reopened.evict("newlines")
     assert len(list((tmp_path / "disk").glob("*/*.val"))) == len(values) - 1
     reopened.close()
+
+
+def test_entries_charged_nothing_stay_and_never_push_out_the_others():
+    """The node-shared tier's mappings are kept at no charge: the capacity is for this
+    process's own chunks, which evict each other as before."""
+    from lakeio.cache.memory import MemoryTier
+
+    tier = MemoryTier(100, "lru")
+    for k in range(5):
+        assert tier.put(f"view/{k}", np.zeros(60, np.uint8), charge=0)
+    assert tier.put("own/0", np.zeros(60, np.uint8)) and tier.put("own/1", np.zeros(30, np.uint8))
+    assert tier.put("own/2", np.zeros(50, np.uint8))  # own/0 goes, the views stay
+    stats = tier.stats()
+    assert stats.bytes_held == 80 and stats.items == 7 and stats.evictions == 1
+    assert "own/0" not in tier and all(f"view/{k}" in tier for k in range(5))
+    tier.evict("view/3")
+    assert tier.stats().bytes_held == 80 and "view/3" not in tier
+    assert tier.put("own/1", np.zeros(10, np.uint8))  # replaced: its old charge comes off
+    assert tier.stats().bytes_held == 60
