@@ -23,8 +23,10 @@ every batch of the others and of the new one is checked as above, and what is le
 /dev/shm at the end is reported (issue 14: the others complete, the new run finds the tier
 consistent, nothing leaks).
 
-``--cache`` is `lakeio.Cache`'s keyword arguments as JSON (default: ``{}``, today's default
-cache: a memory tier of 2 GiB in each process).
+``--cache`` is `lakeio.Cache`'s keyword arguments as JSON (default: ``{}``, the default
+cache). Each rank's environment has what torchrun would set (RANK, WORLD_SIZE, LOCAL_RANK,
+LOCAL_WORLD_SIZE = N), so the default cache is a memory tier of 2 GiB in each process and,
+for N > 1, the node-shared tier of N x 2 GiB; ``{"shared": 0}`` is per-process tiers only.
 """
 
 from __future__ import annotations
@@ -111,11 +113,13 @@ def rss_anon(pid: int) -> int:
 
 def start_rank(lake: str, raw: str, rank: int, ranks: int, epochs: int, cache: dict, die_at):
     """One rank's process, once it says it is ready."""
+    torchrun = {"RANK": rank, "WORLD_SIZE": ranks, "LOCAL_RANK": rank, "LOCAL_WORLD_SIZE": ranks}
     p = subprocess.Popen(
         [sys.executable, "-c", CHILD, json.dumps([lake, raw, rank, ranks, epochs, cache, die_at])],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        env={**os.environ, **{k: str(v) for k, v in torchrun.items()}},  # as torchrun sets them
     )
     line = p.stdout.readline()
     if line.strip() != "ready":
