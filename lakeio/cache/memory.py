@@ -117,7 +117,7 @@ class MemoryTier:
         Each entry's next use is asked once per call; the bytes dropped."""
         if self._bytes <= capacity:
             return 0
-        order = list(self._items)  # least recently used first
+        order = [k for k in self._items if self._charges[k]]  # LRU first; (free ones stay)
         if self.policy == "plan":
             self._schedule.expire()
             if not self._schedule.empty:
@@ -127,8 +127,6 @@ class MemoryTier:
         for key in order:
             if self._bytes <= capacity:
                 break
-            if not self._charges[key]:  # (dropping it would free nothing here)
-                continue
             del self._items[key]
             charge = self._charges.pop(key)
             self._bytes -= charge

@@ -27,9 +27,12 @@ on Linux), which every process maps read-only: one copy per node, read in place.
   lookup and drops its mappings of the chunks named, so an evicted chunk's memory goes back to
   the node. A memory-tier hit counts as a use here (`touch`, at most once a second a chunk).
 
-Known limits: a run whose processes were all killed (SIGKILL, or SIGTERM from torchrun, which
-skips finalizers) leaves its folder until a process opens the same lake version again; files
-being written are not counted in the budget, so publishers at once may pass it by a chunk
+A run whose processes were all killed (SIGKILL, or SIGTERM from torchrun, which skips
+finalizers) leaves its folder: `open_shared` removes the folders of the node no process uses.
+The budget keeps to half of the file system's free space (DataLoader workers and NCCL use
+/dev/shm too).
+
+Known limits: files being written are not counted in the budget, so publishers at once may pass it by a chunk
 each; arrays a loader holds outside the memory tier (its prefetch window) keep their mappings
 until it lets go of them; forked DataLoader workers share their parent's registration, so a
 parent that closes its tier first removes the folder under them (they read on unshared).
@@ -62,6 +65,7 @@ from lakeio.sizes import human_bytes
 HEADER_BYTES = 4096
 MAGIC = b"LAKEIOSHM1"
 EVICTION_SLOTS = 8192  # the eviction log's ring: names of the chunks removed lately
+MIN_USEFUL_BYTES = 64 << 20  # a tier cut below this (and below what was asked) is left off
 
 
 class SharedTier:
@@ -88,13 +92,17 @@ class SharedTier:
             self._users = _join(self.folder, (self._chunks, self._tmp))
             self._log = _eviction_log(os.path.join(self.folder, "evicted"))
         self._locks = KeyLocks(os.path.join(self.folder, "locks"))
-        room = free_bytes(self.folder) + self.used_bytes()
-        if room < self.capacity:  # (a container's /dev/shm is 64 MB unless told otherwise)
+        # at most half of what is free (plus what it holds): DataLoader workers and NCCL need
+        # /dev/shm too, and a container's is 64 MB unless told otherwise
+        free = free_bytes(self.folder)
+        room = free // 2 + self.used_bytes()
+        if room < self.capacity:
             _warn_once(
                 self.folder,
                 f"{human_bytes(self.capacity)} asked for, but its file system has "
-                f"{human_bytes(room)} free: it keeps at most that (in a container, more with "
-                "--shm-size; else a smaller Cache(shared=...) or another shared_folder)",
+                f"{human_bytes(free)} free: it keeps at most half of that, {human_bytes(room)} "
+                "(in a container, more with --shm-size; else a smaller Cache(shared=...) or "
+                "another shared_folder)",
             )
             self.capacity = room
         self._finalizer = weakref.finalize(self, _leave, self._users, self.folder, os.getpid())
@@ -179,10 +187,13 @@ class SharedTier:
         """(`evictions` now, the names of the chunks removed after the first ``seen``); None
         instead of the names when more were removed than the log keeps (forget them all)."""
         now = self.evictions()
-        if now - seen > EVICTION_SLOTS or now < seen:
+        if now - seen > EVICTION_SLOTS // 2 or now < seen:
             return now, None
         slots = (8 + 16 * (i % EVICTION_SLOTS) for i in range(seen, now))
-        return now, [self._log[at : at + 16].hex() for at in slots]
+        names = [self._log[at : at + 16].hex() for at in slots]
+        if self.evictions() - seen > EVICTION_SLOTS // 2:  # (overwritten while copied)
+            return now, None
+        return now, names
 
     def touch(self, key: str) -> None:
         """Count a use of ``key`` (read from a mapping held elsewhere) for the LRU order."""
@@ -252,10 +263,36 @@ def open_shared(base: str | None, loc, manifest, capacity: int) -> SharedTier | 
     folder = base or "the shared folder"
     try:
         folder = shared_folder(base, loc, manifest)
-        return SharedTier(folder, capacity)
+        _remove_abandoned(os.path.dirname(folder), keep=folder)
+        tier = SharedTier(folder, capacity)
     except OSError as exc:
         _warn_once(folder, f"could not open it ({exc}){UNSHARED}")
         return None
+    if tier.capacity < min(capacity, MIN_USEFUL_BYTES):
+        tier.close()
+        _warn_once(folder, f"too little shared memory is free for it: it is off{UNSHARED}")
+        return None
+    return tier
+
+
+def _remove_abandoned(parent: str, keep: str) -> None:
+    """Remove the folders under ``parent`` that no process uses (a run torchrun killed leaves
+    its folder, holding memory, and a lake version nobody opens again never clears it)."""
+    for entry in os.scandir(parent):
+        if not entry.is_dir(follow_symlinks=False) or entry.path == keep:
+            continue
+        with file_locked(entry.path + ".lock"):
+            try:
+                fd = os.open(os.path.join(entry.path, "users.lock"), os.O_RDWR)
+            except FileNotFoundError:
+                continue  # (being made, or removed, under the lock: not ours to judge)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # in use
+            finally:
+                os.close(fd)
+            shutil.rmtree(entry.path, ignore_errors=True)
 
 
 def shared_folder(base: str | None, loc, manifest) -> str:

@@ -177,6 +177,7 @@ class ChunkSource:
             mapped = False
             try:
                 if shared:
+                    before = self.shared.evictions()
                     value, mapped = self.shared.get_or_load_mapped(cache_key, load)
                 else:
                     value = load()
@@ -185,9 +186,7 @@ class ChunkSource:
             if self.memory is not None and not mapped:
                 self.memory.put(cache_key, value)
             elif self.memory is not None:
-                with self._lock:  # (before it is held: an eviction logged meanwhile is seen)
-                    self._views[self.shared.name(cache_key)] = cache_key
-                self.memory.put(cache_key, value, charge=0)
+                self._keep_mapped(cache_key, value, before)
         elif shared:
             now = time.monotonic()
             if now - self._touched.get(cache_key, 0.0) > TOUCH_EVERY_S:
@@ -198,6 +197,20 @@ class ChunkSource:
             self._counts["requests"] += 1
             self._counts["memory_hits"] += hit
         return value
+
+    def _keep_mapped(self, cache_key: str, value: np.ndarray, before: int) -> None:
+        """Keep a mapping of the node's copy in the memory tier at no charge, unless the shared
+        tier evicted that chunk since ``before`` (the count read before it was mapped): another
+        thread reading the log meanwhile would not have known to drop it. Under the source's
+        lock, as `_forget_evicted`, so a mapping is never kept untracked."""
+        name = self.shared.name(cache_key)
+        with self._lock:
+            self._views[name] = cache_key
+            self.memory.put(cache_key, value, charge=0)
+            _, names = self.shared.evicted_since(before)
+            if names is None or name in names:  # (maybe an older copy: mapped again if so)
+                del self._views[name]
+                self.memory.evict(cache_key)
 
     def _forget_evicted(self) -> None:
         """Let go of the mappings whose chunks the node-shared tier removed since last looked
@@ -210,10 +223,20 @@ class ChunkSource:
                 self._views.clear()
             else:
                 keys = [k for k in map(self._views.pop, names, [None] * len(names)) if k]
-        for key in keys:
-            self._touched.pop(key, None)
-            if self.memory is not None:
+            for key in keys:
+                self._touched.pop(key, None)
+                self.memory.evict(key)  # (views are only kept where there is a memory tier)
+
+    def close_shared(self) -> None:
+        """Let go of the node-shared tier: the mappings the memory tier keeps of it (that tier
+        may outlive this source: a Dask worker's), then the tier itself."""
+        if self.shared is None:
+            return
+        with self._lock:
+            keys, self._views = list(self._views.values()), {}
+            for key in keys:
                 self.memory.evict(key)
+        self.shared.close()
 
     def _load_stored(self, key: str) -> bytes:
         def verify(b: bytes) -> None:

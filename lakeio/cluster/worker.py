@@ -65,8 +65,8 @@ class LakeCachePlugin(WorkerPlugin):
             last = not any(address == worker.address for address, _ in _sources)
         if source is not None and source.disk is not None:
             source.disk.close()
-        if source is not None and source.shared is not None:
-            source.shared.close()  # (the node's copy goes with the last process using it)
+        if source is not None:
+            source.close_shared()  # (the node's copy goes with the last process using it)
         if last:  # no lake left on this worker: its memory budget goes too
             release_worker_memory(worker)
 

@@ -16,6 +16,7 @@ yields the same number of batches.
 
 from __future__ import annotations
 
+import heapq
 import math
 from dataclasses import dataclass
 
@@ -137,15 +138,28 @@ def rank_orders_and_chunks(chunks, spec: PlanSpec, epoch: int) -> tuple[np.ndarr
     return _shares(order, spec), _shares(chunk_ids, spec)
 
 
+def deal_chunks(lengths: np.ndarray, world_size: int) -> np.ndarray:
+    """The rank that keeps each chunk: dealt longest first (ties in the lake's order), each to
+    the rank with the fewest samples so far (ties to the lowest rank). Equal chunks go round
+    the ranks in the lake's order, so each rank gets a stripe of the lake (of every class, in
+    a lake ingested class by class); the ranks' sample counts differ by at most one chunk."""
+    owner = np.empty(len(lengths), dtype=np.int64)
+    loads = [(0, rank) for rank in range(world_size)]  # (samples so far, rank): a heap
+    for chunk in np.argsort(-np.asarray(lengths), kind="stable").tolist():
+        samples, rank = heapq.heappop(loads)
+        owner[chunk] = rank
+        heapq.heappush(loads, (samples + int(lengths[chunk]), rank))
+    return owner
+
+
 def _chunk_shares(
     members: ChunkMembers, spec: PlanSpec, epoch: int, samples: bool, chunks: bool
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Chunk sharding: rank r keeps chunks r, r + world, r + 2 world, … of the lake every
-    epoch, and orders them as a one-rank plan would (chunks permuted, samples shuffled in
-    windows), from a random stream of its own. Dealt in the lake's order, each rank gets a
-    stripe of it (of every class, in a lake ingested class by class). Shares are cut or padded
-    (by repeating their start) to `samples_per_rank`, as the global order is, so every rank
-    yields the same number of batches; they differ by at most a chunk."""
+    """Chunk sharding: each rank keeps the same chunks every epoch (`deal_chunks`), and orders
+    them as a one-rank plan would (chunks permuted, samples shuffled in windows), from a random
+    stream of its own. Shares are cut or padded (by repeating their start) to
+    `samples_per_rank`, as the global order is, so every rank yields the same number of
+    batches."""
     if len(members) < spec.world_size:
         raise ValueError(
             f"sharding='chunks' needs a chunk for every rank: {len(members)} chunks for "
@@ -154,8 +168,9 @@ def _chunk_shares(
     per_rank = samples_per_rank(int(members.offsets[-1]), spec)
     orders = np.empty((spec.world_size, per_rank), dtype=np.int64) if samples else None
     ids = np.empty((spec.world_size, per_rank), dtype=np.int64) if chunks else None
+    owner = deal_chunks(members.lengths(), spec.world_size)
     for rank in range(spec.world_size):
-        mine = members.subset(np.arange(rank, len(members), spec.world_size))
+        mine = members.subset(np.flatnonzero(owner == rank))
         for out, got in zip(
             (orders, ids), _ordered(mine, spec, epoch, samples, chunks, rank), strict=True
         ):

@@ -240,24 +240,29 @@ def test_samples_past_2_to_the_32_keep_their_numbers_in_any_chunk():
 def test_chunk_sharding_keeps_each_rank_on_its_own_chunks_every_epoch(
     sizes, world, batch, window, seed, drop_last, shuffle
 ):
-    """``sharding="chunks"``: rank r reads only chunks r, r + world, … (none of another's), in
-    every epoch; every rank yields the same number of batches; a share is its chunks' samples,
-    each once, cut or padded (by repeating its start) to the common length; chunk ids agree."""
+    """``sharding="chunks"``: each rank reads only its own chunks (none of another's), the same
+    in every epoch, and together they hold every chunk, their sample counts within one chunk
+    of each other; every rank yields the same number of batches; a share is its chunks'
+    samples, each once, cut or padded (by repeating its start) to the common length."""
     from hypothesis import assume
 
-    from lakeio.loader.plan import rank_orders_and_chunks
+    from lakeio.loader.plan import deal_chunks, rank_orders_and_chunks
 
     assume(len(sizes) >= world)
     chunks = _chunks(sizes)
     chunk_of = np.repeat(np.arange(len(sizes)), sizes)
     total = sum(sizes)
+    owner = deal_chunks(np.array(sizes), world)
+    counts = np.bincount(owner, weights=sizes, minlength=world)
+    assert set(owner.tolist()) == set(range(world))  # every rank has chunks
+    assert counts.max() - counts.min() <= max(sizes)
     for epoch in range(3):
         spec = PlanSpec(batch, shuffle, seed, window, drop_last, 0, world, "chunks")
         orders, ids = rank_orders_and_chunks(chunks, spec, epoch)
         assert orders.shape == ids.shape == (world, samples_per_rank(total, spec))
         np.testing.assert_array_equal(ids, chunk_of[orders])
         for rank in range(world):
-            mine = np.concatenate(chunks[rank::world])
+            mine = np.concatenate([chunks[c] for c in np.flatnonzero(owner == rank)])
             share = orders[rank]
             assert set(share.tolist()) <= set(mine.tolist())  # its own chunks only
             n = min(len(mine), len(share))
@@ -293,3 +298,15 @@ def test_chunk_sharding_needs_a_chunk_for_every_rank():
         rank_orders(_chunks([5, 5, 5]), PlanSpec(4, world_size=4, sharding="chunks"), 0)
     with pytest.raises(ValueError, match="sharding must be one of 'epoch', 'chunks'"):
         PlanSpec(4, sharding="chunk")
+
+
+def test_chunk_sharding_deals_partial_chunks_so_no_rank_gets_them_all():
+    """20 segments of 100, 100, 100, 100 and 37 samples, 5 ranks: dealt in stripes, one rank
+    would get all 20 short chunks (740 samples against 2,000); dealt by count, shares are
+    within one chunk of each other."""
+    from lakeio.loader.plan import deal_chunks
+
+    lengths = np.array([100, 100, 100, 100, 37] * 20)
+    counts = np.bincount(deal_chunks(lengths, 5), weights=lengths, minlength=5)
+    assert counts.sum() == lengths.sum() and counts.max() - counts.min() <= 100
+    assert counts.tolist() == [1748.0] * 5  # 16 full and 4 short chunks each
