@@ -242,7 +242,8 @@ def _run_codecs(args) -> int:
         mark = " (default)" if info.name == DEFAULT_CODEC else ""
         print(f"{info.syntax:<30} {info.summary.replace(' (default)', '')}{mark}")
     print(
-        "Every chunk also carries a crc32c checksum. Readable by: zarr-python, tensorstore, xarray, dask."
+        "Every chunk also carries a crc32c checksum. Readable by: zarr-python, tensorstore, "
+        "xarray, dask; predict-zstd lakes by zarr-python with lakeio installed only."
     )
     return 0
 

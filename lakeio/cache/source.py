@@ -63,6 +63,12 @@ class ChunkSource:
         self._evictions_seen = self.shared.evictions() if self.shared is not None else 0
         self._touched: dict[str, float] = {}
         self._codecs = {name: parse_codec(f.codec) for name, f in manifest.fields.items()}
+        if any(
+            self._codecs[name].predicts(f.dtype, f.shape) for name, f in manifest.fields.items()
+        ):
+            from lakeio.format.predict import warm_up
+
+            warm_up()  # the inverse compiled while the loader plans (not in the first chunk)
         self._lock = threading.Lock()
         # a chunk's name in the tiers, asked for on every lookup and schedule (a warm epoch is
         # all lookups): formatted once per chunk, for the chunks read lately

@@ -7,6 +7,8 @@ samples. The codecs are exactly those `lakeio.format.codecs` writes.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from lakeio.errors import CorruptChunkError
@@ -65,7 +67,7 @@ def decompress(
             from numcodecs import blosc
 
             return blosc.decompress(payload, out)
-        if codec.name == "zstd":
+        if codec.name in ("zstd", "predict-zstd"):
             from numcodecs import Zstd
 
             return Zstd().decode(payload, out)
@@ -86,10 +88,43 @@ def decode_chunk(
     dtype = np.dtype(dtype).newbyteorder("<")
     expected = int(np.prod(chunk_shape)) * dtype.itemsize
     out = own_pages(expected) if codec.name != "none" and expected >= OWN_PAGES_FROM else None
+    if codec.predicts(dtype, chunk_shape[1:]):
+        return _decode_predicted(raw, codec, chunk_shape, dtype, key, out)
     data = decompress(verify_checksum(raw, key), codec, key, out)
     if len(data) != expected:
         raise CorruptChunkError(key, f"decodes to {len(data)} bytes, expected {expected}")
     return np.frombuffer(data, dtype=dtype).reshape(chunk_shape)
+
+
+def _decode_predicted(raw, codec: CodecSpec, chunk_shape, dtype, key: str, out) -> np.ndarray:
+    """Decompress the residual planes into a scratch buffer of this thread's, then undo the
+    prediction into the chunk's own pages (`lakeio.format.predict`)."""
+    from lakeio.format.predict import planes_shape, unpredict
+
+    expected = int(np.prod(chunk_shape)) * dtype.itemsize
+    scratch = _scratch(expected)
+    data = decompress(verify_checksum(raw, key), codec, key, scratch)
+    if len(data) != expected:
+        raise CorruptChunkError(key, f"decodes to {len(data)} bytes, expected {expected}")
+    planes = np.frombuffer(scratch, dtype=dtype).reshape(planes_shape(tuple(chunk_shape)))
+    images = (
+        np.frombuffer(out, dtype=dtype)
+        if out is not None
+        else np.empty(expected // dtype.itemsize, dtype)
+    )
+    return unpredict(planes, images.reshape(chunk_shape))
+
+
+_scratch_buffers = threading.local()
+
+
+def _scratch(nbytes: int) -> np.ndarray:
+    """A writable uint8 buffer of ``nbytes``, kept per thread (decoding is per thread: a fresh
+    4 MB buffer per chunk would cost a thousand page faults each time)."""
+    buffer = getattr(_scratch_buffers, "buffer", None)
+    if buffer is None or len(buffer) < nbytes:
+        buffer = _scratch_buffers.buffer = np.empty(nbytes, np.uint8)
+    return buffer[:nbytes]
 
 
 OWN_PAGES_FROM = 1 << 20  # decoded chunks this large get mappings of their own (`own_pages`)
@@ -111,7 +146,7 @@ def compress(data: np.ndarray, codec: CodecSpec) -> bytes | memoryview:
         return bytes(
             Blosc(cname=cname, clevel=codec.level, shuffle=shuffle[codec.shuffle]).encode(data)
         )
-    if codec.name == "zstd":
+    if codec.name in ("zstd", "predict-zstd"):
         from numcodecs import Zstd
 
         return Zstd(level=codec.level).encode(data)
@@ -129,6 +164,10 @@ def encode_chunk(rows: np.ndarray, chunk_samples: int, codec: CodecSpec) -> list
         padded[: len(rows)] = rows
         rows = padded
     data = np.ascontiguousarray(rows, dtype=rows.dtype.newbyteorder("<"))
+    if codec.predicts(data.dtype, data.shape[1:]):
+        from lakeio.format.predict import predict
+
+        data = predict(data)
     payload = compress(data, codec)
     return [payload, _crc32c(payload).to_bytes(4, "little")]  # parts: no 4 MB concatenation
 

@@ -1,7 +1,9 @@
 """Codec spec strings (``lz4``, ``zstd:3``, ``blosc-zstd:5:bitshuffle`` …) mapped onto Zarr v3 codecs.
 
-Every codec here is one of zarr-python's own (``blosc``, ``zstd``, ``gzip``, ``crc32c``), so a
-lake also opens in tensorstore, xarray and dask without lakeio. Parsing is pure; the zarr codec
+Every codec here but one is zarr-python's own (``blosc``, ``zstd``, ``gzip``, ``crc32c``), so
+such a lake also opens in tensorstore, xarray and dask without lakeio. ``predict-zstd`` puts
+lakeio's own ``lakeio.predict`` (`lakeio.format.predict`) before zstd on image fields: zarr-python
+reads it where lakeio is installed, other readers cannot. Parsing is pure; the zarr codec
 objects are built on demand.
 """
 
@@ -39,6 +41,14 @@ CODECS: dict[str, CodecInfo] = {
         CodecInfo("zstd", "zstd[:LEVEL]", 3, (1, 22), "Zstandard; better ratio, slower decode"),
         CodecInfo("gzip", "gzip[:LEVEL]", 6, (0, 9), "gzip/deflate; the most widely readable"),
         CodecInfo(
+            "predict-zstd",
+            "predict-zstd[:LEVEL]",
+            1,
+            (1, 22),
+            "images as residuals of the row above (lakeio.predict), then Zstandard: about half "
+            "the bytes of lz4 on photos, ~0.9 GB/s decode; needs lakeio to read",
+        ),
+        CodecInfo(
             "blosc-lz4",
             "blosc-lz4[:LEVEL[:SHUFFLE]]",
             5,
@@ -73,6 +83,21 @@ class CodecSpec:
             return f"{self.name}:{self.level}:{self.shuffle}"
         return f"{self.name}:{self.level}"
 
+    def predicts(self, dtype, sample_shape: tuple[int, ...]) -> bool:
+        """Whether a field of this dtype and per-sample shape goes through `lakeio.predict`."""
+        from lakeio.format.predict import applies
+
+        return self.name == "predict-zstd" and applies(dtype, sample_shape)
+
+    def filters(self, dtype, sample_shape: tuple[int, ...]) -> list:
+        """The zarr array-to-array codecs for a field of this dtype and per-sample shape."""
+        if not self.predicts(dtype, sample_shape):
+            return []
+        from lakeio.format.predict import PredictCodec, register
+
+        register()
+        return [PredictCodec()]
+
     def compressors(self) -> list:
         """The zarr bytes→bytes codecs for this spec, checksum last, ready for ``create_array``."""
         from zarr.codecs import BloscCodec, Crc32cCodec, GzipCodec, ZstdCodec
@@ -84,7 +109,7 @@ class CodecSpec:
         elif self.name.startswith("blosc-"):
             cname = self.name.split("-", 1)[1]
             chain = [BloscCodec(cname=cname, clevel=self.level, shuffle=self.shuffle)]
-        elif self.name == "zstd":
+        elif self.name in ("zstd", "predict-zstd"):
             chain = [ZstdCodec(level=self.level)]
         elif self.name == "gzip":
             chain = [GzipCodec(level=self.level)]

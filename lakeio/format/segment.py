@@ -161,6 +161,7 @@ def _metadata_template(name: str, info: FieldInfo, chunk_samples: int) -> str:
         shape=(0, *info.shape),
         chunks=(chunk_samples, *info.shape),
         dtype=str if is_text else info.dtype,
+        filters=[] if is_text else parse_codec(info.codec).filters(info.dtype, info.shape),
         compressors=parse_codec(info.codec).compressors(),
         fill_value="" if is_text else 0,
         dimension_names=_dimension_names(name, 1 + len(info.shape)),
