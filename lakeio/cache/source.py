@@ -68,7 +68,7 @@ class ChunkSource:
         ):
             from lakeio.format.predict import warm_up
 
-            warm_up()  # the inverse compiled while the loader plans (not in the first chunk)
+            warm_up()  # (compiled or loaded from numba's cache now, not in the first chunk)
         self._lock = threading.Lock()
         # a chunk's name in the tiers, asked for on every lookup and schedule (a warm epoch is
         # all lookups): formatted once per chunk, for the chunks read lately

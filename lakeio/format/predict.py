@@ -20,7 +20,6 @@ readers without lakeio (tensorstore, zarr-python alone) cannot.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -36,8 +35,10 @@ DTYPES = ("uint8", "uint16")
 
 def applies(dtype, sample_shape: tuple[int, ...]) -> bool:
     """Whether a field of ``dtype`` and per-sample ``sample_shape`` is predicted: images, (H, W)
-    or (H, W, C), of uint8 or uint16. Other fields of a ``predict-zstd`` lake are zstd alone."""
-    return str(np.dtype(dtype)) in DTYPES and len(sample_shape) in (2, 3)
+    or (H, W, C), of 8- or 16-bit unsigned integers (either byte order). Other fields of a
+    ``predict-zstd`` lake are zstd alone."""
+    dt = np.dtype(dtype)
+    return dt.kind == "u" and dt.itemsize in (1, 2) and len(sample_shape) in (2, 3)
 
 
 def planes_shape(chunk_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -47,74 +48,34 @@ def planes_shape(chunk_shape: tuple[int, ...]) -> tuple[int, int, int, int]:
 
 
 def predict(chunk: np.ndarray, colour: bool = True) -> np.ndarray:
-    """Residual planes (n, C, H, W) of a chunk of images (n, H, W[, C]), in its dtype."""
-    bits = chunk.dtype.itemsize * 8
-    planes = chunk.reshape(planes_shape(chunk.shape)[0:1] + chunk.shape[1:3] + (-1,))
-    pixels = planes.transpose(0, 3, 1, 2).astype(np.int64)  # (n, C, H, W)
-    residuals = pixels.copy()
+    """Residual planes (n, C, H, W) of a chunk of images (n, H, W[, C]), in its dtype (unsigned
+    arithmetic wraps modulo 2**bits, which is the transform)."""
+    n, height, width, channels = (*chunk.shape[:3], planes_shape(chunk.shape)[1])
+    pixels = chunk.reshape(n, height, width, channels).transpose(0, 3, 1, 2)
+    residuals = np.array(pixels, order="C")  # (a copy: never the caller's chunk)
     residuals[:, :, 1:] -= pixels[:, :, :-1]
-    if colour and residuals.shape[1] >= 3:
+    if colour and channels >= 3:
         residuals[:, 0] -= residuals[:, 1]
         residuals[:, 2] -= residuals[:, 1]
-    residuals &= (1 << bits) - 1
-    return np.ascontiguousarray(residuals.astype(chunk.dtype))
+    return residuals
 
 
 def unpredict(planes: np.ndarray, out: np.ndarray, colour: bool = True) -> np.ndarray:
-    """The images (into ``out``, (n, H, W[, C])) from their residual planes (n, C, H, W), which
-    are overwritten. One compiled pass per image."""
-    kernel = _kernel()
-    kernel(planes, out.reshape((*out.shape[:3], planes.shape[1])), colour)
+    """The images (into ``out``, (n, H, W[, C]), native byte order) from their residual planes
+    (n, C, H, W), which are overwritten. One compiled pass per image."""
+    from lakeio.format.predict_kernels import undo
+
+    undo(planes, out.reshape((*out.shape[:3], planes.shape[1])), colour)
     return out
 
 
-_compiled = None
-_compile_lock = threading.Lock()
-
-
-def _kernel():
-    """The compiled inverse (from numba's on-disk cache after the first time)."""
-    global _compiled
-    if _compiled is None:
-        with _compile_lock:
-            if _compiled is None:
-                _compiled = _build()
-    return _compiled
-
-
 def warm_up() -> None:
-    """Compile the inverse now, on a thread of its own: a lake's first epoch need not wait."""
-    threading.Thread(target=_kernel, name="lakeio-predict-jit", daemon=True).start()
-
-
-def _build():
-    import numba
-
-    jit = numba.njit(cache=True, nogil=True, boundscheck=False)
-
-    @jit
-    def undo_image(out, planes, colour):  # (H, W, C) from (C, H, W), overwritten
-        channels, height, width = planes.shape
-        if colour and channels >= 3:
-            for h in range(height):
-                for w in range(width):
-                    planes[0, h, w] += planes[1, h, w]
-                    planes[2, h, w] += planes[1, h, w]
-        for c in range(channels):
-            for h in range(1, height):
-                for w in range(width):
-                    planes[c, h, w] += planes[c, h - 1, w]
-        for h in range(height):
-            for w in range(width):
-                for c in range(channels):
-                    out[h, w, c] = planes[c, h, w]
-
-    @jit
-    def undo(planes, out, colour):
-        for i in range(planes.shape[0]):
-            undo_image(out[i], planes[i], colour)
-
-    return undo
+    """Compile the inverse for uint8 and uint16 now (or load it from numba's on-disk cache):
+    the first chunk decoded then does not wait for it. Done in the calling thread, not on a
+    thread of its own: a process forked meanwhile (DataLoader workers) would inherit numba's
+    compiler lock held."""
+    for dtype in (np.uint8, np.uint16):
+        unpredict(np.zeros((1, 3, 1, 1), dtype), np.zeros((1, 1, 1, 3), dtype))
 
 
 def _zarr_codec_base():
@@ -142,11 +103,14 @@ class PredictCodec(_zarr_codec_base()):
     def from_dict(cls, data: dict) -> PredictCodec:
         from zarr.core.common import parse_named_configuration
 
-        _, configuration = parse_named_configuration(data, NAME)
+        _, configuration = parse_named_configuration(data, NAME, require_configuration=False)
         configuration = dict(configuration or {})
         predictor = configuration.pop("predictor", "vertical")
         if predictor != "vertical":
             raise ValueError(f"{NAME}: predictor {predictor!r} is not known (only 'vertical')")
+        unknown = sorted(set(configuration) - {"colour"})
+        if unknown:
+            raise ValueError(f"{NAME}: unknown configuration {', '.join(unknown)}")
         return cls(**configuration)
 
     def to_dict(self) -> dict:
@@ -180,10 +144,12 @@ class PredictCodec(_zarr_codec_base()):
         return self._encode_sync(chunk_array, chunk_spec)
 
     def _decode_sync(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> NDBuffer:
-        planes = np.array(chunk_array.as_numpy_array())  # (a copy: the inverse overwrites it)
-        out = np.empty(tuple(chunk_spec.shape), dtype=planes.dtype)
+        stored = chunk_array.as_numpy_array()
+        native = stored.dtype.newbyteorder("=")
+        planes = np.array(stored, dtype=native)  # (a copy: the inverse overwrites it)
+        out = np.empty(tuple(chunk_spec.shape), dtype=native)
         unpredict(planes, out, self.colour == "subtract-green")
-        return chunk_array.from_numpy_array(out)
+        return chunk_array.from_numpy_array(out.astype(stored.dtype, copy=False))
 
     async def _decode_single(self, chunk_array: NDBuffer, chunk_spec: ArraySpec) -> NDBuffer:
         return self._decode_sync(chunk_array, chunk_spec)

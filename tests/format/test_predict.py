@@ -128,3 +128,29 @@ def test_a_predicted_lake_is_smaller_reads_exactly_and_opens_in_plain_zarr(tmp_p
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "True"
+
+
+def test_big_endian_arrays_and_bare_metadata_read_back(tmp_path):
+    """A zarr array stored big-endian through the codec reads back; the codec's name alone
+    (no configuration) means its defaults; an unknown setting is named."""
+    import zarr
+    from zarr.codecs import BytesCodec
+
+    images = np.random.default_rng(4).integers(0, 65536, (6, 5, 4, 3), dtype=np.uint16)
+    array = zarr.create_array(
+        tmp_path / "big", shape=images.shape, chunks=(3, 5, 4, 3), dtype="uint16",
+        filters=[PredictCodec()], serializer=BytesCodec(endian="big"),
+    )  # fmt: skip
+    array[:] = images
+    np.testing.assert_array_equal(zarr.open_array(tmp_path / "big", mode="r")[:], images)
+    assert PredictCodec.from_dict({"name": "lakeio.predict"}) == PredictCodec()
+    with pytest.raises(ValueError, match="unknown configuration level"):
+        PredictCodec.from_dict({"name": "lakeio.predict", "configuration": {"level": 3}})
+
+
+def test_predicting_leaves_the_callers_images_as_they_were():
+    for shape in ((2, 4, 5), (2, 4, 5, 1), (2, 4, 5, 3)):
+        chunk = np.random.default_rng(5).integers(0, 256, shape, dtype=np.uint8)
+        before = chunk.copy()
+        predict(chunk)
+        np.testing.assert_array_equal(chunk, before)
