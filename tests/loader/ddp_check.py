@@ -3,6 +3,7 @@
 import gc
 import json
 import sys
+from collections import Counter
 
 import torch.distributed as dist
 
@@ -13,6 +14,14 @@ def main(lake: str, out: str, cluster: str | None = None) -> None:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     ds = lakeio.open_dataset(lake)
+    loads = Counter()  # chunks this process decoded from the origin, by field
+    load = ds.source._load
+
+    def counted(field, key, cache_key):
+        loads[field] += 1
+        return load(field, key, cache_key)
+
+    ds.source._load = counted
     # rank/world from dist; with a scheduler address, each rank is its own client of the cluster
     loader = ds.loader(batch_size=10, seed=7, fields=("labels", "paths"), cluster=cluster)
     record = {"rank": rank, "world": dist.get_world_size(), "epochs": []}
@@ -22,7 +31,7 @@ def main(lake: str, out: str, cluster: str | None = None) -> None:
     loader.close()
     if cluster is None:  # this process read the lake: through the node's shared tier?
         source = ds.source.stats()
-        record["origin_reads"] = source["origin_reads"]
+        record["loads"] = dict(loads)
         record["shared"] = source["shared"]
     with open(f"{out}/rank{rank}.json", "w") as fh:
         json.dump(record, fh)
