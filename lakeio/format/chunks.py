@@ -88,30 +88,24 @@ def decode_chunk(
     dtype = np.dtype(dtype).newbyteorder("<")
     expected = int(np.prod(chunk_shape)) * dtype.itemsize
     out = own_pages(expected) if codec.name != "none" and expected >= OWN_PAGES_FROM else None
-    if codec.predicts(dtype, chunk_shape[1:]):
-        return _decode_predicted(raw, codec, chunk_shape, dtype, key, out)
-    data = decompress(verify_checksum(raw, key), codec, key, out)
+    predicted = codec.predicts(dtype, chunk_shape[1:])
+    # residual planes go to a scratch buffer of this thread's, the images they give to ``out``
+    target = _scratch(expected) if predicted else out
+    data = decompress(verify_checksum(raw, key), codec, key, target)
     if len(data) != expected:
         raise CorruptChunkError(key, f"decodes to {len(data)} bytes, expected {expected}")
-    return np.frombuffer(data, dtype=dtype).reshape(chunk_shape)
+    if not predicted:
+        return np.frombuffer(data, dtype=dtype).reshape(chunk_shape)
+    return _undo_prediction(data, tuple(chunk_shape), dtype, out)
 
 
-def _decode_predicted(raw, codec: CodecSpec, chunk_shape, dtype, key: str, out) -> np.ndarray:
-    """Decompress the residual planes into a scratch buffer of this thread's, then undo the
-    prediction into the chunk's own pages (`lakeio.format.predict`)."""
+def _undo_prediction(planes_bytes, chunk_shape: tuple[int, ...], dtype, out) -> np.ndarray:
+    """The images of a ``predict-zstd`` chunk from its decompressed residual planes, into the
+    chunk's own pages ``out`` where given (`lakeio.format.predict`)."""
     from lakeio.format.predict import planes_shape, unpredict
 
-    expected = int(np.prod(chunk_shape)) * dtype.itemsize
-    scratch = _scratch(expected)
-    data = decompress(verify_checksum(raw, key), codec, key, scratch)
-    if len(data) != expected:
-        raise CorruptChunkError(key, f"decodes to {len(data)} bytes, expected {expected}")
-    planes = np.frombuffer(scratch, dtype=dtype).reshape(planes_shape(tuple(chunk_shape)))
-    images = (
-        np.frombuffer(out, dtype=dtype)
-        if out is not None
-        else np.empty(expected // dtype.itemsize, dtype)
-    )
+    planes = np.frombuffer(planes_bytes, dtype=dtype).reshape(planes_shape(chunk_shape))
+    images = np.frombuffer(out, dtype=dtype) if out is not None else np.empty(planes.size, dtype)
     return unpredict(planes, images.reshape(chunk_shape))
 
 
